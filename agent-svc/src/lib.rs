@@ -1,0 +1,16 @@
+//! agent-svc: owns agents, providers, sessions and runs, and serves them over
+//! the `openclaw.agent.v1.AgentService` gRPC API.
+//!
+//! `main.rs` is a thin CLI over [`start`]; gateway-http calls the same function
+//! for its embedded mode, and the end-to-end tests start real servers with it.
+
+pub mod agents;
+pub mod error;
+pub mod providers;
+pub mod run;
+pub mod server;
+pub mod service;
+pub mod sessions;
+
+pub use error::AgentError;
+pub use server::{start, ServerHandle};

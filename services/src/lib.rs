@@ -1,0 +1,25 @@
+//! Shared pieces of the OpenClaw gateway pair: the generated `AgentService` gRPC
+//! code ([`proto`]) and the config schema and loader ([`config`]).
+
+pub mod config;
+
+/// Generated code for package `openclaw.agent.v1`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("openclaw.agent.v1");
+
+    /// Encoded `FileDescriptorSet` for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agent_descriptor");
+}
+
+/// Metadata keys that carry the machine-readable error on agent-svc statuses.
+pub mod error_meta {
+    /// Error type, e.g. `invalid_request_error`.
+    pub const TYPE: &str = "openclaw-error-type";
+    /// Error code, e.g. `upstream_error`.
+    pub const CODE: &str = "openclaw-error-code";
+    /// The request field at fault.
+    pub const PARAM: &str = "openclaw-error-param";
+    /// Seconds a client should wait before retrying.
+    pub const RETRY_AFTER: &str = "openclaw-retry-after";
+}
