@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod error;
+pub mod metrics;
 pub mod providers;
 pub mod run;
 pub mod server;

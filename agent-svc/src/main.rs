@@ -1,1 +1,98 @@
-fn main(){}
+//! `agent-svc`: the gRPC agent service. A thin CLI over [`agent_svc::start`].
+
+use anyhow::Context;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// OpenClaw agent service: agents, providers, sessions and runs over gRPC
+/// (`openclaw.agent.v1.AgentService`, plus grpc.health.v1 and server reflection).
+#[derive(Parser, Debug)]
+#[command(name = "agent-svc", version, about, long_about = None)]
+struct Cli {
+    /// Config file (JSON5). Default: $OPENCLAW_CONFIG_PATH, else ~/.openclaw/openclaw.json
+    /// (a missing default file means built-in defaults).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "AGENT_SVC_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when not given).
+    #[arg(long, env = "AGENT_SVC_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, how long running turns may take to finish before they are cancelled.
+    #[arg(long, env = "AGENT_SVC_SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_name = "SECONDS")]
+    shutdown_grace_seconds: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Config errors are one line naming the key and the file.
+    let config = match services::config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent-svc: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = config.resolve_agents() {
+        eprintln!("agent-svc: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent-svc: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent-svc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, config: services::config::LoadedConfig) -> anyhow::Result<()> {
+    if let Some(addr) = cli.metrics_listen {
+        agent_svc::metrics::serve(addr).await.context("metrics listener")?;
+    }
+    let listener =
+        tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let handle = agent_svc::start(&config, listener).await?;
+    // Readiness line: tests and scripts wait for it.
+    println!("agent-svc listening on {}", handle.local_addr());
+    tracing::info!(addr = %handle.local_addr(), config = %config.source, "agent-svc ready");
+    shutdown_signal().await;
+    tracing::info!("shutting down: refusing new runs, letting running turns finish");
+    handle.shutdown(Duration::from_secs(cli.shutdown_grace_seconds)).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

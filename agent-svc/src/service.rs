@@ -1,1 +1,108 @@
-//! Service.
+//! The `AgentService` gRPC implementation: a thin layer over [`Runner`] and the
+//! session store.
+
+use crate::error::AgentError;
+use crate::run::{RunStream, Runner};
+use crate::sessions::StoredMessage;
+use services::proto::agent_service_server::AgentService;
+use services::proto::{
+    AbortRunRequest, AbortRunResponse, AgentRunRequest, GetSessionHistoryRequest, GetSessionHistoryResponse,
+    HistoryEntry, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse, SessionInfo,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Default and maximum `ListSessions` page.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct AgentSvc {
+    runner: Arc<Runner>,
+    draining: Arc<AtomicBool>,
+}
+
+impl AgentSvc {
+    /// Serves `runner`; while `draining` is set, new runs are refused.
+    pub fn new(runner: Arc<Runner>, draining: Arc<AtomicBool>) -> Self {
+        Self { runner, draining }
+    }
+}
+
+fn history_entry(m: StoredMessage) -> HistoryEntry {
+    HistoryEntry { message: Some(m.message), interrupted: m.interrupted, created_at_ms: m.created_at_ms, run_id: m.run_id }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    type AgentRunStream = RunStream;
+
+    async fn agent_run(&self, request: Request<AgentRunRequest>) -> Result<Response<RunStream>, Status> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(AgentError::ShuttingDown.into());
+        }
+        let md = request.metadata();
+        let request_id = md.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let traceparent = md.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let req = request.into_inner();
+        tracing::debug!(request_id = %request_id, traceparent = %traceparent, agent = %req.agent_id, "AgentRun");
+        let stream = self.runner.start(req).await.inspect_err(|e| {
+            tracing::debug!(request_id = %request_id, error = %e, "AgentRun refused");
+        })?;
+        Ok(Response::new(stream))
+    }
+
+    async fn list_agents(&self, _: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+        Ok(Response::new(self.runner.registry().list()))
+    }
+
+    async fn list_sessions(&self, request: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = if req.limit == 0 { DEFAULT_LIST_LIMIT } else { req.limit.min(MAX_LIST_LIMIT) };
+        let agent = (!req.agent_id.is_empty()).then_some(req.agent_id.as_str());
+        let sessions = self.runner.store().list(agent, limit).await?;
+        Ok(Response::new(ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| SessionInfo {
+                    session_key: s.key,
+                    agent_id: s.agent_id,
+                    created_at_ms: s.created_at_ms,
+                    updated_at_ms: s.updated_at_ms,
+                    message_count: s.message_count,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_session_history(
+        &self,
+        request: Request<GetSessionHistoryRequest>,
+    ) -> Result<Response<GetSessionHistoryResponse>, Status> {
+        let req = request.into_inner();
+        if req.session_key.is_empty() {
+            return Err(AgentError::invalid("session_key", "`session_key` is required.").into());
+        }
+        let store = self.runner.store();
+        if !store.exists(&req.session_key).await? {
+            return Err(AgentError::NotFound(format!("Unknown session '{}'.", req.session_key)).into());
+        }
+        let limit = (req.limit > 0).then_some(req.limit);
+        let messages = store.history(&req.session_key, limit).await?;
+        Ok(Response::new(GetSessionHistoryResponse {
+            session_key: req.session_key,
+            messages: messages.into_iter().map(history_entry).collect(),
+        }))
+    }
+
+    async fn abort_run(&self, request: Request<AbortRunRequest>) -> Result<Response<AbortRunResponse>, Status> {
+        let req = request.into_inner();
+        if req.run_id.is_empty() && req.session_key.is_empty() {
+            return Err(AgentError::invalid_no_param("`run_id` or `session_key` is required.").into());
+        }
+        let aborted_run_ids = self.runner.runs().abort(&req.run_id, &req.session_key);
+        Ok(Response::new(AbortRunResponse { aborted_run_ids }))
+    }
+}

@@ -1,14 +1,515 @@
-//! SQLite store (placeholder; being implemented).
-/// SQLite store.
+//! The `sqlite:PATH` session store, the embedded default.
+//!
+//! Writes go through a single-connection pool: SQLite allows one writer at a
+//! time anyway, and queueing writers on the pool (async, no thread blocked)
+//! avoids SQLite's busy-handler sleeps under contention. Reads use a separate
+//! small pool; with WAL they never wait on the writer. sqlx runs every
+//! connection on its own worker thread, so no SQLite call blocks the runtime.
 
-pub struct SqliteStore;
-impl super::SessionStore for SqliteStore {
-    fn append<'a>(&'a self, _: &'a str, _: &'a str, _: Vec<super::StoredMessage>) -> futures::future::BoxFuture<'a, Result<(), crate::AgentError>> { todo!() }
-    fn history<'a>(&'a self, _: &'a str, _: Option<u32>) -> futures::future::BoxFuture<'a, Result<Vec<super::StoredMessage>, crate::AgentError>> { todo!() }
-    fn list<'a>(&'a self, _: Option<&'a str>, _: u32) -> futures::future::BoxFuture<'a, Result<Vec<super::SessionSummary>, crate::AgentError>> { todo!() }
-    fn exists<'a>(&'a self, _: &'a str) -> futures::future::BoxFuture<'a, Result<bool, crate::AgentError>> { todo!() }
+use super::{now_ms, SessionStore, SessionSummary, StoredMessage};
+use crate::error::AgentError;
+use futures::future::BoxFuture;
+use prost::Message as _;
+use services::proto::Message;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::Path;
+use std::time::Duration;
+
+/// Read connections; enough for concurrent history/list calls of one replica.
+const READ_CONNECTIONS: u32 = 4;
+
+/// How long a statement waits for a lock held by another process on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    key           TEXT    PRIMARY KEY,
+    agent_id      TEXT    NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    message_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    session_key   TEXT    NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    run_id        TEXT    NOT NULL,
+    interrupted   INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    body          BLOB    NOT NULL,
+    PRIMARY KEY (session_key, seq)
+);
+CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at_ms DESC, key);
+CREATE INDEX IF NOT EXISTS sessions_by_agent_updated ON sessions (agent_id, updated_at_ms DESC, key);
+";
+
+const UPSERT_SESSION: &str = "
+INSERT INTO sessions (key, agent_id, created_at_ms, updated_at_ms, message_count)
+VALUES (?1, ?2, ?3, ?3, ?4)
+ON CONFLICT (key) DO UPDATE SET
+    updated_at_ms = max(updated_at_ms, excluded.updated_at_ms),
+    message_count = message_count + excluded.message_count
+RETURNING message_count";
+
+const INSERT_MESSAGE: &str = "
+INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+// A negative LIMIT means no limit in SQLite, so one statement serves both cases.
+const SELECT_HISTORY: &str = "
+SELECT seq, run_id, interrupted, created_at_ms, body FROM messages
+WHERE session_key = ?1 ORDER BY seq DESC LIMIT ?2";
+
+const LIST_ALL: &str = "
+SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
+ORDER BY updated_at_ms DESC, key LIMIT ?1";
+
+const LIST_AGENT: &str = "
+SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
+WHERE agent_id = ?1 ORDER BY updated_at_ms DESC, key LIMIT ?2";
+
+const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM sessions WHERE key = ?1)";
+
+type HistoryRow = (i64, String, i64, i64, Vec<u8>);
+type SummaryRow = (String, String, i64, i64, i64);
+
+/// SQLite-backed transcript store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
 }
+
 impl SqliteStore {
-    /// Opens the database.
-    pub async fn open(_path: &str) -> Result<Self, crate::AgentError> { todo!() }
+    /// Opens (creating if needed) the database at `path` and its schema.
+    /// `:memory:` gives a private in-memory database.
+    pub async fn open(path: &str) -> Result<Self, AgentError> {
+        // Accept the URL form `sqlite://PATH` too (`sqlite:///abs` → `/abs`).
+        let path = path.strip_prefix("//").unwrap_or(path);
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            AgentError::Startup(format!("session.store: cannot {what} sqlite database {path:?}: {e}"))
+        };
+        if path.is_empty() {
+            return Err(AgentError::Startup("session.store: `sqlite:` needs a file path".into()));
+        }
+
+        let base = SqliteConnectOptions::new()
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal);
+
+        let schema = |pool: SqlitePool| async move {
+            sqlx::raw_sql(SCHEMA)
+                .execute(&pool)
+                .await
+                .map(|_| pool)
+                .map_err(|e| fail("create the schema of", &e))
+        };
+        let (writer, reader) = if path == ":memory:" {
+            // One connection is the whole database: keep it forever and share it.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(base.in_memory(true))
+                .await
+                .map_err(|e| fail("open", &e))?;
+            let pool = schema(pool).await?;
+            (pool.clone(), pool)
+        } else {
+            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir).await.map_err(|e| fail("create the directory of", &e))?;
+            }
+            let options = base.filename(path).create_if_missing(true).journal_mode(SqliteJournalMode::Wal);
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .connect_with(options.clone())
+                .await
+                .map_err(|e| fail("open", &e))?;
+            // Create the schema before any reader looks at the file.
+            let writer = schema(writer).await?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(READ_CONNECTIONS)
+                .min_connections(1)
+                .connect_with(options)
+                .await
+                .map_err(|e| fail("open", &e))?;
+            (writer, reader)
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Closes all connections (waits for running statements). Later calls fail.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    async fn append_impl(
+        &self,
+        key: &str,
+        agent_id: &str,
+        messages: Vec<StoredMessage>,
+    ) -> Result<(), AgentError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let count =
+            i64::try_from(messages.len()).map_err(|_| AgentError::Store("too many messages".into()))?;
+        // Encode before taking the write lock so it is held only for the inserts.
+        let rows: Vec<(String, bool, i64, Vec<u8>)> = messages
+            .into_iter()
+            .map(|m| (m.run_id, m.interrupted, m.created_at_ms, m.message.encode_to_vec()))
+            .collect();
+
+        // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let (total,): (i64,) = sqlx::query_as(UPSERT_SESSION)
+            .bind(key)
+            .bind(agent_id)
+            .bind(now_ms())
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?;
+        // message_count is bumped in the same transaction, so it is the next seq.
+        let first_seq = total - count;
+        for (seq, (run_id, interrupted, created_at_ms, body)) in (first_seq..).zip(rows) {
+            sqlx::query(INSERT_MESSAGE)
+                .bind(key)
+                .bind(seq)
+                .bind(run_id)
+                .bind(interrupted)
+                .bind(created_at_ms)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn history_impl(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        let limit = limit.map_or(-1, i64::from);
+        let rows: Vec<HistoryRow> =
+            sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit).fetch_all(&self.reader).await?;
+        rows.into_iter()
+            .rev()
+            .map(|(seq, run_id, interrupted, created_at_ms, body)| {
+                let message = Message::decode(body.as_slice()).map_err(|e| {
+                    AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}"))
+                })?;
+                Ok(StoredMessage { message, interrupted: interrupted != 0, created_at_ms, run_id })
+            })
+            .collect()
+    }
+
+    async fn list_impl(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
+        let rows: Vec<SummaryRow> = match agent_id {
+            Some(agent) => {
+                sqlx::query_as(LIST_AGENT).bind(agent).bind(i64::from(limit)).fetch_all(&self.reader).await?
+            }
+            None => sqlx::query_as(LIST_ALL).bind(i64::from(limit)).fetch_all(&self.reader).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(key, agent_id, created_at_ms, updated_at_ms, count)| SessionSummary {
+                key,
+                agent_id,
+                created_at_ms,
+                updated_at_ms,
+                message_count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
+            })
+            .collect())
+    }
+
+    async fn exists_impl(&self, key: &str) -> Result<bool, AgentError> {
+        let (found,): (i64,) = sqlx::query_as(EXISTS).bind(key).fetch_one(&self.reader).await?;
+        Ok(found != 0)
+    }
+}
+
+impl SessionStore for SqliteStore {
+    fn append<'a>(
+        &'a self,
+        key: &'a str,
+        agent_id: &'a str,
+        messages: Vec<StoredMessage>,
+    ) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(self.append_impl(key, agent_id, messages))
+    }
+
+    fn history<'a>(
+        &'a self,
+        key: &'a str,
+        limit: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>> {
+        Box::pin(self.history_impl(key, limit))
+    }
+
+    fn list<'a>(
+        &'a self,
+        agent_id: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>> {
+        Box::pin(self.list_impl(agent_id, limit))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>> {
+        Box::pin(self.exists_impl(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use services::proto::{content_part, ContentPart, ImageUrl, ToolCall};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    /// A database file under the temp dir, removed (with its WAL files) on drop.
+    struct TempDb {
+        dir: PathBuf,
+    }
+
+    impl TempDb {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("agent-svc-sqlite-{}", uuid::Uuid::new_v4()));
+            TempDb { dir }
+        }
+        /// In a not-yet-existing subdirectory, so `open` must create it.
+        fn path(&self) -> String {
+            self.dir.join("nested").join("sessions.db").to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn text(role: &str, text: &str) -> StoredMessage {
+        StoredMessage {
+            message: Message {
+                role: role.into(),
+                parts: vec![ContentPart { part: Some(content_part::Part::Text(text.into())) }],
+                text_only: true,
+                ..Default::default()
+            },
+            interrupted: false,
+            created_at_ms: 1_700_000_000_000,
+            run_id: "run-1".into(),
+        }
+    }
+
+    fn rich_turn() -> Vec<StoredMessage> {
+        let user = StoredMessage {
+            message: Message {
+                role: "user".into(),
+                parts: vec![
+                    ContentPart { part: Some(content_part::Part::Text("what is this?".into())) },
+                    ContentPart {
+                        part: Some(content_part::Part::ImageUrl(ImageUrl {
+                            url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                            detail: Some("low".into()),
+                        })),
+                    },
+                ],
+                text_only: false,
+                name: Some("alice".into()),
+                ..Default::default()
+            },
+            interrupted: false,
+            created_at_ms: 10,
+            run_id: "run-a".into(),
+        };
+        let assistant = StoredMessage {
+            message: Message {
+                role: "assistant".into(),
+                parts: Vec::new(),
+                tool_calls: vec![
+                    ToolCall {
+                        id: "call_1".into(),
+                        r#type: "function".into(),
+                        name: "lookup".into(),
+                        arguments: r#"{"q":"png"}"#.into(),
+                    },
+                    ToolCall {
+                        id: "call_2".into(),
+                        r#type: "function".into(),
+                        name: "weather".into(),
+                        arguments: "{}".into(),
+                    },
+                ],
+                ..Default::default()
+            },
+            interrupted: false,
+            created_at_ms: 11,
+            run_id: "run-a".into(),
+        };
+        let tool = StoredMessage {
+            message: Message {
+                role: "tool".into(),
+                parts: vec![ContentPart { part: Some(content_part::Part::Text("a logo".into())) }],
+                text_only: true,
+                tool_call_id: Some("call_1".into()),
+                ..Default::default()
+            },
+            interrupted: true,
+            created_at_ms: 12,
+            run_id: "run-b".into(),
+        };
+        vec![user, assistant, tool]
+    }
+
+    #[tokio::test]
+    async fn round_trip_keeps_every_field() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let turn = rich_turn();
+        store.append("agent:main:openai-user:a", "main", turn.clone()).await.unwrap();
+        assert_eq!(store.history("agent:main:openai-user:a", None).await.unwrap(), turn);
+        assert!(store.exists("agent:main:openai-user:a").await.unwrap());
+        assert!(!store.exists("agent:main:nope").await.unwrap());
+        assert!(store.history("agent:main:nope", None).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path()).await.unwrap();
+        store
+            .append("agent:main:k", "main", vec![text("user", "hi"), text("assistant", "hello")])
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(store.exists("agent:main:k").await.is_err(), "closed store must fail");
+        drop(store);
+
+        let store = SqliteStore::open(&db.path()).await.unwrap();
+        assert_eq!(
+            store.history("agent:main:k", None).await.unwrap(),
+            vec![text("user", "hi"), text("assistant", "hello")]
+        );
+        // Sequence numbers continue after the restart.
+        store.append("agent:main:k", "main", vec![text("user", "again")]).await.unwrap();
+        let all = store.history("agent:main:k", None).await.unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2], text("user", "again"));
+        let listed = store.list(None, 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].message_count, 3);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn history_limit_returns_the_last_messages_in_order() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let msgs: Vec<_> = (0..10).map(|i| text("user", &i.to_string())).collect();
+        store.append("agent:main:k", "main", msgs[..4].to_vec()).await.unwrap();
+        store.append("agent:main:k", "main", msgs[4..].to_vec()).await.unwrap();
+        assert_eq!(store.history("agent:main:k", Some(3)).await.unwrap(), msgs[7..].to_vec());
+        assert_eq!(store.history("agent:main:k", Some(100)).await.unwrap(), msgs);
+        assert_eq!(store.history("agent:main:k", None).await.unwrap(), msgs);
+        assert!(store.history("agent:main:k", Some(0)).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn list_orders_by_update_and_filters_by_agent() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path()).await.unwrap();
+        for key in ["agent:main:a", "agent:beta:b", "agent:main:c"] {
+            let agent = super::super::keys::split_agent_key(key).unwrap().0;
+            store.append(key, agent, vec![text("user", key)]).await.unwrap();
+        }
+        // Pin update times so the order does not depend on the clock.
+        for (key, t) in [("agent:main:a", 30_i64), ("agent:beta:b", 20), ("agent:main:c", 10)] {
+            sqlx::query("UPDATE sessions SET updated_at_ms = ?1 WHERE key = ?2")
+                .bind(t)
+                .bind(key)
+                .execute(&store.writer)
+                .await
+                .unwrap();
+        }
+        let keys = |v: Vec<SessionSummary>| v.into_iter().map(|s| s.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.list(None, 10).await.unwrap()),
+            ["agent:main:a", "agent:beta:b", "agent:main:c"]
+        );
+        assert_eq!(keys(store.list(None, 2).await.unwrap()), ["agent:main:a", "agent:beta:b"]);
+        assert_eq!(keys(store.list(Some("main"), 10).await.unwrap()), ["agent:main:a", "agent:main:c"]);
+        assert_eq!(keys(store.list(Some("main"), 1).await.unwrap()), ["agent:main:a"]);
+        assert!(store.list(Some("nobody"), 10).await.unwrap().is_empty());
+
+        // An append moves the session to the top; created_at stays.
+        store.append("agent:main:c", "main", vec![text("assistant", "x")]).await.unwrap();
+        let top = store.list(None, 1).await.unwrap().remove(0);
+        assert_eq!(top.key, "agent:main:c");
+        assert_eq!(top.agent_id, "main");
+        assert_eq!(top.message_count, 2);
+        assert!(top.updated_at_ms > 30 && top.created_at_ms <= top.updated_at_ms);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_all_land() {
+        let db = TempDb::new();
+        let store = Arc::new(SqliteStore::open(&db.path()).await.unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    let own = format!("agent:main:task-{t}");
+                    store.append(&own, "main", vec![text("user", &i.to_string())]).await.unwrap();
+                    // Everyone also writes to one shared session: seq must stay unique.
+                    store
+                        .append("agent:main:shared", "main", vec![text("user", &format!("{t}-{i}"))])
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for t in 0..8 {
+            let h = store.history(&format!("agent:main:task-{t}"), None).await.unwrap();
+            let expected: Vec<_> = (0..20).map(|i| text("user", &i.to_string())).collect();
+            assert_eq!(h, expected);
+        }
+        assert_eq!(store.history("agent:main:shared", None).await.unwrap().len(), 160);
+        let listed = store.list(None, 100).await.unwrap();
+        assert_eq!(listed.len(), 9);
+        assert_eq!(listed.iter().map(|s| s.message_count).sum::<u32>(), 8 * 20 + 160);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn corrupt_body_is_a_store_error() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path()).await.unwrap();
+        store.append("agent:main:k", "main", vec![text("user", "hi")]).await.unwrap();
+        sqlx::query("UPDATE messages SET body = x'ffffffff'").execute(&store.writer).await.unwrap();
+        assert!(matches!(store.history("agent:main:k", None).await, Err(AgentError::Store(_))));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_database_works() {
+        let store = SqliteStore::open(":memory:").await.unwrap();
+        store.append("agent:main:k", "main", rich_turn()).await.unwrap();
+        assert_eq!(store.history("agent:main:k", Some(1)).await.unwrap(), rich_turn()[2..].to_vec());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn empty_path_is_refused() {
+        assert!(matches!(SqliteStore::open("").await, Err(AgentError::Startup(_))));
+    }
 }

@@ -1,0 +1,547 @@
+//! Runs: one agent turn from request to stored transcript.
+//!
+//! [`Runner::start`] validates the request, resolves agent and session, waits
+//! for the session's turn (FIFO, bounded), commits the user turn and returns a
+//! [`RunStream`] whose first event is `started`. A task then drives the provider
+//! (with fallbacks before the first token), forwards deltas through a bounded
+//! channel and stores the assistant message when the run ends. Dropping the
+//! stream, `AbortRun`, the run timeout or a forced shutdown cancel the task at
+//! once, which drops the provider stream and so closes the upstream connection.
+
+pub mod assemble;
+pub mod validate;
+
+use crate::agents::AgentRegistry;
+use crate::error::AgentError;
+use crate::providers::{ProviderError, ProviderEvent, ProviderRequest};
+use crate::sessions::keys::{self, SessionSelector};
+use crate::sessions::queue::{SessionQueues, SessionTurn};
+use crate::sessions::{now_ms, SessionStore, StoredMessage};
+use futures::{Stream, StreamExt};
+use services::config::{ModelRef, ResolvedAgent};
+use services::proto::{
+    agent_run_event::Event, agent_run_request::Session, AgentRunEvent, AgentRunRequest, Message, RunFinished,
+    RunStarted, TextDelta, ToolCall, ToolCallDelta, Usage,
+};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// Turns that may wait on one session before the next is refused (SPEC §4).
+pub const MAX_QUEUED_TURNS: usize = 16;
+/// Events buffered between the run task and the gRPC stream.
+const EVENT_BUFFER: usize = 64;
+
+/// Why a run's cancel token fired.
+const CANCEL_CLIENT_GONE: u8 = 0;
+const CANCEL_ABORTED: u8 = 1;
+const CANCEL_SHUTDOWN: u8 = 2;
+
+struct RunEntry {
+    session_key: String,
+    cancel: CancellationToken,
+    reason: Arc<AtomicU8>,
+}
+
+/// Running turns by run id, for `AbortRun` and shutdown.
+#[derive(Default)]
+pub struct RunRegistry {
+    runs: Mutex<HashMap<String, RunEntry>>,
+}
+
+impl RunRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunEntry>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Aborts a run by id, or every run of a session; returns the aborted ids.
+    pub fn abort(&self, run_id: &str, session_key: &str) -> Vec<String> {
+        let runs = self.lock();
+        runs.iter()
+            .filter(|(id, e)| (!run_id.is_empty() && *id == run_id) || (run_id.is_empty() && e.session_key == session_key))
+            .map(|(id, e)| {
+                e.reason.store(CANCEL_ABORTED, Ordering::SeqCst);
+                e.cancel.cancel();
+                id.clone()
+            })
+            .collect()
+    }
+
+    /// Cancels every running turn (forced shutdown).
+    pub fn cancel_all(&self) {
+        for e in self.lock().values() {
+            e.reason.store(CANCEL_SHUTDOWN, Ordering::SeqCst);
+            e.cancel.cancel();
+        }
+    }
+
+    /// Number of running turns.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no turn is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything a run needs, shared by all runs.
+pub struct Runner {
+    registry: Arc<AgentRegistry>,
+    store: Arc<dyn SessionStore>,
+    queues: Arc<SessionQueues>,
+    runs: RunRegistry,
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// The event stream of one run. Dropping it cancels the run.
+pub struct RunStream {
+    rx: mpsc::Receiver<Result<AgentRunEvent, Status>>,
+    cancel: CancellationToken,
+}
+
+impl Stream for RunStream {
+    type Item = Result<AgentRunEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for RunStream {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// One run, resolved and ready to drive.
+struct Prepared {
+    run_id: String,
+    agent: ResolvedAgent,
+    session_key: String,
+    stable: bool,
+    chain: Vec<ModelRef>,
+    system: Option<String>,
+    client_history: Vec<Message>,
+    new_turn: Vec<Message>,
+    base: ProviderRequest,
+}
+
+/// How a run ended.
+enum Outcome {
+    Finished { finish_reason: String, model: String },
+    Failed(AgentError),
+    TimedOut,
+    Cancelled(u8),
+}
+
+/// What the provider produced so far.
+#[derive(Default)]
+struct Produced {
+    text: String,
+    calls: Vec<ToolCall>,
+    /// Upstream index → our contiguous index.
+    call_index: Vec<u32>,
+    usage: Option<Usage>,
+    first_token: bool,
+}
+
+impl Produced {
+    fn assistant_message(&self) -> Message {
+        let mut m = if self.text.is_empty() && !self.calls.is_empty() {
+            Message { role: "assistant".into(), ..Default::default() }
+        } else {
+            assemble::text_message("assistant", self.text.clone())
+        };
+        m.tool_calls = self.calls.clone();
+        m
+    }
+}
+
+fn provider_error(e: ProviderError) -> AgentError {
+    match e {
+        ProviderError::RateLimited(m) => AgentError::RateLimited(m),
+        ProviderError::Rejected(m) => AgentError::UpstreamRejected(m),
+        ProviderError::Upstream(m) => AgentError::Upstream(m),
+        ProviderError::Timeout(m) => AgentError::Timeout(m),
+    }
+}
+
+fn provider_error_kind(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::RateLimited(_) => "rate_limited",
+        ProviderError::Rejected(_) => "rejected",
+        ProviderError::Upstream(_) => "upstream",
+        ProviderError::Timeout(_) => "timeout",
+    }
+}
+
+fn event(e: Event) -> AgentRunEvent {
+    AgentRunEvent { event: Some(e) }
+}
+
+/// The deltas could not be delivered: the caller went away.
+struct Gone;
+
+impl Runner {
+    /// A runner over these agents and this store.
+    pub fn new(registry: Arc<AgentRegistry>, store: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            store,
+            queues: SessionQueues::new(MAX_QUEUED_TURNS),
+            runs: RunRegistry::default(),
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The agent registry.
+    pub fn registry(&self) -> &AgentRegistry {
+        &self.registry
+    }
+
+    /// The session store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Running turns.
+    pub fn runs(&self) -> &RunRegistry {
+        &self.runs
+    }
+
+    /// Waits until no run is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn prepare(&self, mut req: AgentRunRequest) -> Result<Prepared, AgentError> {
+        validate::validate(&req)?;
+        let split = assemble::split(std::mem::take(&mut req.messages))?;
+        validate::validate_images(&split.new_turn)?;
+
+        let requested = if req.agent_id.is_empty() { self.registry.default_agent().id.as_str() } else { &req.agent_id };
+        let selector = match &req.session {
+            Some(Session::SessionKey(k)) => SessionSelector::Explicit(k),
+            Some(Session::User(u)) => SessionSelector::User(u),
+            None => SessionSelector::Stateless,
+        };
+        let channel = if req.channel.is_empty() { "openai" } else { &req.channel };
+        let session = keys::resolve(selector, requested, channel)?;
+        let agent = self
+            .registry
+            .agent(&session.agent_id)
+            .ok_or_else(|| AgentError::UnknownAgent(session.agent_id.clone()))?
+            .clone();
+
+        let chain = match req.model.as_deref().filter(|m| !m.is_empty()) {
+            Some(m) => {
+                let r = ModelRef::parse(m)
+                    .filter(|r| self.registry.model_known(r))
+                    .ok_or_else(|| AgentError::invalid("model", format!("Unknown model: {m}")))?;
+                vec![r]
+            }
+            None => std::iter::once(agent.primary.clone()).chain(agent.fallbacks.iter().cloned()).collect(),
+        };
+
+        let run_id = if req.run_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else if req.run_id.len() <= 128 && !req.run_id.chars().any(char::is_control) {
+            req.run_id.clone()
+        } else {
+            return Err(AgentError::invalid("run_id", "`run_id` must be at most 128 printable characters."));
+        };
+
+        let params = req.params.take().unwrap_or_default();
+        let client_cap = params.max_completion_tokens.or(params.max_tokens).map(|n| n.min(u32::MAX as i64) as u32);
+        let base = ProviderRequest {
+            model: String::new(),
+            messages: Vec::new(),
+            max_tokens: client_cap,
+            params,
+            tools: std::mem::take(&mut req.tools),
+            tool_choice: req.tool_choice.take(),
+            response_format_json: req.response_format_json.take(),
+        };
+        Ok(Prepared {
+            run_id,
+            agent,
+            session_key: session.key,
+            stable: session.stable,
+            chain,
+            system: split.system,
+            // A stable session's history is the stored transcript; only stateless
+            // calls carry their history in the request.
+            client_history: if session.stable { Vec::new() } else { split.history },
+            new_turn: split.new_turn,
+            base,
+        })
+    }
+
+    /// Starts a run. Errors before the stream (validation, unknown agent, a full
+    /// session queue, the store) are returned directly.
+    pub async fn start(self: &Arc<Self>, req: AgentRunRequest) -> Result<RunStream, AgentError> {
+        let mut p = self.prepare(req)?;
+        let turn = if p.stable { Some(self.queues.acquire(&p.session_key).await?) } else { None };
+
+        let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
+        if p.stable {
+            let now = now_ms();
+            let user_turn = p
+                .new_turn
+                .iter()
+                .map(|m| StoredMessage { message: m.clone(), interrupted: false, created_at_ms: now, run_id: p.run_id.clone() })
+                .collect();
+            self.store.append(&p.session_key, &p.agent.id, user_turn).await?;
+        }
+        p.base.messages = assemble::upstream_messages(
+            p.agent.system_prompt.as_deref(),
+            p.system.as_deref(),
+            &transcript,
+            &p.client_history,
+            &p.new_turn,
+        );
+
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(AtomicU8::new(CANCEL_CLIENT_GONE));
+        {
+            let mut runs = self.runs.lock();
+            if runs.contains_key(&p.run_id) {
+                return Err(AgentError::invalid("run_id", format!("Run '{}' is already running.", p.run_id)));
+            }
+            runs.insert(
+                p.run_id.clone(),
+                RunEntry { session_key: p.session_key.clone(), cancel: cancel.clone(), reason: reason.clone() },
+            );
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!("openclaw_agent_runs_in_flight").increment(1.0);
+
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let started = event(Event::Started(RunStarted {
+            run_id: p.run_id.clone(),
+            agent_id: p.agent.id.clone(),
+            session_key: p.session_key.clone(),
+            model: p.chain.first().map(ToString::to_string).unwrap_or_default(),
+        }));
+        // Cannot fail: the channel is fresh and has room.
+        let _ = tx.try_send(Ok(started));
+        let runner = self.clone();
+        let token = cancel.clone();
+        tokio::spawn(async move { runner.drive(p, turn, tx, token, reason).await });
+        Ok(RunStream { rx, cancel })
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        p: Prepared,
+        turn: Option<SessionTurn>,
+        tx: mpsc::Sender<Result<AgentRunEvent, Status>>,
+        cancel: CancellationToken,
+        reason: Arc<AtomicU8>,
+    ) {
+        let started_at = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started_at + p.agent.timeout);
+        let mut produced = Produced::default();
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Outcome::Cancelled(reason.load(Ordering::SeqCst)),
+            r = tokio::time::timeout_at(deadline, self.attempts(&p, &tx, &mut produced, started_at)) => match r {
+                Ok(Ok((finish_reason, model))) => Outcome::Finished { finish_reason, model },
+                Ok(Err(Some(e))) => Outcome::Failed(e),
+                Ok(Err(None)) => Outcome::Cancelled(CANCEL_CLIENT_GONE),
+                Err(_) => Outcome::TimedOut,
+            },
+        };
+
+        let finished = matches!(outcome, Outcome::Finished { .. });
+        if p.stable {
+            let stored = StoredMessage {
+                message: produced.assistant_message(),
+                interrupted: !finished,
+                created_at_ms: now_ms(),
+                run_id: p.run_id.clone(),
+            };
+            if let Err(e) = self.store.append(&p.session_key, &p.agent.id, vec![stored]).await {
+                tracing::error!(session = %p.session_key, error = %e, "storing the assistant message failed");
+            }
+        }
+        drop(turn);
+
+        let label = match &outcome {
+            Outcome::Finished { .. } => "finished",
+            Outcome::Failed(_) => "failed",
+            Outcome::TimedOut => "timeout",
+            Outcome::Cancelled(CANCEL_ABORTED) => "aborted",
+            Outcome::Cancelled(_) => "cancelled",
+        };
+        metrics::counter!("openclaw_agent_runs_total", "outcome" => label).increment(1);
+        metrics::histogram!("openclaw_agent_run_duration_seconds").record(started_at.elapsed().as_secs_f64());
+
+        let last = match outcome {
+            Outcome::Finished { finish_reason, model } => Some(Ok(event(Event::Finished(RunFinished {
+                finish_reason,
+                usage: produced.usage,
+                model,
+            })))),
+            Outcome::Failed(e) => Some(Err(e.into())),
+            Outcome::TimedOut => Some(Err(AgentError::Timeout(format!(
+                "Run timed out after {}s.",
+                p.agent.timeout.as_secs_f64()
+            ))
+            .into())),
+            Outcome::Cancelled(CANCEL_ABORTED) => Some(Err(AgentError::Aborted.into())),
+            Outcome::Cancelled(CANCEL_SHUTDOWN) => Some(Err(AgentError::ShuttingDown.into())),
+            Outcome::Cancelled(_) => None,
+        };
+        if let Some(last) = last {
+            let _ = tx.send(last).await;
+        }
+        self.runs.lock().remove(&p.run_id);
+        metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Tries each model of the chain until one answers. `Err(None)`: the caller went away.
+    async fn attempts(
+        &self,
+        p: &Prepared,
+        tx: &mpsc::Sender<Result<AgentRunEvent, Status>>,
+        produced: &mut Produced,
+        started_at: Instant,
+    ) -> Result<(String, String), Option<AgentError>> {
+        let mut last_err = None;
+        for (i, model) in p.chain.iter().enumerate() {
+            let Some(provider) = self.registry.provider(&model.provider) else {
+                last_err = Some(AgentError::invalid("model", format!("Unknown model: {model}")));
+                continue;
+            };
+            let has_next = i + 1 < p.chain.len();
+            let mut req = p.base.clone();
+            req.model.clone_from(&model.model);
+            if let Some(cap) = self.registry.max_tokens(model) {
+                req.max_tokens = Some(req.max_tokens.map_or(cap, |c| c.min(cap)));
+            }
+            let attempt = match provider.stream(req).await {
+                Ok(mut stream) => {
+                    let mut finish = None;
+                    let mut failure = None;
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(ev) => match self.forward(ev, tx, produced, &mut finish, started_at).await {
+                                Ok(()) => {}
+                                Err(Gone) => return Err(None),
+                            },
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match failure {
+                        None => {
+                            let reason = finish.unwrap_or_else(|| {
+                                if produced.calls.is_empty() { "stop".into() } else { "tool_calls".into() }
+                            });
+                            return Ok((reason, model.to_string()));
+                        }
+                        Some(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            metrics::counter!("openclaw_agent_provider_errors_total",
+                "provider" => model.provider.clone(), "kind" => provider_error_kind(&attempt))
+            .increment(1);
+            let retryable = !matches!(attempt, ProviderError::Rejected(_));
+            if produced.first_token || !has_next || !retryable {
+                return Err(Some(provider_error(attempt)));
+            }
+            tracing::warn!(model = %model, error = %attempt, "provider failed before the first token; trying the next model");
+            last_err = Some(provider_error(attempt));
+        }
+        Err(Some(last_err.unwrap_or_else(|| AgentError::Upstream("no model could be tried".into()))))
+    }
+
+    async fn forward(
+        &self,
+        ev: ProviderEvent,
+        tx: &mpsc::Sender<Result<AgentRunEvent, Status>>,
+        produced: &mut Produced,
+        finish: &mut Option<String>,
+        started_at: Instant,
+    ) -> Result<(), Gone> {
+        let out = match ev {
+            ProviderEvent::Text(text) => {
+                if text.is_empty() {
+                    return Ok(());
+                }
+                produced.text.push_str(&text);
+                Event::Text(TextDelta { text })
+            }
+            ProviderEvent::ToolCall { index, id, name, arguments } => {
+                let ours = match produced.call_index.iter().position(|u| *u == index) {
+                    Some(pos) => pos,
+                    None => {
+                        produced.call_index.push(index);
+                        let n = produced.calls.len();
+                        produced.calls.push(ToolCall {
+                            id: id.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("call_{n}")),
+                            r#type: "function".into(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        });
+                        n
+                    }
+                };
+                let call = &mut produced.calls[ours];
+                let first_fragment = call.name.is_empty() && call.arguments.is_empty();
+                if let Some(n) = name.filter(|n| !n.is_empty()) {
+                    call.name.push_str(&n);
+                }
+                call.arguments.push_str(&arguments);
+                Event::ToolCall(ToolCallDelta {
+                    index: ours as u32,
+                    id: if first_fragment { call.id.clone() } else { String::new() },
+                    name: if first_fragment { call.name.clone() } else { String::new() },
+                    arguments,
+                })
+            }
+            ProviderEvent::Finish(reason) => {
+                *finish = Some(reason);
+                return Ok(());
+            }
+            ProviderEvent::Usage { prompt_tokens, completion_tokens } => {
+                produced.usage = Some(Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    total_tokens: prompt_tokens.saturating_add(completion_tokens),
+                });
+                return Ok(());
+            }
+        };
+        if !produced.first_token {
+            produced.first_token = true;
+            metrics::histogram!("openclaw_agent_time_to_first_token_seconds").record(started_at.elapsed().as_secs_f64());
+        }
+        tx.send(Ok(event(out))).await.map_err(|_| Gone)
+    }
+}
