@@ -25,15 +25,23 @@ struct Cli {
     /// On SIGTERM/SIGINT, how long running turns may take to finish before they are cancelled.
     #[arg(long, env = "AGENT_SVC_SHUTDOWN_GRACE_SECONDS", default_value_t = 30, value_name = "SECONDS")]
     shutdown_grace_seconds: u64,
+    /// Probe a running agent-svc at `--listen` with grpc.health.v1 and exit 0 when it is
+    /// SERVING, 1 otherwise (for container health checks; 0.0.0.0 is probed on 127.0.0.1).
+    #[arg(long)]
+    healthcheck: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.healthcheck {
+        return healthcheck(cli.listen);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Config errors are one line naming the key and the file.
     let config = match services::config::load(cli.config.as_deref()) {
@@ -77,6 +85,36 @@ async fn run(cli: Cli, config: services::config::LoadedConfig) -> anyhow::Result
     tracing::info!("shutting down: refusing new runs, letting running turns finish");
     handle.shutdown(Duration::from_secs(cli.shutdown_grace_seconds)).await?;
     Ok(())
+}
+
+fn healthcheck(mut addr: SocketAddr) -> ExitCode {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let probe = async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = client
+            .check(tonic_health::pb::HealthCheckRequest { service: "openclaw.agent.v1.AgentService".into() })
+            .await?
+            .into_inner();
+        anyhow::ensure!(reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        Ok::<_, anyhow::Error>(())
+    };
+    let ok = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(probe).is_ok())
+        .unwrap_or(false);
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn shutdown_signal() {

@@ -659,17 +659,32 @@ enum Flow {
 }
 
 /// Per-stream bookkeeping that keeps the event order the trait promises:
-/// one `Finish`, then at most one `Usage`, whatever order upstream used.
+/// one `Finish`, then at most one `Usage` at the end, whatever upstream did
+/// (some servers repeat the finish reason or send running usage in every chunk).
 #[derive(Default)]
 struct ChunkState {
     finished: bool,
-    usage_sent: bool,
-    /// Usage that arrived before the finish reason (held back until it comes).
-    early_usage: Option<ProviderEvent>,
+    saw_tool_calls: bool,
+    /// The latest usage seen; sent once, when the stream ends normally.
+    usage: Option<ProviderEvent>,
 }
 
 impl ChunkState {
     /// Handles one SSE `data` payload, appending the events it carries to `out`.
+    /// The normal end (`[DONE]`, or the body ending after a finish reason).
+    fn on_end(&mut self, out: &mut VecDeque<ProviderEvent>) {
+        if !self.finished {
+            // `[DONE]` without a finish reason (seen from some local servers):
+            // still end with exactly one `Finish`, as the trait promises.
+            self.finished = true;
+            let reason = if self.saw_tool_calls { "tool_calls" } else { "stop" };
+            out.push_back(ProviderEvent::Finish(reason.into()));
+        }
+        if let Some(u) = self.usage.take() {
+            out.push_back(u);
+        }
+    }
+
     fn on_data(&mut self, data: &str, out: &mut VecDeque<ProviderEvent>) -> Result<Flow, ProviderError> {
         let data = data.trim();
         if data == "[DONE]" {
@@ -704,6 +719,7 @@ impl ChunkState {
                     }
                     // Some servers omit `index`; the position in the array is the best guess.
                     let index = call.index.unwrap_or(pos as u32);
+                    self.saw_tool_calls = true;
                     out.push_back(ProviderEvent::ToolCall { index, id, name, arguments });
                 }
             }
@@ -711,20 +727,11 @@ impl ChunkState {
                 if !self.finished {
                     self.finished = true;
                     out.push_back(ProviderEvent::Finish(reason));
-                    if let Some(u) = self.early_usage.take() {
-                        self.usage_sent = true;
-                        out.push_back(u);
-                    }
                 }
             }
         }
         if let Some(usage) = chunk.usage {
-            if !self.finished {
-                self.early_usage = Some(usage.event());
-            } else if !self.usage_sent {
-                self.usage_sent = true;
-                out.push_back(usage.event());
-            }
+            self.usage = Some(usage.event());
         }
         Ok(Flow::Continue)
     }
@@ -784,6 +791,7 @@ where
                             }
                         }
                         this.inner = None;
+                        this.state.on_end(&mut this.pending);
                     }
                     Err(e) => {
                         this.inner = None;
@@ -801,6 +809,7 @@ where
                             "provider stream ended before finishing".into(),
                         ))));
                     }
+                    this.state.on_end(&mut this.pending);
                 }
             }
         }
@@ -1022,7 +1031,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sse_usage_before_finish_is_reordered_and_sent_once() {
+    async fn sse_usage_is_sent_once_after_finish() {
         let input = [
             data(
                 r#"{"choices":[{"index":0,"delta":{"content":"a"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
@@ -1036,8 +1045,8 @@ mod tests {
             "data: [DONE]\n\n".to_string(),
         ];
         let refs: Vec<&str> = input.iter().map(String::as_str).collect();
-        // Usage seen with the finish chunk: the latest value before Finish wins, sent once.
-        assert_eq!(run_sse(&refs).await, vec![text("a"), finish("stop"), usage(3, 4)]);
+        // Running usage in every chunk: one Finish, then the latest usage, once.
+        assert_eq!(run_sse(&refs).await, vec![text("a"), finish("stop"), usage(5, 6)]);
     }
 
     #[tokio::test]
@@ -1091,6 +1100,17 @@ mod tests {
             got,
             vec![text("par"), Err(ProviderError::Upstream("provider stream ended before finishing".into()))]
         );
+    }
+
+    #[tokio::test]
+    async fn sse_done_without_finish_reason_still_finishes() {
+        let got = run_sse(&[
+            &data(r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#),
+            &data(r#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#),
+            "data: [DONE]\n\n",
+        ])
+        .await;
+        assert_eq!(got, vec![text("x"), finish("stop"), usage(2, 1)]);
     }
 
     #[tokio::test]
@@ -1368,7 +1388,7 @@ mod tests {
     mod socket {
         use super::*;
         use axum::body::Body;
-        use axum::extract::{Path, State};
+        use axum::extract::{ConnectInfo, Path, State};
         use axum::http::{HeaderMap as AxHeaders, StatusCode};
         use axum::response::{IntoResponse, Response};
         use axum::routing::post;
@@ -1377,12 +1397,17 @@ mod tests {
         use std::sync::Mutex;
         use tokio::sync::oneshot;
 
+        /// Request body, `Authorization` and `X-Extra` headers of a request.
+        type Seen = (Value, Option<String>, Option<String>);
+
         #[derive(Clone, Default)]
         struct Shared {
             /// Fires when the server drops a streaming body (the client went away).
             dropped: Arc<Mutex<Option<oneshot::Sender<()>>>>,
             /// The last request body and auth header seen.
-            seen: Arc<Mutex<Option<(Value, Option<String>, Option<String>)>>>,
+            seen: Arc<Mutex<Option<Seen>>>,
+            /// Client address of every request, to see connection reuse.
+            peers: Arc<Mutex<Vec<std::net::SocketAddr>>>,
         }
 
         struct DropSignal(Option<oneshot::Sender<()>>);
@@ -1395,12 +1420,20 @@ mod tests {
             }
         }
 
+        /// An SSE body sent as a chunked stream, one event per chunk, like real upstreams.
         fn sse(body: &'static str) -> Response {
-            ([("content-type", "text/event-stream")], body).into_response()
+            let events = body
+                .split_inclusive("\n\n")
+                .map(|e| Ok::<_, std::io::Error>(Bytes::from_static(e.as_bytes())));
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(futures::stream::iter(events)))
+                .unwrap_or_default()
         }
 
         async fn handler(
             State(shared): State<Shared>,
+            ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
             Path(case): Path<String>,
             headers: AxHeaders,
             body: Bytes,
@@ -1408,6 +1441,7 @@ mod tests {
             let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(String::from);
             *shared.seen.lock().unwrap() = Some((json, h("authorization"), h("x-extra")));
+            shared.peers.lock().unwrap().push(peer);
             match case.as_str() {
                 "429" => (StatusCode::TOO_MANY_REQUESTS, r#"{"error":{"message":"slow down"}}"#).into_response(),
                 "500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
@@ -1463,6 +1497,7 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let _ = axum::serve(listener, app).await;
             });
             (addr, shared)
@@ -1530,8 +1565,13 @@ mod tests {
             assert_eq!(body["stream_options"]["include_usage"], json!(true));
             assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
             assert_eq!(extra.as_deref(), Some("yes"));
-            // The pooled connection is reused for a second attempt.
+            // A stream read to `[DONE]` leaves its connection in the pool for the next attempt.
             assert_eq!(attempt(&p).await.unwrap().len(), 4);
+            {
+                let peers = shared.peers.lock().unwrap();
+                assert_eq!(peers.len(), 2);
+                assert_eq!(peers[0], peers[1], "second attempt opened a new connection");
+            }
 
             assert_eq!(
                 attempt(&provider(addr, "json", 2000)).await.unwrap(),
@@ -1568,12 +1608,15 @@ mod tests {
             let p = provider(addr, "hang", 2000);
             let mut s = p.stream(request()).await.unwrap();
             assert_eq!(s.next().await, Some(Ok(ProviderEvent::Text("tick".into()))));
+            let dropped_at = std::time::Instant::now();
             drop(s);
             // The server notices (its body is dropped) once the socket is gone.
             tokio::time::timeout(Duration::from_secs(2), rx)
                 .await
                 .expect("upstream connection was not closed after the stream was dropped")
                 .unwrap();
+            // Far inside the 100 ms the spec allows, plus one 20 ms server tick.
+            assert!(dropped_at.elapsed() < Duration::from_millis(500), "{:?}", dropped_at.elapsed());
         }
     }
 }
