@@ -116,17 +116,17 @@ impl ConfigBuilder {
     pub fn with_mock(mock: &MockUpstream) -> Self {
         Self::new()
             .provider(MOCK_PROVIDER, &mock.base_url())
-            .set(
-                &format!("models.providers.{MOCK_PROVIDER}.apiKey"),
-                json!(MOCK_API_KEY),
-            )
+            .set(&format!("models.providers.{MOCK_PROVIDER}.apiKey"), json!(MOCK_API_KEY))
             .model(&format!("{MOCK_PROVIDER}/{MOCK_MODEL}"))
             .timeout_seconds(30.0)
     }
 
     /// Adds (or replaces) an `openai-completions` provider.
     pub fn provider(self, name: &str, base_url: &str) -> Self {
-        self.set(&format!("models.providers.{name}"), json!({"baseUrl": base_url, "api": "openai-completions"}))
+        self.set(
+            &format!("models.providers.{name}"),
+            json!({"baseUrl": base_url, "api": "openai-completions"}),
+        )
     }
 
     /// `agents.defaults.model` as a plain `provider/model` string.

@@ -48,6 +48,9 @@ use tokio::sync::watch;
 /// Usage reported by [`Behavior::text`] and [`Behavior::tool_call`] unless changed.
 pub const DEFAULT_USAGE: (u32, u32) = (11, 7);
 
+/// Pause before a [`Behavior::ResetAfter`] abort, so the chunks reach the client first.
+const RESET_FLUSH_PAUSE: Duration = Duration::from_millis(30);
+
 /// One tool call the mock streams in a [`Behavior::ToolCalls`] answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockToolCall {
@@ -374,11 +377,9 @@ impl RecordedRequest {
 pub fn content_text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
+        }
         _ => String::new(),
     }
 }
@@ -642,7 +643,8 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: Uri, headers: HeaderMap, b
     };
     inner.requests_tx.send_modify(|c| *c += 1);
     let n = inner.seq.fetch_add(1, Ordering::Relaxed);
-    let ctx = Ctx { id: format!("chatcmpl-mock-{n}"), created: unix_now(), model, include_usage, request: parsed };
+    let ctx =
+        Ctx { id: format!("chatcmpl-mock-{n}"), created: unix_now(), model, include_usage, request: parsed };
     let guard = ResponseGuard::new(inner);
     respond(behavior, ctx, guard).await
 }
@@ -654,7 +656,8 @@ fn respond(behavior: Behavior, ctx: Ctx, mut guard: ResponseGuard) -> BoxFuture<
                 let text = last_user_text(&ctx.request);
                 let pieces = split_pieces(&text);
                 let msgs = ctx.request.get("messages").and_then(Value::as_array).map_or(0, Vec::len);
-                let usage = (u32::try_from(msgs).unwrap_or(u32::MAX), u32::try_from(pieces.len()).unwrap_or(0));
+                let usage =
+                    (u32::try_from(msgs).unwrap_or(u32::MAX), u32::try_from(pieces.len()).unwrap_or(0));
                 sse(text_steps(&ctx, &pieces, delay, "stop", Some(usage)), guard)
             }
             Behavior::Stream { chunks, delay, finish_reason, usage } => {
@@ -687,10 +690,14 @@ fn respond(behavior: Behavior, ctx: Ctx, mut guard: ResponseGuard) -> BoxFuture<
                 StatusCode::INTERNAL_SERVER_ERROR.into_response()
             }
             Behavior::ResetAfter { chunks } => {
-                let mut steps = vec![Step::Data(chunk(&ctx, json!({"role": "assistant", "content": ""}), None))];
+                let mut steps =
+                    vec![Step::Data(chunk(&ctx, json!({"role": "assistant", "content": ""}), None))];
                 for c in &chunks {
                     steps.push(Step::Data(chunk(&ctx, json!({"content": c}), None)));
                 }
+                // Let hyper flush what was sent before the abort (else the client
+                // may see a truncated head instead of a broken body).
+                steps.push(Step::Sleep(RESET_FLUSH_PAUSE));
                 steps.push(Step::Fail);
                 sse(steps, guard)
             }

@@ -147,13 +147,12 @@ fn text_events(reply: &str, max_tokens: Option<u32>, prompt_tokens: u32) -> Vec<
     let pieces = word_pieces(reply);
     // A whitespace-only reply is one piece holding no word.
     let words = reply.split_whitespace().count();
-    let (take, reason) = match max_tokens {
-        Some(n) if words > n as usize => (n as usize, "length"),
-        _ => (pieces.len(), "stop"),
+    let (take, emitted, reason) = match max_tokens {
+        Some(n) if words > n as usize => (n as usize, n as usize, "length"),
+        _ => (pieces.len(), words, "stop"),
     };
     let mut events = Vec::with_capacity(take + 2);
     events.extend(pieces[..take].iter().map(|p| ProviderEvent::Text((*p).to_string())));
-    let emitted = if take == pieces.len() { words } else { take };
     events.push(ProviderEvent::Finish(reason.into()));
     events.push(ProviderEvent::Usage { prompt_tokens, completion_tokens: saturate(emitted) });
     events

@@ -166,7 +166,12 @@ impl Provider for OpenAiProvider {
             if !status.is_success() {
                 let limit = first_byte.unwrap_or(DEFAULT_ERROR_BODY_TIMEOUT);
                 let err = error_from_response(resp, limit).await;
-                tracing::debug!(provider = %name, status = status.as_u16(), error = %err, "provider refused request");
+                tracing::debug!(
+                    provider = %name,
+                    status = status.as_u16(),
+                    error = %err,
+                    "provider refused request"
+                );
                 return Err(err);
             }
             if is_json(resp.headers()) {
@@ -670,7 +675,6 @@ struct ChunkState {
 }
 
 impl ChunkState {
-    /// Handles one SSE `data` payload, appending the events it carries to `out`.
     /// The normal end (`[DONE]`, or the body ending after a finish reason).
     fn on_end(&mut self, out: &mut VecDeque<ProviderEvent>) {
         if !self.finished {
@@ -685,6 +689,7 @@ impl ChunkState {
         }
     }
 
+    /// Handles one SSE `data` payload, appending the events it carries to `out`.
     fn on_data(&mut self, data: &str, out: &mut VecDeque<ProviderEvent>) -> Result<Flow, ProviderError> {
         let data = data.trim();
         if data == "[DONE]" {

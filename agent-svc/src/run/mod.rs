@@ -16,7 +16,7 @@ use crate::error::AgentError;
 use crate::providers::{ProviderError, ProviderEvent, ProviderRequest};
 use crate::sessions::keys::{self, SessionSelector};
 use crate::sessions::queue::{SessionQueues, SessionTurn};
-use crate::sessions::{now_ms, SessionStore, StoredMessage};
+use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
 use futures::{Stream, StreamExt};
 use services::config::{ModelRef, ResolvedAgent};
 use services::proto::{
@@ -298,7 +298,14 @@ impl Runner {
     /// session queue, the store) are returned directly.
     pub async fn start(self: &Arc<Self>, req: AgentRunRequest) -> Result<RunStream, AgentError> {
         let mut p = self.prepare(req)?;
-        let turn = if p.stable { Some(self.queues.acquire(&p.session_key).await?) } else { None };
+        // In-process FIFO first, then the store's cross-replica lock (Postgres).
+        let turn = if p.stable {
+            let queued = self.queues.acquire(&p.session_key).await?;
+            let locked = self.store.lock_turn(&p.session_key).await?;
+            Some((queued, locked))
+        } else {
+            None
+        };
 
         let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
         if p.stable {
@@ -351,7 +358,7 @@ impl Runner {
     async fn drive(
         self: Arc<Self>,
         p: Prepared,
-        turn: Option<SessionTurn>,
+        turn: Option<(SessionTurn, TurnLock)>,
         tx: mpsc::Sender<Result<AgentRunEvent, Status>>,
         cancel: CancellationToken,
         reason: Arc<AtomicU8>,

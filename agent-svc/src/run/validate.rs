@@ -148,11 +148,10 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
                 }
             }
         }
-        "tool" => {
-            if m.tool_call_id.as_deref().unwrap_or("").is_empty() {
-                return Err(invalid("A `tool` message needs `tool_call_id`.".into()));
-            }
+        "tool" if m.tool_call_id.as_deref().unwrap_or("").is_empty() => {
+            return Err(invalid("A `tool` message needs `tool_call_id`.".into()));
         }
+        "tool" => {}
         role if null_content => {
             return Err(invalid(format!("A `{role}` message needs `content`.")));
         }

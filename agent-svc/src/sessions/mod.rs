@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod memory;
+pub mod postgres;
 pub mod queue;
 pub mod sqlite;
 
@@ -50,16 +51,58 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), AgentError>>;
 
     /// The last `limit` messages of a session in order (`None`: all). Unknown: empty.
-    fn history<'a>(&'a self, key: &'a str, limit: Option<u32>) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>>;
+    fn history<'a>(
+        &'a self,
+        key: &'a str,
+        limit: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>>;
 
     /// Sessions, most recently updated first, optionally of one agent.
-    fn list<'a>(&'a self, agent_id: Option<&'a str>, limit: u32) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>>;
+    fn list<'a>(
+        &'a self,
+        agent_id: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>>;
 
     /// Whether a session exists.
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>>;
+
+    /// Serializes turns of one session across replicas that share this store:
+    /// take it after [`queue::SessionQueues::acquire`] and hold it for the turn.
+    /// Stores private to one process need nothing beyond the in-process queue,
+    /// so the default is a no-op lock. Cancel-safe.
+    fn lock_turn<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<TurnLock, AgentError>> {
+        Box::pin(std::future::ready(Ok(TurnLock::none())))
+    }
 }
 
-/// Opens the store named by `session.store`: `memory`, `sqlite:PATH`.
+/// A held cross-replica turn lock (see [`SessionStore::lock_turn`]); dropping
+/// it releases the lock.
+pub struct TurnLock {
+    // The Mutex only makes the guard `Sync`; it is never locked.
+    _held: Option<std::sync::Mutex<Box<dyn Send>>>,
+}
+
+impl TurnLock {
+    /// A lock that holds nothing (stores private to one process).
+    pub fn none() -> Self {
+        TurnLock { _held: None }
+    }
+
+    /// Wraps whatever keeps the lock alive until dropped.
+    pub fn new(held: impl Send + 'static) -> Self {
+        TurnLock { _held: Some(std::sync::Mutex::new(Box::new(held))) }
+    }
+}
+
+impl std::fmt::Debug for TurnLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnLock").field("held", &self._held.is_some()).finish()
+    }
+}
+
+/// Opens the store named by `session.store`: `memory`, `sqlite:PATH`,
+/// `postgres://…` (or `postgresql://…`).
 pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn SessionStore>, AgentError> {
     if spec == "memory" {
         return Ok(std::sync::Arc::new(memory::MemoryStore::default()));
@@ -67,9 +110,24 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn SessionStore>, AgentE
     if let Some(path) = spec.strip_prefix("sqlite:") {
         return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
     }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Ok(std::sync::Arc::new(postgres::PostgresStore::open(spec).await?));
+    }
     Err(AgentError::Startup(format!(
-        "session.store: unsupported store {spec:?} (memory, sqlite:PATH)"
+        "session.store: unsupported store {:?} (memory, sqlite:PATH, postgres://…)",
+        redact_userinfo(spec)
     )))
+}
+
+/// `scheme://user:pass@host…` → `scheme://***@host…`, so a mistyped database
+/// URL never puts a password into logs.
+fn redact_userinfo(spec: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = spec.split_once("://") else { return spec.into() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]).into(),
+        None => spec.into(),
+    }
 }
 
 /// Current Unix time in milliseconds.
@@ -78,4 +136,32 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_memory_and_unsupported() {
+        let store = open("memory").await.unwrap();
+        assert!(!store.exists("agent:main:x").await.unwrap());
+        // The default lock of a process-local store holds nothing.
+        let lock = store.lock_turn("agent:main:x").await.unwrap();
+        assert_eq!(format!("{lock:?}"), "TurnLock { held: false }");
+        match open("mysql://user:secret@db/x").await {
+            Err(AgentError::Startup(msg)) => {
+                assert!(!msg.contains("secret"), "{msg}");
+                assert!(msg.contains("mysql://***@db/x"), "{msg}");
+            }
+            _ => panic!("expected a startup error"),
+        }
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        assert_eq!(redact_userinfo("pg://u:p@h:5/db"), "pg://***@h:5/db");
+        assert_eq!(redact_userinfo("pg://h/db?x=a@b"), "pg://h/db?x=a@b");
+        assert_eq!(redact_userinfo("sqlite:/tmp/a@b"), "sqlite:/tmp/a@b");
+    }
 }

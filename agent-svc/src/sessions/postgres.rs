@@ -1,0 +1,466 @@
+//! The `postgres://…` session store: replicas of agent-svc share sessions, and
+//! [`SessionStore::lock_turn`] keeps turns of one session serialized across
+//! them with a PostgreSQL advisory lock.
+
+use super::{now_ms, SessionStore, SessionSummary, StoredMessage, TurnLock};
+use crate::error::AgentError;
+use futures::future::BoxFuture;
+use prost::Message as _;
+use services::proto::Message;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Connections for reads and appends.
+const DATA_CONNECTIONS: u32 = 16;
+
+/// Connections holding turn locks: one per running turn of a stable session
+/// on this replica. Waiting turns hold none.
+const LOCK_CONNECTIONS: u32 = 64;
+
+/// How long `open` retries a server that refuses connections.
+const CONNECT_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Polling bounds while another replica holds a session's turn lock.
+const LOCK_POLL_MIN: Duration = Duration::from_millis(5);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Serializes schema creation when several replicas start at once
+/// (`CREATE … IF NOT EXISTS` is not safe against concurrent creators).
+const SCHEMA_LOCK_ID: i64 = 0x6f70_656e_636c_6177; // "openclaw"
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS sessions (
+        key           TEXT   PRIMARY KEY,
+        agent_id      TEXT   NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL,
+        message_count BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS messages (
+        session_key   TEXT    NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+        seq           BIGINT  NOT NULL,
+        run_id        TEXT    NOT NULL,
+        interrupted   BOOLEAN NOT NULL,
+        created_at_ms BIGINT  NOT NULL,
+        body          BYTEA   NOT NULL,
+        PRIMARY KEY (session_key, seq)
+    )",
+    "CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at_ms DESC, key)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_agent_updated ON sessions (agent_id, updated_at_ms DESC, key)",
+];
+
+// One statement, so one round trip and atomic on its own: the upsert locks the
+// session row (concurrent appends from other replicas wait on it) and returns
+// the new count, from which the inserted messages take consecutive seqs.
+const APPEND: &str = "
+WITH s AS (
+    INSERT INTO sessions (key, agent_id, created_at_ms, updated_at_ms, message_count)
+    VALUES ($1, $2, $3, $3, $4)
+    ON CONFLICT (key) DO UPDATE SET
+        updated_at_ms = GREATEST(sessions.updated_at_ms, EXCLUDED.updated_at_ms),
+        message_count = sessions.message_count + EXCLUDED.message_count
+    RETURNING message_count
+)
+INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body)
+SELECT $1, s.message_count - $4 + m.ord - 1, m.run_id, m.interrupted, m.created_at_ms, m.body
+FROM s, UNNEST($5::text[], $6::boolean[], $7::bigint[], $8::bytea[])
+    WITH ORDINALITY AS m (run_id, interrupted, created_at_ms, body, ord)";
+
+// LIMIT NULL means no limit.
+const SELECT_HISTORY: &str = "
+SELECT seq, run_id, interrupted, created_at_ms, body FROM messages
+WHERE session_key = $1 ORDER BY seq DESC LIMIT $2";
+
+const LIST_ALL: &str = "
+SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
+ORDER BY updated_at_ms DESC, key LIMIT $1";
+
+const LIST_AGENT: &str = "
+SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
+WHERE agent_id = $1 ORDER BY updated_at_ms DESC, key LIMIT $2";
+
+const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM sessions WHERE key = $1)";
+
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+
+type HistoryRow = (i64, String, bool, i64, Vec<u8>);
+type SummaryRow = (String, String, i64, i64, i64);
+
+/// PostgreSQL-backed transcript store, shareable between replicas.
+pub struct PostgresStore {
+    data: PgPool,
+    locks: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:pass@host:port/db?…`) and creates the
+    /// schema if needed.
+    pub async fn open(url: &str) -> Result<Self, AgentError> {
+        Self::open_retrying(url, CONNECT_RETRY_FOR).await
+    }
+
+    async fn open_retrying(url: &str, retry_for: Duration) -> Result<Self, AgentError> {
+        // Errors name the server but never the URL: it may carry a password.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| AgentError::Startup(format!("session.store: invalid postgres URL: {e}")))?
+            .application_name("openclaw-agent-svc");
+        let target = format!(
+            "postgres database {:?} on {}:{}",
+            options.get_database().unwrap_or_default(),
+            options.get_host(),
+            options.get_port()
+        );
+        let fail = |what: &str, e: sqlx::Error| {
+            AgentError::Startup(format!("session.store: cannot {what} {target}: {e}"))
+        };
+
+        // One direct connection first: it reports the real cause (refused,
+        // auth, unknown database) where the pool would only time out, and it
+        // rides out a server that is still starting (compose).
+        let started = std::time::Instant::now();
+        loop {
+            match options.connect().await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    break;
+                }
+                Err(sqlx::Error::Io(_)) if started.elapsed() < retry_for => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(fail("connect to", e)),
+            }
+        }
+        let data = PgPoolOptions::new()
+            .max_connections(DATA_CONNECTIONS)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| fail("connect to", e))?;
+        create_schema(&data).await.map_err(|e| fail("create the schema in", e))?;
+        let locks = PgPoolOptions::new()
+            .max_connections(LOCK_CONNECTIONS)
+            // Whatever happened to a lock connection (a guard dropped, a try
+            // cancelled after the server granted it), it goes back unlocked.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut *conn).await?;
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(options);
+        Ok(PostgresStore { data, locks })
+    }
+
+    /// Closes all connections (releasing any held turn locks). Later calls fail.
+    pub async fn close(&self) {
+        self.locks.close().await;
+        self.data.close().await;
+    }
+
+    async fn append_impl(
+        &self,
+        key: &str,
+        agent_id: &str,
+        messages: Vec<StoredMessage>,
+    ) -> Result<(), AgentError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let count =
+            i64::try_from(messages.len()).map_err(|_| AgentError::Store("too many messages".into()))?;
+        let n = messages.len();
+        let (mut run_ids, mut interrupted, mut created, mut bodies) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for m in messages {
+            bodies.push(m.message.encode_to_vec());
+            run_ids.push(m.run_id);
+            interrupted.push(m.interrupted);
+            created.push(m.created_at_ms);
+        }
+        sqlx::query(APPEND)
+            .bind(key)
+            .bind(agent_id)
+            .bind(now_ms())
+            .bind(count)
+            .bind(run_ids)
+            .bind(interrupted)
+            .bind(created)
+            .bind(bodies)
+            .execute(&self.data)
+            .await?;
+        Ok(())
+    }
+
+    async fn history_impl(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        let rows: Vec<HistoryRow> =
+            sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit.map(i64::from)).fetch_all(&self.data).await?;
+        rows.into_iter()
+            .rev()
+            .map(|(seq, run_id, interrupted, created_at_ms, body)| {
+                let message = Message::decode(body.as_slice()).map_err(|e| {
+                    AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}"))
+                })?;
+                Ok(StoredMessage { message, interrupted, created_at_ms, run_id })
+            })
+            .collect()
+    }
+
+    async fn list_impl(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
+        let rows: Vec<SummaryRow> = match agent_id {
+            Some(agent) => {
+                sqlx::query_as(LIST_AGENT).bind(agent).bind(i64::from(limit)).fetch_all(&self.data).await?
+            }
+            None => sqlx::query_as(LIST_ALL).bind(i64::from(limit)).fetch_all(&self.data).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(key, agent_id, created_at_ms, updated_at_ms, count)| SessionSummary {
+                key,
+                agent_id,
+                created_at_ms,
+                updated_at_ms,
+                message_count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
+            })
+            .collect())
+    }
+
+    async fn exists_impl(&self, key: &str) -> Result<bool, AgentError> {
+        let (found,): (bool,) = sqlx::query_as(EXISTS).bind(key).fetch_one(&self.data).await?;
+        Ok(found)
+    }
+
+    async fn lock_turn_impl(&self, key: &str) -> Result<TurnLock, AgentError> {
+        // Polling with try-lock instead of a blocking pg_advisory_lock: a
+        // waiting turn holds no connection, and dropping this future never
+        // leaves a server-side wait behind.
+        let mut pause = LOCK_POLL_MIN;
+        loop {
+            let mut conn = self.locks.acquire().await?;
+            let (locked,): (bool,) = sqlx::query_as(TRY_LOCK).bind(key).fetch_one(&mut *conn).await?;
+            if locked {
+                // Dropping the connection returns it to the pool, which unlocks it.
+                return Ok(TurnLock::new(conn));
+            }
+            drop(conn);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
+    }
+}
+
+async fn create_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK_ID).execute(&mut *tx).await?;
+    for stmt in SCHEMA {
+        sqlx::query(stmt).persistent(false).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+impl SessionStore for PostgresStore {
+    fn append<'a>(
+        &'a self,
+        key: &'a str,
+        agent_id: &'a str,
+        messages: Vec<StoredMessage>,
+    ) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(self.append_impl(key, agent_id, messages))
+    }
+
+    fn history<'a>(
+        &'a self,
+        key: &'a str,
+        limit: Option<u32>,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>> {
+        Box::pin(self.history_impl(key, limit))
+    }
+
+    fn list<'a>(
+        &'a self,
+        agent_id: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>> {
+        Box::pin(self.list_impl(agent_id, limit))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>> {
+        Box::pin(self.exists_impl(key))
+    }
+
+    fn lock_turn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<TurnLock, AgentError>> {
+        Box::pin(self.lock_turn_impl(key))
+    }
+}
+
+/// These tests need a server: set `OPENCLAW_TEST_POSTGRES_URL` (a database
+/// the tests may create tables in). Without it they pass without checking.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use services::proto::{content_part, ContentPart, ImageUrl, ToolCall};
+    use std::sync::Arc;
+
+    async fn store() -> Option<PostgresStore> {
+        let url = std::env::var("OPENCLAW_TEST_POSTGRES_URL").ok()?;
+        Some(PostgresStore::open(&url).await.unwrap())
+    }
+
+    /// A key no other test run uses, since the database is shared.
+    fn key(name: &str) -> String {
+        format!("agent:main:{name}-{}", uuid::Uuid::new_v4())
+    }
+
+    fn text(role: &str, text: &str) -> StoredMessage {
+        StoredMessage {
+            message: Message {
+                role: role.into(),
+                parts: vec![ContentPart { part: Some(content_part::Part::Text(text.into())) }],
+                text_only: true,
+                ..Default::default()
+            },
+            interrupted: false,
+            created_at_ms: 1,
+            run_id: "run-1".into(),
+        }
+    }
+
+    fn rich_turn() -> Vec<StoredMessage> {
+        vec![
+            StoredMessage {
+                message: Message {
+                    role: "user".into(),
+                    parts: vec![
+                        ContentPart { part: Some(content_part::Part::Text("look".into())) },
+                        ContentPart {
+                            part: Some(content_part::Part::ImageUrl(ImageUrl {
+                                url: "data:image/png;base64,AAAA".into(),
+                                detail: None,
+                            })),
+                        },
+                    ],
+                    name: Some("alice".into()),
+                    ..Default::default()
+                },
+                interrupted: false,
+                created_at_ms: 10,
+                run_id: "r1".into(),
+            },
+            StoredMessage {
+                message: Message {
+                    role: "assistant".into(),
+                    tool_calls: vec![ToolCall {
+                        id: "call_1".into(),
+                        r#type: "function".into(),
+                        name: "f".into(),
+                        arguments: "{\"a\":1}".into(),
+                    }],
+                    ..Default::default()
+                },
+                interrupted: false,
+                created_at_ms: 11,
+                run_id: "r1".into(),
+            },
+            StoredMessage {
+                message: Message {
+                    role: "tool".into(),
+                    parts: vec![ContentPart { part: Some(content_part::Part::Text("ok".into())) }],
+                    text_only: true,
+                    tool_call_id: Some("call_1".into()),
+                    ..Default::default()
+                },
+                interrupted: true,
+                created_at_ms: 12,
+                run_id: "r2".into(),
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn open_reports_the_cause_without_the_password() {
+        // Port 1 on loopback refuses at once.
+        let err =
+            match PostgresStore::open_retrying("postgres://u:hunter2@127.0.0.1:1/db", Duration::ZERO).await {
+                Err(AgentError::Startup(msg)) => msg,
+                _ => panic!("expected a startup error"),
+            };
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("127.0.0.1:1") && err.contains("\"db\""), "{err}");
+        assert!(matches!(PostgresStore::open("postgres://[bad").await, Err(AgentError::Startup(_))));
+    }
+
+    #[tokio::test]
+    async fn pg_round_trip_history_and_list() {
+        let Some(store) = store().await else { return };
+        let k = key("rt");
+        assert!(!store.exists(&k).await.unwrap());
+        store.append(&k, "main", rich_turn()).await.unwrap();
+        store.append(&k, "main", vec![text("user", "more")]).await.unwrap();
+        assert!(store.exists(&k).await.unwrap());
+        let mut all = rich_turn();
+        all.push(text("user", "more"));
+        assert_eq!(store.history(&k, None).await.unwrap(), all);
+        assert_eq!(store.history(&k, Some(2)).await.unwrap(), all[2..].to_vec());
+        assert!(store.history(&k, Some(0)).await.unwrap().is_empty());
+
+        // The most recent session of a fresh agent id is ours.
+        let agent = format!("a{}", uuid::Uuid::new_v4().simple());
+        let k2 = format!("agent:{agent}:x");
+        store.append(&k2, &agent, vec![text("user", "x")]).await.unwrap();
+        let listed = store.list(Some(&agent), 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, k2);
+        assert_eq!(listed[0].message_count, 1);
+        // Other tests write to the same database concurrently: check the order only.
+        let recent = store.list(None, 50).await.unwrap();
+        assert!(!recent.is_empty() && recent.len() <= 50);
+        assert!(recent.windows(2).all(|w| w[0].updated_at_ms >= w[1].updated_at_ms));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn pg_concurrent_appends_across_stores_all_land() {
+        let Some(a) = store().await else { return };
+        // A second store stands in for a second replica.
+        let Some(b) = store().await else { return };
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let shared = key("shared");
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let s = if t % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    s.append(&shared, "main", vec![text("user", &format!("{t}-{i}"))]).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(a.history(&shared, None).await.unwrap().len(), 80);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn pg_turn_lock_serializes_across_stores() {
+        let Some(a) = store().await else { return };
+        let Some(b) = store().await else { return };
+        let k = key("lock");
+        let held = a.lock_turn(&k).await.unwrap();
+        let mut waiting = Box::pin(b.lock_turn(&k));
+        // b cannot get it while a holds it.
+        assert!(tokio::time::timeout(Duration::from_millis(150), &mut waiting).await.is_err());
+        // Another session is independent.
+        drop(b.lock_turn(&key("other")).await.unwrap());
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        drop(got);
+        // Released again: a can take it.
+        drop(tokio::time::timeout(Duration::from_secs(5), a.lock_turn(&k)).await.unwrap().unwrap());
+        a.close().await;
+        b.close().await;
+    }
+}

@@ -1,0 +1,429 @@
+//! Errors of gateway-http.
+//!
+//! [`ApiError`] is the one type every request path fails with. It has one
+//! mapping to an HTTP response (SPEC §4 "Errors") and one mapping from an
+//! agent-svc gRPC status ([`From<tonic::Status>`]). [`GatewayError`] is what
+//! [`crate::start`] fails with before anything is served.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+use services::error_meta;
+use std::borrow::Cow;
+use tonic::Code;
+
+/// `Retry-After` sent when no agent-svc is reachable.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
+/// Every way a request can fail. Each variant maps to exactly one status and
+/// (except the plain-text 404/405) one `{"error":{…}}` body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// Unknown route or disabled endpoint: plain-text `Not Found`.
+    #[error("Not Found")]
+    NotFound,
+    /// Wrong method: plain-text `Method Not Allowed` with `Allow`.
+    #[error("Method Not Allowed")]
+    MethodNotAllowed {
+        /// The `Allow` header value.
+        allow: &'static str,
+    },
+    /// A request the gateway itself rejects (400 `invalid_request_error`).
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong, for the client.
+        message: Cow<'static, str>,
+        /// The field at fault.
+        param: Option<Cow<'static, str>>,
+    },
+    /// Missing or wrong secret.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// Too many failed attempts from this client IP.
+    #[error("Too many failed authentication attempts. Retry later.")]
+    AuthLockedOut {
+        /// Seconds until the lockout ends (rounded up).
+        retry_after_secs: u64,
+    },
+    /// The body is over `maxBodyBytes` (the connection is closed after the answer).
+    #[error("Payload too large")]
+    PayloadTooLarge,
+    /// `GET /v1/models/{id}` for an id that is not listed (see [`ApiError::model_not_found`]).
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// agent-svc answered with an error status; the fields come from its metadata.
+    #[error("{message}")]
+    Agent {
+        /// HTTP status chosen from the gRPC code.
+        status: StatusCode,
+        /// OpenAI error type (`openclaw-error-type`).
+        kind: String,
+        /// Error code (`openclaw-error-code`).
+        code: Option<String>,
+        /// Field at fault (`openclaw-error-param`).
+        param: Option<String>,
+        /// The status message.
+        message: String,
+        /// Seconds to wait before retrying (`openclaw-retry-after`).
+        retry_after: Option<u64>,
+    },
+    /// No agent-svc could be reached (refused, reset, unreachable, shutting down).
+    #[error("{0}")]
+    AgentUnavailable(String),
+}
+
+/// The `error` object of an error body (also sent as an SSE `data:` event).
+#[derive(Debug, Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+}
+
+/// `{"error": {...}}`.
+#[derive(Debug, Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorObject<'a>,
+}
+
+impl ApiError {
+    /// A 400 naming the field at fault.
+    pub fn invalid(param: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::InvalidRequest { message: message.into(), param: Some(Cow::Borrowed(param)) }
+    }
+
+    /// A 400 that names no single field.
+    pub fn invalid_no_param(message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::InvalidRequest { message: message.into(), param: None }
+    }
+
+    /// A 404 for a model id that is not listed.
+    pub fn model_not_found(id: &str) -> Self {
+        ApiError::ModelNotFound(format!("The model '{id}' does not exist."))
+    }
+
+    /// An upstream failure detected by the gateway itself (502 `upstream_error`).
+    pub fn upstream(message: impl Into<String>) -> Self {
+        ApiError::Agent {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "api_error".into(),
+            code: Some("upstream_error".into()),
+            param: None,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound | ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AuthLockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Agent { status, .. } => *status,
+            ApiError::AgentUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// `Retry-After` seconds, when the client should be told to wait.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::AuthLockedOut { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Agent { retry_after, .. } => *retry_after,
+            ApiError::AgentUnavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+
+    /// The JSON error object's fields; `None` for the plain-text errors.
+    fn object(&self) -> Option<ErrorObject<'_>> {
+        let (message, kind, param, code): (&str, &str, Option<&str>, Option<&str>) = match self {
+            ApiError::NotFound | ApiError::MethodNotAllowed { .. } => return None,
+            ApiError::InvalidRequest { message, param } => {
+                (message, "invalid_request_error", param.as_deref(), None)
+            }
+            ApiError::Unauthorized => ("Unauthorized", "unauthorized", None, None),
+            ApiError::AuthLockedOut { .. } => (
+                "Too many failed authentication attempts. Retry later.",
+                "rate_limit_error",
+                None,
+                Some("auth_rate_limited"),
+            ),
+            ApiError::PayloadTooLarge => ("Payload too large", "invalid_request_error", None, None),
+            ApiError::ModelNotFound(message) => {
+                (message, "invalid_request_error", Some("model"), Some("model_not_found"))
+            }
+            ApiError::Agent { kind, code, param, message, .. } => {
+                (message, kind, param.as_deref(), code.as_deref())
+            }
+            ApiError::AgentUnavailable(message) => {
+                (message, "api_error", None, Some("agent_unavailable"))
+            }
+        };
+        Some(ErrorObject { message, kind, param, code })
+    }
+
+    /// The `{"error":{…}}` body as JSON bytes (also used for SSE error events).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Writes the `{"error":{…}}` body to `out`.
+    pub(crate) fn write_json(&self, out: impl std::io::Write) {
+        // The plain-text errors never reach a JSON body; give them a valid shape anyway.
+        let error = self.object().unwrap_or(ErrorObject {
+            message: if matches!(self, ApiError::NotFound) { "Not Found" } else { "Method Not Allowed" },
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        });
+        // Serializing borrowed strings into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, &ErrorEnvelope { error });
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = match &self {
+            ApiError::NotFound => (status, "Not Found").into_response(),
+            ApiError::MethodNotAllowed { allow } => {
+                let mut r = (status, "Method Not Allowed").into_response();
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            _ => {
+                let mut r = (status, self.to_json()).into_response();
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+        };
+        let headers = resp.headers_mut();
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::PayloadTooLarge) {
+            // The rest of an oversized body is never read, so the connection cannot be reused.
+            // (hyper drops this header on HTTP/2, where it is illegal.)
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Maps an agent-svc status to the SPEC error table.
+///
+/// With `openclaw-error-type` metadata (the status came from agent-svc):
+/// INVALID_ARGUMENT/FAILED_PRECONDITION/OUT_OF_RANGE → 400, NOT_FOUND → 404,
+/// RESOURCE_EXHAUSTED → 429, UNAVAILABLE → 502 (503 + `Retry-After` when the code
+/// is `agent_unavailable`, i.e. agent-svc is shutting down), DEADLINE_EXCEEDED → 504,
+/// CANCELLED (the run was aborted through `AbortRun`, e.g. by a WebSocket
+/// `chat.abort`) → 502 `api_error` code `aborted` (OpenAI has no status for "someone
+/// else cancelled your request", and 499 is not a status clients understand),
+/// UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, INTERNAL and anything else →
+/// 500/502 (a server-side fault, never caused by what the client sent).
+///
+/// Without it the call failed in transport (refused, reset, unreachable):
+/// 503 `agent_unavailable` + `Retry-After: 1`, except a transport deadline → 504
+/// and a message over agent-svc's gRPC size limit → 413.
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        let md = s.metadata();
+        let get = |key: &str| {
+            md.get(key).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
+        };
+        let Some(kind) = get(error_meta::TYPE) else {
+            return match s.code() {
+                Code::DeadlineExceeded => ApiError::Agent {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    kind: "api_error".into(),
+                    code: Some("timeout".into()),
+                    param: None,
+                    message: "agent-svc did not answer in time".into(),
+                    retry_after: None,
+                },
+                Code::OutOfRange => ApiError::PayloadTooLarge,
+                _ => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "agent-svc unreachable");
+                    ApiError::AgentUnavailable("agent-svc is unavailable".into())
+                }
+            };
+        };
+        let code = get(error_meta::CODE);
+        let status = match s.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable if code.as_deref() == Some("agent_unavailable") => {
+                return ApiError::AgentUnavailable(s.message().to_owned());
+            }
+            Code::Unavailable | Code::Cancelled | Code::Aborted => StatusCode::BAD_GATEWAY,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::Agent {
+            status,
+            kind,
+            code,
+            param: get(error_meta::PARAM),
+            message: s.message().to_owned(),
+            retry_after: get(error_meta::RETRY_AFTER).and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// Why [`crate::start`] could not start the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The config breaks a rule (one line naming key and file).
+    #[error(transparent)]
+    Config(#[from] services::config::ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--agent-svc` / `AGENT_SVC_URL` / `gateway.agentService.url` is not a usable URL.
+    #[error("invalid agent-svc URL {url:?}: {reason}")]
+    AgentSvcUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The embedded agent-svc failed to start.
+    #[error("embedded agent-svc: {0}")]
+    AgentSvc(#[from] agent_svc::AgentError),
+    /// Any other I/O failure while starting or stopping.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn status(code: Code, msg: &str, meta: &[(&'static str, &'static str)]) -> tonic::Status {
+        let mut s = tonic::Status::new(code, msg);
+        for (k, v) in meta {
+            s.metadata_mut().insert(*k, MetadataValue::from_static(v));
+        }
+        s
+    }
+
+    fn body(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.to_json()).unwrap()
+    }
+
+    #[test]
+    fn invalid_argument_keeps_type_and_param() {
+        let e: ApiError = status(
+            Code::InvalidArgument,
+            "`temperature` must be between 0 and 2.",
+            &[(error_meta::TYPE, "invalid_request_error"), (error_meta::PARAM, "temperature")],
+        )
+        .into();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let b = body(&e);
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "temperature");
+        assert_eq!(b["error"]["message"], "`temperature` must be between 0 and 2.");
+        assert!(b["error"].get("code").is_none());
+    }
+
+    #[test]
+    fn code_table() {
+        let cases = [
+            (Code::NotFound, "invalid_request_error", Some("not_found"), 404),
+            (Code::ResourceExhausted, "rate_limit_error", Some("session_busy"), 429),
+            (Code::Unavailable, "api_error", Some("upstream_error"), 502),
+            (Code::DeadlineExceeded, "api_error", Some("timeout"), 504),
+            (Code::Cancelled, "api_error", Some("aborted"), 502),
+            (Code::Internal, "api_error", Some("internal_error"), 500),
+        ];
+        for (code, ty, c, want) in cases {
+            let mut meta = vec![(error_meta::TYPE, ty)];
+            if let Some(c) = c {
+                meta.push((error_meta::CODE, c));
+            }
+            let e: ApiError = status(code, "x", &meta).into();
+            assert_eq!(e.status().as_u16(), want, "{code:?}");
+            let b = body(&e);
+            assert_eq!(b["error"]["type"], ty);
+            assert_eq!(b["error"]["code"].as_str(), c);
+        }
+    }
+
+    #[test]
+    fn transport_failures_are_503_with_retry_after() {
+        for code in [Code::Unavailable, Code::Unknown, Code::Cancelled, Code::Internal] {
+            let e: ApiError = tonic::Status::new(code, "tcp connect error").into();
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.retry_after(), Some(1));
+            let b = body(&e);
+            assert_eq!(b["error"]["type"], "api_error");
+            assert_eq!(b["error"]["code"], "agent_unavailable");
+        }
+        // agent-svc shutting down says so explicitly.
+        let e: ApiError = status(
+            Code::Unavailable,
+            "agent-svc is shutting down",
+            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "agent_unavailable")],
+        )
+        .into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after(), Some(1));
+        let e: ApiError = tonic::Status::new(Code::DeadlineExceeded, "timeout").into();
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn retry_after_metadata_is_carried() {
+        let e: ApiError = status(
+            Code::ResourceExhausted,
+            "busy",
+            &[(error_meta::TYPE, "rate_limit_error"), (error_meta::RETRY_AFTER, "3")],
+        )
+        .into();
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn responses() {
+        let r = ApiError::NotFound.into_response();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+        let r = ApiError::MethodNotAllowed { allow: "POST" }.into_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        let r = ApiError::PayloadTooLarge.into_response();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        let r = ApiError::AuthLockedOut { retry_after_secs: 42 }.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "42");
+        let b = body(&ApiError::Unauthorized);
+        assert_eq!(b, serde_json::json!({"error": {"message": "Unauthorized", "type": "unauthorized"}}));
+        let b = body(&ApiError::model_not_found("openclaw/nope"));
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert!(b["error"]["message"].as_str().unwrap().contains("openclaw/nope"));
+    }
+}

@@ -1,0 +1,234 @@
+//! Prometheus metrics of one gateway (`openclaw_gateway_*`), served on `/metrics`.
+//!
+//! Each gateway owns its recorder instead of installing a global one, so several
+//! gateways can run in one process (tests) and the embedded agent-svc is free to
+//! install the global recorder for its own metrics. Handles are registered once
+//! and cached, so recording on the hot path is a few atomic operations.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Latency buckets in seconds: sub-millisecond gateway work up to long runs.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    300.0, 600.0,
+];
+
+/// The route label of a request. (The discriminant indexes the handle arrays.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/v1/chat/completions`.
+    ChatCompletions,
+    /// `/v1/models` and `/v1/models/{id}`.
+    Models,
+    /// `/healthz`, `/readyz`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// Anything else (404s).
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 5] = [Route::ChatCompletions, Route::Models, Route::Health, Route::Metrics, Route::Other];
+
+    /// Classifies a path by string comparison (no allocation).
+    pub fn of(path: &str) -> Route {
+        match path {
+            "/v1/chat/completions" => Route::ChatCompletions,
+            "/v1/models" => Route::Models,
+            "/healthz" | "/readyz" => Route::Health,
+            "/metrics" => Route::Metrics,
+            p if p.starts_with("/v1/models/") => Route::Models,
+            _ => Route::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::Models => "/v1/models",
+            Route::Health => "health",
+            Route::Metrics => "/metrics",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Statuses whose request counters are cached; others are registered per use.
+const STATUSES: [u16; 13] = [200, 400, 401, 403, 404, 405, 413, 429, 499, 500, 502, 503, 504];
+
+/// The gateway's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    requests: [[OnceLock<Counter>; STATUSES.len()]; Route::ALL.len()],
+    latency: [Histogram; Route::ALL.len()],
+    ttft: Histogram,
+    in_flight: Gauge,
+    stream_errors: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh, unshared set of metrics.
+    pub fn new() -> Metrics {
+        let builder = PrometheusBuilder::new();
+        // `set_buckets_for_metric` only fails on an empty bucket list.
+        let builder = match builder.clone().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS) {
+            Ok(b) => b,
+            Err(_) => builder,
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        describe(&recorder);
+        let latency = Route::ALL.map(|r| {
+            recorder.register_histogram(
+                &Key::from_parts("openclaw_gateway_request_duration_seconds", vec![Label::new("route", r.label())]),
+                &META,
+            )
+        });
+        let ttft = recorder.register_histogram(&Key::from_name("openclaw_gateway_time_to_first_token_seconds"), &META);
+        let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
+        let stream_errors = recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
+        Metrics {
+            recorder,
+            handle,
+            requests: Default::default(),
+            latency,
+            ttft,
+            in_flight,
+            stream_errors,
+        }
+    }
+
+    /// Counts a finished request and its latency (for SSE: until the headers).
+    pub fn request(&self, route: Route, status: u16, elapsed: Duration) {
+        let ri = route as usize;
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(si) => self.requests[ri][si].get_or_init(|| self.register_requests(route, status)).increment(1),
+            None => self.register_requests(route, status).increment(1),
+        }
+        self.latency[ri].record(elapsed.as_secs_f64());
+    }
+
+    fn register_requests(&self, route: Route, status: u16) -> Counter {
+        let labels = vec![Label::new("route", route.label()), Label::new("status", status.to_string())];
+        self.recorder.register_counter(&Key::from_parts("openclaw_gateway_requests_total", labels), &META)
+    }
+
+    /// Records the time from request arrival to the first content or tool-call delta.
+    pub fn first_token(&self, elapsed: Duration) {
+        self.ttft.record(elapsed.as_secs_f64());
+    }
+
+    /// Counts an error delivered inside an already-started SSE stream.
+    pub fn stream_error(&self) {
+        self.stream_errors.increment(1);
+    }
+
+    /// Marks a run in flight until the guard is dropped (also on client disconnect).
+    pub fn run_guard(&self) -> RunGuard {
+        self.in_flight.increment(1.0);
+        RunGuard(self.in_flight.clone())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Moves recorded histogram samples into their buckets (bounds memory between scrapes).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe(r: &PrometheusRecorder) {
+    use metrics::Unit;
+    r.describe_counter(
+        "openclaw_gateway_requests_total".into(),
+        Some(Unit::Count),
+        "HTTP requests by route and status.".into(),
+    );
+    r.describe_histogram(
+        "openclaw_gateway_request_duration_seconds".into(),
+        Some(Unit::Seconds),
+        "Time until the response head was sent, by route.".into(),
+    );
+    r.describe_histogram(
+        "openclaw_gateway_time_to_first_token_seconds".into(),
+        Some(Unit::Seconds),
+        "Time from request arrival to the first content or tool-call delta.".into(),
+    );
+    r.describe_gauge("openclaw_gateway_runs_in_flight".into(), None, "Agent runs being served.".into());
+    r.describe_counter(
+        "openclaw_gateway_stream_errors_total".into(),
+        Some(Unit::Count),
+        "Errors sent inside an SSE stream after it began.".into(),
+    );
+}
+
+/// Decrements the in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct RunGuard(Gauge);
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_separates_instances() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.request(Route::ChatCompletions, 200, Duration::from_micros(300));
+        a.request(Route::ChatCompletions, 200, Duration::from_micros(300));
+        a.request(Route::Other, 404, Duration::from_micros(10));
+        a.request(Route::Models, 418, Duration::from_micros(10));
+        {
+            let _g = a.run_guard();
+            assert!(a.render().contains("openclaw_gateway_runs_in_flight 1"));
+        }
+        a.first_token(Duration::from_millis(5));
+        let text = a.render();
+        assert!(
+            text.contains(r#"openclaw_gateway_requests_total{route="/v1/chat/completions",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"openclaw_gateway_requests_total{route="other",status="404"} 1"#));
+        assert!(text.contains(r#"status="418"} 1"#));
+        assert!(text.contains("openclaw_gateway_runs_in_flight 0"));
+        assert!(text.contains("openclaw_gateway_request_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("openclaw_gateway_time_to_first_token_seconds_count 1"));
+        assert!(!b.render().contains("status=\"200\""));
+    }
+
+    #[test]
+    fn route_labels() {
+        assert_eq!(Route::of("/v1/chat/completions"), Route::ChatCompletions);
+        assert_eq!(Route::of("/v1/models/openclaw%2Fmain"), Route::Models);
+        assert_eq!(Route::of("/readyz"), Route::Health);
+        assert_eq!(Route::of("/nope"), Route::Other);
+    }
+}

@@ -1,0 +1,70 @@
+//! The OpenAI Chat Completions wire shapes and their translation, and nothing
+//! else in the crate knows OpenAI JSON:
+//!
+//! - [`request`]: request JSON (+ the OpenClaw headers) → [`services::proto::AgentRunRequest`];
+//! - [`response`]: run events folded into one `chat.completion` body;
+//! - [`stream`]: run events → `chat.completion.chunk` SSE frames.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+pub use request::{parse_chat_request, ChatRequest, ImagePolicy, Overrides};
+pub use response::CompletionFold;
+pub use stream::ChunkWriter;
+
+use services::proto::Usage;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The `model` echoed when the request has none.
+pub const DEFAULT_MODEL: &str = "openclaw";
+
+/// A fresh completion id, `chatcmpl_<uuid>`.
+pub fn completion_id() -> String {
+    format!("chatcmpl_{}", uuid::Uuid::new_v4())
+}
+
+/// Unix seconds now, for `created`.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The id of a tool call whose upstream gave none: `call_<index>`.
+pub(crate) fn fallback_call_id(index: u32) -> String {
+    format!("call_{index}")
+}
+
+/// `usage` as OpenAI spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct UsageJson {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+}
+
+impl From<Option<&Usage>> for UsageJson {
+    fn from(u: Option<&Usage>) -> Self {
+        match u {
+            Some(u) => UsageJson {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                // A provider that leaves the total out still gets a consistent one.
+                total_tokens: if u.total_tokens == 0 {
+                    u.prompt_tokens.saturating_add(u.completion_tokens)
+                } else {
+                    u.total_tokens
+                },
+            },
+            None => UsageJson::default(),
+        }
+    }
+}
+
+/// The finish reason to report; agent-svc leaving it empty means `stop`.
+pub(crate) fn finish_reason(reason: &str) -> &str {
+    if reason.is_empty() {
+        "stop"
+    } else {
+        reason
+    }
+}

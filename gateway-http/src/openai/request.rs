@@ -1,0 +1,663 @@
+//! Request JSON → [`AgentRunRequest`].
+//!
+//! The body is parsed as a [`Value`] first and then converted field by field, so
+//! that a wrong *type* is a 400 naming the field (`param`) instead of a serde
+//! message. Range and semantic rules (temperature 0–2, `n` only 1, role names,
+//! tool names, …) belong to agent-svc, so gRPC callers get the same rules; here
+//! values are only carried faithfully. Unknown fields are ignored.
+
+use crate::error::ApiError;
+use crate::openai::DEFAULT_MODEL;
+use agent_svc::run::validate::{data_uri_decoded_len, MAX_IMAGES, MAX_IMAGE_BYTES};
+use serde_json::{Map, Value};
+use services::proto::{
+    agent_run_request::Session, content_part::Part, tool_choice::Choice, AgentRunRequest, ContentPart,
+    ImageUrl, Message, SamplingParams, Tool, ToolCall, ToolChoice,
+};
+
+/// The channel name agent-svc uses in generated session keys.
+const CHANNEL: &str = "openai";
+
+const INVALID_MODEL: &str = "Invalid `model`. Use `openclaw` or `openclaw/<agentId>`.";
+
+/// A translated request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// What agent-svc runs.
+    pub run: AgentRunRequest,
+    /// The request's `model`, echoed in the response (`openclaw` when absent).
+    pub model: String,
+    /// `"stream": true`.
+    pub stream: bool,
+}
+
+/// The OpenClaw request headers that steer a run (empty values count as absent).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    /// `x-openclaw-agent-id`: overrides the agent chosen by `model`.
+    pub agent_id: Option<&'a str>,
+    /// `x-openclaw-model`: `provider/model` to run on.
+    pub model: Option<&'a str>,
+    /// `x-openclaw-session-key`: wins over `user`.
+    pub session_key: Option<&'a str>,
+}
+
+/// `gateway.http.endpoints.chatCompletions.images`.
+#[derive(Debug, Clone, Copy)]
+pub struct ImagePolicy {
+    /// `http(s)` image URLs are allowed (passed on, never fetched).
+    pub allow_url: bool,
+    /// Cap per decoded image.
+    pub max_bytes: u64,
+}
+
+/// Maps `model` to the agent id to send (`""` = the default agent), per SPEC §4:
+/// `openclaw`, `openclaw/default` → default; `openclaw/<id>`, `openclaw:<id>`,
+/// `agent:<id>` → `<id>`; anything else → `None`.
+pub fn agent_for_model(model: &str) -> Option<&str> {
+    if model == DEFAULT_MODEL || model == "openclaw/default" {
+        return Some("");
+    }
+    let id = model
+        .strip_prefix("openclaw/")
+        .or_else(|| model.strip_prefix("openclaw:"))
+        .or_else(|| model.strip_prefix("agent:"))?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// Parses and translates a request body. `overrides` are the OpenClaw headers.
+pub fn parse_chat_request(
+    body: &[u8],
+    overrides: &Overrides<'_>,
+    images: &ImagePolicy,
+) -> Result<ChatRequest, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid_no_param(format!("Invalid JSON: {e}")))?;
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::invalid_no_param("The request body must be a JSON object."));
+    };
+
+    let model = match take(&mut obj, "model") {
+        None => DEFAULT_MODEL.to_owned(),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(ApiError::invalid("model", INVALID_MODEL)),
+    };
+    // The model is always checked; the header only overrides the choice it makes.
+    let model_agent = agent_for_model(&model).ok_or_else(|| ApiError::invalid("model", INVALID_MODEL))?;
+    let agent_id = non_empty(overrides.agent_id).unwrap_or(model_agent).to_owned();
+
+    let messages = messages(take(&mut obj, "messages"))?;
+    check_images(&messages, images)?;
+
+    let stream = opt_bool(&mut obj, "stream")?.unwrap_or(false);
+    let include_usage = match take(&mut obj, "stream_options") {
+        None => false,
+        Some(Value::Object(mut so)) => match take(&mut so, "include_usage") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(ApiError::invalid("stream_options", "`stream_options.include_usage` must be a boolean."))
+            }
+        },
+        Some(_) => return Err(ApiError::invalid("stream_options", "`stream_options` must be an object.")),
+    };
+
+    let params = SamplingParams {
+        temperature: opt_f64(&mut obj, "temperature")?,
+        top_p: opt_f64(&mut obj, "top_p")?,
+        frequency_penalty: opt_f64(&mut obj, "frequency_penalty")?,
+        presence_penalty: opt_f64(&mut obj, "presence_penalty")?,
+        // A double, so that 1.5 reaches agent-svc's integer rule.
+        seed: opt_f64(&mut obj, "seed")?,
+        stop: stop(take(&mut obj, "stop"))?,
+        max_completion_tokens: opt_i64(&mut obj, "max_completion_tokens")?,
+        max_tokens: opt_i64(&mut obj, "max_tokens")?,
+        n: opt_i64(&mut obj, "n")?,
+    };
+
+    let session = if let Some(key) = non_empty(overrides.session_key) {
+        Some(Session::SessionKey(key.to_owned()))
+    } else {
+        match take(&mut obj, "user") {
+            None => None,
+            Some(Value::String(u)) if u.is_empty() => None,
+            Some(Value::String(u)) => Some(Session::User(u)),
+            Some(_) => return Err(ApiError::invalid("user", "`user` must be a string.")),
+        }
+    };
+
+    let run = AgentRunRequest {
+        agent_id,
+        session,
+        channel: CHANNEL.to_owned(),
+        messages,
+        model: non_empty(overrides.model).map(str::to_owned),
+        params: Some(params),
+        tools: tools(take(&mut obj, "tools"))?,
+        tool_choice: tool_choice(take(&mut obj, "tool_choice"))?,
+        response_format_json: take(&mut obj, "response_format").map(|v| v.to_string()),
+        include_usage,
+        run_id: String::new(),
+        allow_image_urls: images.allow_url,
+    };
+    Ok(ChatRequest { run, model, stream })
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// Removes `key`; JSON `null` counts as absent.
+fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    obj.remove(key).filter(|v| !v.is_null())
+}
+
+fn opt_bool(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<bool>, ApiError> {
+    match take(obj, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a boolean."))),
+    }
+}
+
+fn opt_f64(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<f64>, ApiError> {
+    match take(obj, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a number."))),
+    }
+}
+
+/// An integer; a whole float (`100.0`) is accepted, a fraction is not.
+/// Values beyond `i64` saturate (agent-svc and the provider cap them anyway).
+fn opt_i64(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<i64>, ApiError> {
+    let bad = || ApiError::invalid(key, format!("`{key}` must be an integer."));
+    match take(obj, key) {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Some(i))
+            } else if n.is_u64() {
+                Ok(Some(i64::MAX))
+            } else {
+                match n.as_f64() {
+                    #[allow(clippy::cast_possible_truncation)] // saturating `as` is the intent
+                    Some(f) if f.is_finite() && f.fract() == 0.0 => Ok(Some(f as i64)),
+                    _ => Err(bad()),
+                }
+            }
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn stop(v: Option<Value>) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::invalid("stop", "`stop` must be a string or an array of strings.");
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn messages(v: Option<Value>) -> Result<Vec<Message>, ApiError> {
+    match v {
+        None => Err(ApiError::invalid("messages", "Missing required parameter: `messages`.")),
+        Some(Value::Array(items)) => items.into_iter().enumerate().map(|(i, m)| message(i, m)).collect(),
+        Some(_) => Err(ApiError::invalid("messages", "`messages` must be an array.")),
+    }
+}
+
+fn bad_message(i: usize, what: &str) -> ApiError {
+    ApiError::invalid("messages", format!("`messages[{i}]`{what}"))
+}
+
+fn message(i: usize, v: Value) -> Result<Message, ApiError> {
+    let Value::Object(mut m) = v else { return Err(bad_message(i, " must be an object.")) };
+    let role = match take(&mut m, "role") {
+        Some(Value::String(r)) => r,
+        Some(_) => return Err(bad_message(i, ".role must be a string.")),
+        None => return Err(bad_message(i, " is missing `role`.")),
+    };
+    let (parts, text_only) = match take(&mut m, "content") {
+        // Null content: allowed on an assistant message with tool calls (agent-svc checks).
+        None => (Vec::new(), false),
+        Some(Value::String(s)) => (vec![ContentPart { part: Some(Part::Text(s)) }], true),
+        Some(Value::Array(items)) => {
+            (items.into_iter().map(|p| content_part(i, p)).collect::<Result<_, _>>()?, false)
+        }
+        Some(_) => return Err(bad_message(i, ".content must be a string, an array of parts or null.")),
+    };
+    let name = match take(&mut m, "name") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(bad_message(i, ".name must be a string.")),
+    };
+    let tool_call_id = match take(&mut m, "tool_call_id") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(bad_message(i, ".tool_call_id must be a string.")),
+    };
+    let tool_calls = match take(&mut m, "tool_calls") {
+        None => Vec::new(),
+        Some(Value::Array(calls)) => calls.into_iter().map(|c| tool_call(i, c)).collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad_message(i, ".tool_calls must be an array.")),
+    };
+    Ok(Message { role, parts, text_only, name, tool_calls, tool_call_id })
+}
+
+fn content_part(i: usize, v: Value) -> Result<ContentPart, ApiError> {
+    let Value::Object(mut p) = v else { return Err(bad_message(i, ".content parts must be objects.")) };
+    let part = match take(&mut p, "type").as_ref().and_then(Value::as_str) {
+        Some("text") => match take(&mut p, "text") {
+            Some(Value::String(t)) => Part::Text(t),
+            _ => return Err(bad_message(i, ": a `text` part needs a string `text`.")),
+        },
+        Some("image_url") => {
+            let bad = || bad_message(i, ": an `image_url` part needs `image_url.url`.");
+            match take(&mut p, "image_url") {
+                Some(Value::String(url)) => Part::ImageUrl(ImageUrl { url, detail: None }),
+                Some(Value::Object(mut img)) => {
+                    let url = match take(&mut img, "url") {
+                        Some(Value::String(u)) => u,
+                        _ => return Err(bad()),
+                    };
+                    let detail = match take(&mut img, "detail") {
+                        None => None,
+                        Some(Value::String(d)) => Some(d),
+                        Some(_) => return Err(bad_message(i, ": `image_url.detail` must be a string.")),
+                    };
+                    Part::ImageUrl(ImageUrl { url, detail })
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Some(other) => {
+            return Err(bad_message(i, &format!(": unsupported content part type {other:?} (use text or image_url).")))
+        }
+        None => return Err(bad_message(i, ": each content part needs a string `type`.")),
+    };
+    Ok(ContentPart { part: Some(part) })
+}
+
+fn tool_call(i: usize, v: Value) -> Result<ToolCall, ApiError> {
+    let bad = || bad_message(i, ": each tool call needs `id`, `type` and `function.name` strings.");
+    let Value::Object(mut c) = v else { return Err(bad()) };
+    let id = opt_string_in(&mut c, "id").map_err(|_| bad())?.unwrap_or_default();
+    let r#type = opt_string_in(&mut c, "type").map_err(|_| bad())?.unwrap_or_else(|| "function".into());
+    let Some(Value::Object(mut f)) = take(&mut c, "function") else { return Err(bad()) };
+    let name = opt_string_in(&mut f, "name").map_err(|_| bad())?.unwrap_or_default();
+    let arguments = match take(&mut f, "arguments") {
+        None => String::new(),
+        Some(Value::String(s)) => s,
+        // Some clients send the arguments as an object; carry them as JSON text.
+        Some(other) => other.to_string(),
+    };
+    Ok(ToolCall { id, r#type, name, arguments })
+}
+
+fn opt_string_in(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, ()> {
+    match take(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(()),
+    }
+}
+
+fn tools(v: Option<Value>) -> Result<Vec<Tool>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "tools",
+            "`tools` must be an array of {type: \"function\", function: {name, description?, parameters?}}.",
+        )
+    };
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let Value::Array(items) = v else { return Err(bad()) };
+    items
+        .into_iter()
+        .map(|t| {
+            let Value::Object(mut t) = t else { return Err(bad()) };
+            let r#type = opt_string_in(&mut t, "type").map_err(|_| bad())?.unwrap_or_default();
+            let Some(Value::Object(mut f)) = take(&mut t, "function") else { return Err(bad()) };
+            let name = opt_string_in(&mut f, "name").map_err(|_| bad())?.unwrap_or_default();
+            let description = opt_string_in(&mut f, "description").map_err(|_| bad())?;
+            // Any JSON here is carried; agent-svc requires an object.
+            let parameters_json = take(&mut f, "parameters").map(|p| p.to_string());
+            Ok(Tool { r#type, name, description, parameters_json })
+        })
+        .collect()
+}
+
+fn tool_choice(v: Option<Value>) -> Result<Option<ToolChoice>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` must be auto, none, required or {type: \"function\", function: {name}}.",
+        )
+    };
+    let choice = match v {
+        None => return Ok(None),
+        Some(Value::String(m)) if matches!(m.as_str(), "auto" | "none" | "required") => Choice::Mode(m),
+        Some(Value::Object(mut o)) => {
+            if take(&mut o, "type").as_ref().and_then(Value::as_str) != Some("function") {
+                return Err(bad());
+            }
+            match take(&mut o, "function") {
+                Some(Value::Object(mut f)) => match take(&mut f, "name") {
+                    Some(Value::String(name)) => Choice::Function(name),
+                    _ => return Err(bad()),
+                },
+                _ => return Err(bad()),
+            }
+        }
+        Some(_) => return Err(bad()),
+    };
+    Ok(Some(ToolChoice { choice: Some(choice) }))
+}
+
+/// The HTTP-side image rules: `http(s)` URLs only with `images.allowUrl`, each
+/// image within `images.maxBytes`, and in the new turn (the messages after the
+/// last assistant message) at most [`MAX_IMAGES`] images and [`MAX_IMAGE_BYTES`]
+/// decoded in total. A `data:` URI that is not base64 is left to agent-svc.
+fn check_images(messages: &[Message], policy: &ImagePolicy) -> Result<(), ApiError> {
+    let new_turn_start = messages.iter().rposition(|m| m.role == "assistant").map_or(0, |i| i + 1);
+    let (mut count, mut total) = (0usize, 0u64);
+    for (i, m) in messages.iter().enumerate() {
+        for part in &m.parts {
+            let Some(Part::ImageUrl(img)) = &part.part else { continue };
+            let url = img.url.as_str();
+            let size = if url.starts_with("http://") || url.starts_with("https://") {
+                if !policy.allow_url {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        "Image URLs are not allowed: send images as base64 `data:` URIs.",
+                    ));
+                }
+                0
+            } else {
+                data_uri_decoded_len(url).map_or(0, |n| n as u64)
+            };
+            if size > policy.max_bytes {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!("An image in `messages[{i}]` is over the {} byte limit.", policy.max_bytes),
+                ));
+            }
+            if i >= new_turn_start {
+                count += 1;
+                total += size;
+            }
+        }
+    }
+    if count > MAX_IMAGES {
+        return Err(ApiError::invalid("messages", format!("At most {MAX_IMAGES} images per request.")));
+    }
+    if total > MAX_IMAGE_BYTES as u64 {
+        return Err(ApiError::invalid("messages", "Images exceed 20 MiB in total."));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const POLICY: ImagePolicy = ImagePolicy { allow_url: false, max_bytes: 10 * 1024 * 1024 };
+
+    fn parse(v: Value) -> Result<ChatRequest, ApiError> {
+        parse_chat_request(v.to_string().as_bytes(), &Overrides::default(), &POLICY)
+    }
+
+    fn param_of(r: Result<ChatRequest, ApiError>) -> Option<String> {
+        match r {
+            Err(ApiError::InvalidRequest { param, .. }) => param.map(|p| p.into_owned()),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    fn user(text: &str) -> Value {
+        json!({"role": "user", "content": text})
+    }
+
+    #[test]
+    fn model_to_agent_table() {
+        assert_eq!(agent_for_model("openclaw"), Some(""));
+        assert_eq!(agent_for_model("openclaw/default"), Some(""));
+        assert_eq!(agent_for_model("openclaw/main"), Some("main"));
+        assert_eq!(agent_for_model("openclaw:beta"), Some("beta"));
+        assert_eq!(agent_for_model("agent:beta"), Some("beta"));
+        for bad in ["gpt-4o", "", "openclaw/", "agent:", "OpenClaw", "openai/gpt-4o", "openclawx"] {
+            assert_eq!(agent_for_model(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_selection_and_echo() {
+        let r = parse(json!({"messages": [user("hi")]})).unwrap();
+        assert_eq!(r.model, "openclaw");
+        assert_eq!(r.run.agent_id, "");
+        let r = parse(json!({"model": "openclaw/beta", "messages": [user("hi")]})).unwrap();
+        assert_eq!((r.model.as_str(), r.run.agent_id.as_str()), ("openclaw/beta", "beta"));
+        let e = parse(json!({"model": "gpt-4o", "messages": [user("hi")]})).unwrap_err();
+        assert_eq!(e.to_string(), "Invalid `model`. Use `openclaw` or `openclaw/<agentId>`.");
+        assert_eq!(param_of(Err(e)).as_deref(), Some("model"));
+        assert_eq!(param_of(parse(json!({"model": 4, "messages": []}))).as_deref(), Some("model"));
+        // The header overrides the model's choice.
+        let ov = Overrides { agent_id: Some("ops"), model: Some("echo/echo"), session_key: None };
+        let body = json!({"model": "openclaw/beta", "messages": [user("hi")]}).to_string();
+        let r = parse_chat_request(body.as_bytes(), &ov, &POLICY).unwrap();
+        assert_eq!(r.run.agent_id, "ops");
+        assert_eq!(r.run.model.as_deref(), Some("echo/echo"));
+        assert_eq!(r.model, "openclaw/beta");
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        let e = parse_chat_request(b"{\"model\": ", &Overrides::default(), &POLICY).unwrap_err();
+        assert!(matches!(&e, ApiError::InvalidRequest { param: None, .. }));
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let e = parse_chat_request(b"", &Overrides::default(), &POLICY).unwrap_err();
+        assert!(matches!(e, ApiError::InvalidRequest { .. }));
+        for not_object in ["[]", "1", "\"x\"", "null"] {
+            let e = parse_chat_request(not_object.as_bytes(), &Overrides::default(), &POLICY).unwrap_err();
+            assert_eq!(e.to_string(), "The request body must be a JSON object.");
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let m = json!([user("hi")]);
+        let cases = [
+            (json!({"messages": m, "temperature": "hot"}), "temperature"),
+            (json!({"messages": m, "top_p": true}), "top_p"),
+            (json!({"messages": m, "frequency_penalty": []}), "frequency_penalty"),
+            (json!({"messages": m, "presence_penalty": {}}), "presence_penalty"),
+            (json!({"messages": m, "seed": "1"}), "seed"),
+            (json!({"messages": m, "stop": 3}), "stop"),
+            (json!({"messages": m, "stop": ["a", 1]}), "stop"),
+            (json!({"messages": m, "max_tokens": "10"}), "max_tokens"),
+            (json!({"messages": m, "max_tokens": 1.5}), "max_tokens"),
+            (json!({"messages": m, "max_completion_tokens": "x"}), "max_completion_tokens"),
+            (json!({"messages": m, "n": 1.5}), "n"),
+            (json!({"messages": m, "stream": "yes"}), "stream"),
+            (json!({"messages": m, "stream_options": 1}), "stream_options"),
+            (json!({"messages": m, "stream_options": {"include_usage": "yes"}}), "stream_options"),
+            (json!({"messages": m, "user": 5}), "user"),
+            (json!({"messages": m, "tools": {}}), "tools"),
+            (json!({"messages": m, "tools": [{"type": "function", "function": "f"}]}), "tools"),
+            (json!({"messages": m, "tools": [{"type": "function", "function": {"name": 1}}]}), "tools"),
+            (json!({"messages": m, "tool_choice": "sometimes"}), "tool_choice"),
+            (json!({"messages": m, "tool_choice": {"type": "function"}}), "tool_choice"),
+            (json!({"messages": m, "tool_choice": 1}), "tool_choice"),
+            (json!({}), "messages"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": [1]}), "messages"),
+            (json!({"messages": [{"content": "x"}]}), "messages"),
+            (json!({"messages": [{"role": 1, "content": "x"}]}), "messages"),
+            (json!({"messages": [{"role": "user", "content": 5}]}), "messages"),
+            (json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}), "messages"),
+            (json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}), "messages"),
+            (json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), "messages"),
+            (json!({"messages": [{"role": "user", "name": 1, "content": "x"}]}), "messages"),
+            (json!({"messages": [{"role": "assistant", "tool_calls": {}}]}), "messages"),
+            (json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a"}]}]}), "messages"),
+            (json!({"messages": [{"role": "tool", "tool_call_id": 3, "content": "x"}]}), "messages"),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(parse(body.clone())).as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn values_are_carried_faithfully() {
+        let r = parse(json!({
+            "messages": [user("hi")],
+            "temperature": 2.5, "top_p": 0.5, "frequency_penalty": -1, "presence_penalty": 1,
+            "seed": 1.5, "stop": "END", "max_tokens": 0, "max_completion_tokens": 100.0, "n": 2,
+            "stream": true, "stream_options": {"include_usage": true},
+            "response_format": {"type": "json_object"},
+            "logit_bias": {"1": 2}, "unknown_field": [1, 2, 3], "metadata": null,
+        }))
+        .unwrap();
+        let p = r.run.params.unwrap();
+        assert_eq!(p.temperature, Some(2.5));
+        assert_eq!(p.top_p, Some(0.5));
+        assert_eq!(p.frequency_penalty, Some(-1.0));
+        assert_eq!(p.presence_penalty, Some(1.0));
+        assert_eq!(p.seed, Some(1.5));
+        assert_eq!(p.stop, vec!["END".to_string()]);
+        assert_eq!(p.max_tokens, Some(0));
+        assert_eq!(p.max_completion_tokens, Some(100));
+        assert_eq!(p.n, Some(2));
+        assert!(r.stream);
+        assert!(r.run.include_usage);
+        assert_eq!(r.run.channel, "openai");
+        assert_eq!(r.run.response_format_json.as_deref(), Some(r#"{"type":"json_object"}"#));
+        let r = parse(json!({"messages": [user("hi")], "stop": ["a", "b"], "temperature": null})).unwrap();
+        assert_eq!(r.run.params.as_ref().unwrap().stop, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(r.run.params.unwrap().temperature, None);
+        assert!(!r.stream);
+        let r = parse(json!({"messages": [user("hi")], "max_tokens": u64::MAX})).unwrap();
+        assert_eq!(r.run.params.unwrap().max_tokens, Some(i64::MAX));
+    }
+
+    #[test]
+    fn sessions() {
+        let r = parse(json!({"messages": [user("hi")]})).unwrap();
+        assert_eq!(r.run.session, None);
+        let r = parse(json!({"messages": [user("hi")], "user": "alice"})).unwrap();
+        assert_eq!(r.run.session, Some(Session::User("alice".into())));
+        let r = parse(json!({"messages": [user("hi")], "user": ""})).unwrap();
+        assert_eq!(r.run.session, None);
+        let ov = Overrides { session_key: Some("my-key"), ..Default::default() };
+        let body = json!({"messages": [user("hi")], "user": "alice"}).to_string();
+        let r = parse_chat_request(body.as_bytes(), &ov, &POLICY).unwrap();
+        assert_eq!(r.run.session, Some(Session::SessionKey("my-key".into())));
+    }
+
+    #[test]
+    fn content_forms() {
+        let r = parse(json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "name": "bob", "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": {"b": 2}}},
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        ]}))
+        .unwrap();
+        let m = &r.run.messages;
+        assert_eq!(m.len(), 4);
+        assert!(m[0].text_only);
+        assert_eq!(m[0].parts, vec![ContentPart { part: Some(Part::Text("be brief".into())) }]);
+        assert!(!m[1].text_only);
+        assert_eq!(m[1].name.as_deref(), Some("bob"));
+        assert_eq!(m[1].parts.len(), 3);
+        assert_eq!(
+            m[1].parts[2].part,
+            Some(Part::ImageUrl(ImageUrl { url: "data:image/png;base64,AAAA".into(), detail: Some("low".into()) }))
+        );
+        assert!(m[2].parts.is_empty() && !m[2].text_only);
+        assert_eq!(m[2].tool_calls[0].name, "f");
+        assert_eq!(m[2].tool_calls[0].r#type, "function");
+        assert_eq!(m[2].tool_calls[1].arguments, r#"{"b":2}"#);
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("call_1"));
+        // Role values are agent-svc's rule; the gateway carries them.
+        let r = parse(json!({"messages": [{"role": "robot", "content": "x"}]})).unwrap();
+        assert_eq!(r.run.messages[0].role, "robot");
+    }
+
+    #[test]
+    fn tools_and_choice() {
+        let r = parse(json!({"messages": [user("hi")],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d",
+                       "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}))
+        .unwrap();
+        assert_eq!(
+            r.run.tools,
+            vec![Tool {
+                r#type: "function".into(),
+                name: "get_weather".into(),
+                description: Some("d".into()),
+                parameters_json: Some(r#"{"type":"object"}"#.into()),
+            }]
+        );
+        assert_eq!(r.run.tool_choice, Some(ToolChoice { choice: Some(Choice::Function("get_weather".into())) }));
+        for mode in ["auto", "none", "required"] {
+            let r = parse(json!({"messages": [user("hi")], "tool_choice": mode})).unwrap();
+            assert_eq!(r.run.tool_choice, Some(ToolChoice { choice: Some(Choice::Mode(mode.into())) }));
+        }
+    }
+
+    fn image_msg(urls: &[String]) -> Value {
+        let parts: Vec<Value> =
+            urls.iter().map(|u| json!({"type": "image_url", "image_url": {"url": u}})).collect();
+        json!({"role": "user", "content": parts})
+    }
+
+    #[test]
+    fn image_rules() {
+        let url = "https://example.com/cat.png".to_string();
+        let e = parse(json!({"messages": [image_msg(std::slice::from_ref(&url))]}));
+        assert_eq!(param_of(e).as_deref(), Some("messages"));
+        let body = json!({"messages": [image_msg(std::slice::from_ref(&url))]}).to_string();
+        let allow = ImagePolicy { allow_url: true, ..POLICY };
+        let r = parse_chat_request(body.as_bytes(), &Overrides::default(), &allow).unwrap();
+        assert!(r.run.allow_image_urls);
+
+        let small = "data:image/png;base64,AAAA".to_string();
+        parse(json!({"messages": [image_msg(&vec![small.clone(); 8])]})).unwrap();
+        let e = parse(json!({"messages": [image_msg(&vec![small.clone(); 9])]}));
+        assert_eq!(param_of(e).as_deref(), Some("messages"));
+        // Images before the last assistant message are history, not the new turn.
+        parse(json!({"messages": [
+            image_msg(&vec![small.clone(); 8]), {"role": "assistant", "content": "ok"},
+            image_msg(&vec![small.clone(); 8])]}))
+        .unwrap();
+
+        // Per-image cap from config.
+        let tight = ImagePolicy { allow_url: false, max_bytes: 2 };
+        let body = json!({"messages": [image_msg(std::slice::from_ref(&small))]}).to_string();
+        let e = parse_chat_request(body.as_bytes(), &Overrides::default(), &tight);
+        assert_eq!(param_of(e).as_deref(), Some("messages"));
+
+        // 20 MiB decoded in total: three images of 7 MiB each.
+        let big = format!("data:image/png;base64,{}", "A".repeat(7 * 1024 * 1024 / 3 * 4));
+        let e = parse(json!({"messages": [image_msg(&vec![big; 3])]}));
+        assert_eq!(param_of(e).as_deref(), Some("messages"));
+    }
+}

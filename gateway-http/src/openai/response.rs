@@ -1,0 +1,237 @@
+//! Run events folded into one non-streaming `chat.completion` body.
+
+use crate::openai::{fallback_call_id, finish_reason, UsageJson};
+use serde::Serialize;
+use services::proto::{agent_run_event::Event, AgentRunEvent, RunFinished, ToolCallDelta};
+
+/// Accumulates a run's events: text concatenated, tool calls by index
+/// (arguments concatenated), the finish reason and usage.
+#[derive(Debug, Default)]
+pub struct CompletionFold {
+    /// From `started`: the session key (for `x-openclaw-session-key`).
+    pub session_key: Option<String>,
+    text: String,
+    /// In order of first appearance; written out sorted by index.
+    tool_calls: Vec<ToolCallAcc>,
+    finished: Option<RunFinished>,
+}
+
+#[derive(Debug)]
+struct ToolCallAcc {
+    index: u32,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+impl CompletionFold {
+    /// Adds one event.
+    pub fn push(&mut self, event: AgentRunEvent) {
+        match event.event {
+            Some(Event::Started(s)) => self.session_key = Some(s.session_key),
+            Some(Event::Text(t)) => self.text.push_str(&t.text),
+            Some(Event::ToolCall(d)) => self.push_tool_call(d),
+            Some(Event::Finished(f)) => self.finished = Some(f),
+            None => {}
+        }
+    }
+
+    fn push_tool_call(&mut self, d: ToolCallDelta) {
+        match self.tool_calls.iter_mut().find(|c| c.index == d.index) {
+            Some(c) => {
+                if c.id.is_empty() {
+                    c.id = d.id;
+                }
+                if c.name.is_empty() {
+                    c.name = d.name;
+                }
+                c.arguments.push_str(&d.arguments);
+            }
+            None => self.tool_calls.push(ToolCallAcc {
+                index: d.index,
+                id: d.id,
+                name: d.name,
+                arguments: d.arguments,
+            }),
+        }
+    }
+
+    /// Whether `finished` has arrived.
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_some()
+    }
+
+    /// The `chat.completion` JSON. `model` is the request's model string.
+    pub fn to_json(&mut self, id: &str, created: u64, model: &str) -> Vec<u8> {
+        self.tool_calls.sort_by_key(|c| c.index);
+        let tool_calls: Vec<ToolCallOut<'_>> = self
+            .tool_calls
+            .iter()
+            .map(|c| ToolCallOut {
+                id: if c.id.is_empty() { fallback_call_id(c.index).into() } else { c.id.as_str().into() },
+                kind: "function",
+                function: FunctionOut { name: &c.name, arguments: &c.arguments },
+            })
+            .collect();
+        let finished = self.finished.as_ref();
+        let body = Completion {
+            id,
+            object: "chat.completion",
+            created,
+            model,
+            choices: [Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    // Null content only when the answer is tool calls alone.
+                    content: (!(self.text.is_empty() && !tool_calls.is_empty())).then_some(self.text.as_str()),
+                    tool_calls: &tool_calls,
+                },
+                finish_reason: finish_reason(finished.map_or("", |f| f.finish_reason.as_str())),
+            }],
+            usage: finished.and_then(|f| f.usage.as_ref()).into(),
+        };
+        let mut out = Vec::with_capacity(256 + self.text.len());
+        // Serializing plain structs into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &body);
+        out
+    }
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: UsageJson,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: AssistantMessage<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct AssistantMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: &'a [ToolCallOut<'a>],
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use services::proto::{RunStarted, TextDelta, Usage};
+
+    fn ev(e: Event) -> AgentRunEvent {
+        AgentRunEvent { event: Some(e) }
+    }
+
+    fn started() -> AgentRunEvent {
+        ev(Event::Started(RunStarted {
+            run_id: "r1".into(),
+            agent_id: "main".into(),
+            session_key: "agent:main:openai:abc".into(),
+            model: "echo/echo".into(),
+        }))
+    }
+
+    fn text(t: &str) -> AgentRunEvent {
+        ev(Event::Text(TextDelta { text: t.into() }))
+    }
+
+    fn call(index: u32, id: &str, name: &str, args: &str) -> AgentRunEvent {
+        ev(Event::ToolCall(ToolCallDelta { index, id: id.into(), name: name.into(), arguments: args.into() }))
+    }
+
+    fn finished(reason: &str, usage: Option<Usage>) -> AgentRunEvent {
+        ev(Event::Finished(RunFinished { finish_reason: reason.into(), usage, model: "echo/echo".into() }))
+    }
+
+    fn fold(events: Vec<AgentRunEvent>) -> (CompletionFold, Value) {
+        let mut f = CompletionFold::default();
+        for e in events {
+            f.push(e);
+        }
+        let v = serde_json::from_slice(&f.to_json("chatcmpl_x", 1_700_000_000, "openclaw/main")).unwrap();
+        (f, v)
+    }
+
+    #[test]
+    fn text_answer() {
+        let usage = Usage { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 };
+        let (f, v) = fold(vec![started(), text("Hel"), text("lo"), finished("stop", Some(usage))]);
+        assert_eq!(f.session_key.as_deref(), Some("agent:main:openai:abc"));
+        assert!(f.is_finished());
+        assert_eq!(
+            v,
+            json!({
+                "id": "chatcmpl_x", "object": "chat.completion", "created": 1_700_000_000, "model": "openclaw/main",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+            })
+        );
+    }
+
+    #[test]
+    fn tool_calls_by_index_with_generated_ids() {
+        let (_, v) = fold(vec![
+            started(),
+            call(1, "", "g", "{\"b\""),
+            call(0, "call_abc", "f", "{\"a\":"),
+            call(0, "", "", "1}"),
+            call(1, "", "", ":2}"),
+            finished("tool_calls", None),
+        ]);
+        let msg = &v["choices"][0]["message"];
+        assert_eq!(msg["content"], Value::Null);
+        assert_eq!(
+            msg["tool_calls"],
+            json!([
+                {"id": "call_abc", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                {"id": "call_1", "type": "function", "function": {"name": "g", "arguments": "{\"b\":2}"}},
+            ])
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        // No usage from agent-svc: zeros.
+        assert_eq!(v["usage"], json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}));
+    }
+
+    #[test]
+    fn text_with_tool_calls_keeps_text_and_empty_answer_is_empty_string() {
+        let (_, v) = fold(vec![text("Let me check."), call(0, "c", "f", "{}"), finished("tool_calls", None)]);
+        assert_eq!(v["choices"][0]["message"]["content"], "Let me check.");
+        let (_, v) = fold(vec![finished("length", None)]);
+        assert_eq!(v["choices"][0]["message"]["content"], "");
+        assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn missing_total_is_computed() {
+        let usage = Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 0 };
+        let (_, v) = fold(vec![finished("", Some(usage))]);
+        assert_eq!(v["usage"]["total_tokens"], 7);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+}

@@ -1,0 +1,249 @@
+//! `mock-upstream`: a lean mock OpenAI-compatible upstream for the benchmark.
+//!
+//! Built directly on hyper 1 (HTTP/1.1, keep-alive) so that its own cost stays
+//! small next to the services being measured. It serves
+//! `POST /v1/chat/completions` (and `POST /chat/completions`):
+//!
+//! - `"stream": true`: a short SSE answer: a role chunk, three content chunks, a
+//!   finish chunk, a usage chunk with `choices: []` when
+//!   `stream_options.include_usage` is true, then `data: [DONE]`;
+//! - otherwise: a JSON `chat.completion` with `usage`.
+//!
+//! The answer is fixed ([`ANSWER`]); the request's `model` is echoed. Anything
+//! else is `404`; a body that is not JSON is `400`.
+//!
+//! ```text
+//! mock-upstream [--listen 127.0.0.1:0] [--chunk-delay-ms 0]
+//! ```
+//!
+//! Prints `mock-upstream listening on http://ADDR` on stdout once it accepts
+//! connections.
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The answer's content chunks, streamed in this order (joined for JSON answers).
+pub const ANSWER: [&str; 3] = ["Hello", " from the", " mock."];
+/// Usage reported for every answer: (prompt, completion).
+const USAGE: (u32, u32) = (9, 5);
+/// Largest request body accepted (the benchmark sends tiny bodies).
+const MAX_BODY: usize = 4 << 20;
+
+/// A lean mock OpenAI-compatible upstream (benchmark use).
+#[derive(Parser, Debug)]
+#[command(name = "mock-upstream", version, about, long_about = None)]
+struct Cli {
+    /// Listen address (only loopback is sensible).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Pause between SSE events, in milliseconds (0: the whole answer in one write).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    chunk_delay_ms: u64,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+/// The part of a chat completion request the mock looks at; serde skips the rest
+/// (messages included) without building values for it.
+#[derive(Deserialize)]
+struct ChatRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+/// `stream_options`.
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("cannot start the tokio runtime")?;
+    rt.block_on(serve(cli))
+}
+
+/// Accepts connections forever; each is served as HTTP/1.1 with keep-alive.
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr().context("local address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "mock-upstream listening on http://{addr}")?;
+        out.flush()?;
+    }
+    let delay = Duration::from_millis(cli.chunk_delay_ms);
+    let ids = std::sync::Arc::new(AtomicU64::new(1));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("mock-upstream: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, delay, ids.fetch_add(1, Ordering::Relaxed)));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            // A client that resets its connection is not the mock's problem.
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Routes one request.
+async fn handle(req: Request<Incoming>, delay: Duration, id: u64) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    if path != "/v1/chat/completions" && path != "/chat/completions" {
+        return Ok(plain(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    if req.method() != Method::POST {
+        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"));
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"))),
+    };
+    let parsed: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return Ok(error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"))),
+    };
+    let model = parsed.model.as_deref().unwrap_or("mock");
+    // serde_json cannot fail on a &str; fall back to a fixed name anyway.
+    let model = serde_json::to_string(model).unwrap_or_else(|_| "\"mock\"".into());
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if parsed.stream.unwrap_or(false) {
+        let usage = parsed.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        Ok(sse(&model, created, id, usage, delay))
+    } else {
+        Ok(json(&model, created, id))
+    }
+}
+
+/// A non-streaming `chat.completion`.
+fn json(model: &str, created: u64, id: u64) -> Response<Body> {
+    let (p, c) = USAGE;
+    let text = ANSWER.concat();
+    let body = format!(
+        concat!(
+            r#"{{"id":"chatcmpl-mock{}","object":"chat.completion","created":{},"model":{},"#,
+            r#""choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}],"#,
+            r#""usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}}}"#
+        ),
+        id,
+        created,
+        model,
+        text,
+        p,
+        c,
+        p + c
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The SSE events of one streamed answer, each `data: …\n\n`.
+fn sse_events(model: &str, created: u64, id: u64, usage: bool) -> Vec<String> {
+    let head = format!(r#"{{"id":"chatcmpl-mock{id}","object":"chat.completion.chunk","created":{created},"model":{model},"#);
+    let mut events = Vec::with_capacity(ANSWER.len() + 4);
+    events.push(format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\"}},\"finish_reason\":null}}]}}\n\n"
+    ));
+    for part in ANSWER {
+        events.push(format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{part}\"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    events.push(format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n"
+    ));
+    if usage {
+        let (p, c) = USAGE;
+        events.push(format!(
+            "data: {head}\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c},\"total_tokens\":{}}}}}\n\n",
+            p + c
+        ));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    events
+}
+
+/// A streamed answer: one buffer when `delay` is zero, else one frame per event
+/// with `delay` between them.
+fn sse(model: &str, created: u64, id: u64, usage: bool, delay: Duration) -> Response<Body> {
+    let events = sse_events(model, created, id, usage);
+    let body: Body = if delay.is_zero() {
+        let mut buf = BytesMut::with_capacity(events.iter().map(String::len).sum());
+        for e in &events {
+            buf.extend_from_slice(e.as_bytes());
+        }
+        Full::new(buf.freeze()).boxed()
+    } else {
+        let stream = futures::stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
+            let next = it.next()?;
+            if !first {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(next))), (it, false)))
+        });
+        StreamBody::new(stream).boxed()
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// A plain-text response.
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// An OpenAI-style JSON error.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error"}});
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
