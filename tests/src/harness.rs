@@ -1,5 +1,5 @@
 //! Starting real services on real sockets, building configs that point at the
-//! [`MockUpstream`](crate::mock::MockUpstream), and helpers to drive and read
+//! [`MockUpstream`], and helpers to drive and read
 //! `AgentRun` streams.
 //!
 //! ```no_run
@@ -213,8 +213,11 @@ fn ensure_path<'a>(root: &'a mut Value, path: &[&str]) -> &'a mut Value {
         if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
-        let Value::Object(map) = cur else { unreachable!("just made an object") };
-        cur = map.entry((*key).to_string()).or_insert(Value::Null);
+        cur = match cur {
+            Value::Object(map) => map.entry((*key).to_string()).or_insert(Value::Null),
+            // Not reached: `cur` was just made an object.
+            other => other,
+        };
     }
     cur
 }
@@ -314,8 +317,14 @@ impl AgentSvc {
 
     /// Graceful shutdown; a no-op when already stopped.
     pub async fn try_stop(&mut self) -> Result<(), agent_svc::AgentError> {
+        self.stop_with_grace(STOP_GRACE).await
+    }
+
+    /// Shutdown that lets running turns finish within `grace`, then cancels them.
+    /// A no-op when already stopped.
+    pub async fn stop_with_grace(&mut self, grace: Duration) -> Result<(), agent_svc::AgentError> {
         match self.handle.take() {
-            Some(h) => h.shutdown(STOP_GRACE).await,
+            Some(h) => h.shutdown(grace).await,
             None => Ok(()),
         }
     }
@@ -591,6 +600,55 @@ pub fn summarize(events: &[AgentRunEvent]) -> RunSummary {
     }
     s.tool_calls.sort_by_key(|c| c.index);
     s
+}
+
+// ---------------------------------------------------------------------------
+// Reading SSE bodies (for HTTP-level tests, e.g. gateway-http)
+
+/// A server-sent-events body read to its end.
+#[derive(Debug, Clone, Default)]
+pub struct SseBody {
+    /// The `data:` payload of every event, in order (`[DONE]` included).
+    pub data: Vec<String>,
+    /// The payloads that parsed as JSON, in order.
+    pub events: Vec<Value>,
+    /// Whether the last event was `data: [DONE]`.
+    pub done_last: bool,
+    /// A transport or framing error that ended the body early.
+    pub error: Option<String>,
+}
+
+impl SseBody {
+    /// The `choices[0].delta.content` strings concatenated (OpenAI chunks).
+    pub fn content(&self) -> String {
+        self.events
+            .iter()
+            .filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str))
+            .collect()
+    }
+}
+
+/// Reads an SSE response to its end (bounded by the caller's timeout, if any).
+pub async fn read_sse(resp: reqwest::Response) -> SseBody {
+    use eventsource_stream::Eventsource;
+    let mut body = SseBody::default();
+    let mut stream = resp.bytes_stream().eventsource();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(ev) => {
+                body.done_last = ev.data == "[DONE]";
+                if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                    body.events.push(v);
+                }
+                body.data.push(ev.data);
+            }
+            Err(e) => {
+                body.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    body
 }
 
 // ---------------------------------------------------------------------------

@@ -35,21 +35,13 @@ fn chat(model: &str, text: &str, include_usage: bool) -> Value {
     body
 }
 
-/// Reads the whole SSE body: the JSON events and whether `[DONE]` came last.
+/// Reads the whole SSE body: the JSON events and whether `[DONE]` came last (and only once).
 async fn sse_events(resp: reqwest::Response) -> (Vec<Value>, bool) {
-    let mut events = Vec::new();
-    let mut done_last = false;
-    let mut stream = resp.bytes_stream().eventsource();
-    while let Some(ev) = stream.next().await {
-        let ev = ev.expect("sse event");
-        assert!(!done_last, "event after [DONE]: {}", ev.data);
-        if ev.data == "[DONE]" {
-            done_last = true;
-        } else {
-            events.push(serde_json::from_str(&ev.data).expect("event data is JSON"));
-        }
-    }
-    (events, done_last)
+    let body = e2e::harness::read_sse(resp).await;
+    assert!(body.error.is_none(), "sse error: {:?}", body.error);
+    assert!(body.data.iter().filter(|d| *d == "[DONE]").count() <= 1, "one [DONE]: {:?}", body.data);
+    assert_eq!(body.events.len() + usize::from(body.done_last), body.data.len(), "every event is JSON");
+    (body.events, body.done_last)
 }
 
 #[tokio::test]

@@ -180,7 +180,9 @@ fn json(model: &str, created: u64, id: u64) -> Response<Body> {
 
 /// The SSE events of one streamed answer, each `data: …\n\n`.
 fn sse_events(model: &str, created: u64, id: u64, usage: bool) -> Vec<String> {
-    let head = format!(r#"{{"id":"chatcmpl-mock{id}","object":"chat.completion.chunk","created":{created},"model":{model},"#);
+    let head = format!(
+        r#"{{"id":"chatcmpl-mock{id}","object":"chat.completion.chunk","created":{created},"model":{model},"#
+    );
     let mut events = Vec::with_capacity(ANSWER.len() + 4);
     events.push(format!(
         "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\"}},\"finish_reason\":null}}]}}\n\n"
