@@ -303,7 +303,10 @@ mod tests {
             a.check_at(REMOTE, Some("s3cret"), Some(now)),
             Err(ApiError::AuthLockedOut { retry_after_secs: 11 })
         );
-        assert_eq!(a.check_at(REMOTE, None, Some(now)), Err(ApiError::AuthLockedOut { retry_after_secs: 11 }));
+        assert_eq!(
+            a.check_at(REMOTE, None, Some(now)),
+            Err(ApiError::AuthLockedOut { retry_after_secs: 11 })
+        );
         // Another IP is unaffected.
         let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
         assert!(a.check_at(other, Some("s3cret"), Some(now)).is_ok());

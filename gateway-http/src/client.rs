@@ -126,7 +126,10 @@ mod tests {
         assert!(AgentClient::connect_lazy("http://127.0.0.1:50051").is_ok());
         assert!(AgentClient::connect_lazy("agent-svc:50051").is_ok());
         assert!(matches!(AgentClient::connect_lazy("https://x:1"), Err(GatewayError::AgentSvcUrl { .. })));
-        assert!(matches!(AgentClient::connect_lazy("http://exa mple"), Err(GatewayError::AgentSvcUrl { .. })));
+        assert!(matches!(
+            AgentClient::connect_lazy("http://exa mple"),
+            Err(GatewayError::AgentSvcUrl { .. })
+        ));
     }
 
     #[tokio::test]

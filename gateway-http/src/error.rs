@@ -45,7 +45,7 @@ pub enum ApiError {
         /// Seconds until the lockout ends (rounded up).
         retry_after_secs: u64,
     },
-    /// The body is over `maxBodyBytes` (the connection is closed after the answer).
+    /// The body is over `maxBodyBytes` (on HTTP/1 the chat handler also closes the connection).
     #[error("Payload too large")]
     PayloadTooLarge,
     /// `GET /v1/models/{id}` for an id that is not listed (see [`ApiError::model_not_found`]).
@@ -163,9 +163,7 @@ impl ApiError {
             ApiError::Agent { kind, code, param, message, .. } => {
                 (message, kind, param.as_deref(), code.as_deref())
             }
-            ApiError::AgentUnavailable(message) => {
-                (message, "api_error", None, Some("agent_unavailable"))
-            }
+            ApiError::AgentUnavailable(message) => (message, "api_error", None, Some("agent_unavailable")),
         };
         Some(ErrorObject { message, kind, param, code })
     }
@@ -210,11 +208,6 @@ impl IntoResponse for ApiError {
         let headers = resp.headers_mut();
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if matches!(self, ApiError::PayloadTooLarge) {
-            // The rest of an oversized body is never read, so the connection cannot be reused.
-            // (hyper drops this header on HTTP/2, where it is illegal.)
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -416,7 +409,6 @@ mod tests {
         assert_eq!(r.headers()[header::ALLOW], "POST");
         let r = ApiError::PayloadTooLarge.into_response();
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(r.headers()[header::CONNECTION], "close");
         let r = ApiError::AuthLockedOut { retry_after_secs: 42 }.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "42");

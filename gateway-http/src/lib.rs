@@ -1,1 +1,207 @@
+//! gateway-http: the public port of the OpenClaw gateway pair. It serves the
+//! OpenAI Chat Completions surface (`/v1/chat/completions`, `/v1/models`),
+//! health and metrics over HTTP/1.1 and h2c on one listener, and runs every
+//! request as an `AgentRun` on agent-svc over gRPC.
+//!
+//! [`start`] is the whole server (the binary is a thin CLI over it, and the
+//! end-to-end tests call it directly); [`router`] is the same HTTP surface
+//! without a listener.
+//!
+//! Modules, one concern each: [`routes`] (thin handlers, order of checks),
+//! [`openai`] (OpenAI JSON ↔ `AgentRun`, the only place that knows the wire
+//! shapes), [`sse`] (streaming a run), [`run`] (folding a run), [`client`] (the
+//! only gRPC caller), [`auth`] (bearer secret + lockout), [`error`] (one error
+//! type, one HTTP mapping, one gRPC-status mapping), [`metrics`], [`state`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), gateway_http::GatewayError> {
+//! let config = services::config::load(None)?;
+//! let gw = gateway_http::start(config, gateway_http::GatewayOptions::default()).await?;
+//! println!("listening on http://{}", gw.local_addr());
+//! gw.shutdown().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod metrics;
+pub mod openai;
+pub mod routes;
+pub mod run;
+pub mod sse;
+pub mod state;
+
+pub use client::AgentClient;
+pub use error::{ApiError, GatewayError};
+pub use routes::router;
+pub use state::AppState;
+
+use axum::serve::ListenerExt;
+use services::config::{parse_bind, LoadedConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long [`GatewayHandle::shutdown`] lets open requests and streams finish
+/// before streams are ended with an error event.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often recorded histogram samples are folded into buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Overrides of the config for one gateway (CLI flags and env in the binary).
+#[derive(Debug, Default)]
+pub struct GatewayOptions {
+    /// Listen port; else `gateway.port`. Ignored when `listener` is given.
+    pub port: Option<u16>,
+    /// `loopback`, `lan` or an IP literal; else `gateway.bind`. Also decides
+    /// whether auth mode `none` is allowed (loopback only), even with `listener`.
+    pub bind: Option<String>,
+    /// agent-svc URL (`http://host:port`); else `gateway.agentService.url`;
+    /// neither: agent-svc is started in this process (embedded mode).
+    pub agent_svc_url: Option<String>,
+    /// A pre-bound listener (tests pass `127.0.0.1:0`), used instead of binding.
+    pub listener: Option<TcpListener>,
+}
+
+/// A running gateway. Dropping it leaves the server running until the runtime
+/// stops; call [`GatewayHandle::shutdown`] to stop it.
+pub struct GatewayHandle {
+    addr: SocketAddr,
+    agent_svc_url: String,
+    state: AppState,
+    stop_accepting: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    embedded: Option<agent_svc::ServerHandle>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("addr", &self.addr)
+            .field("agent_svc_url", &self.agent_svc_url)
+            .field("embedded", &self.embedded.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// The address the gateway listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The agent-svc URL in use (the embedded one's loopback address in embedded mode).
+    pub fn agent_svc_url(&self) -> &str {
+        &self.agent_svc_url
+    }
+
+    /// The embedded agent-svc, when this gateway started one.
+    pub fn embedded_agent_svc(&self) -> Option<&agent_svc::ServerHandle> {
+        self.embedded.as_ref()
+    }
+
+    /// The state the handlers share (metrics, client, auth).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, lets open requests finish for [`SHUTDOWN_GRACE`], ends
+    /// the streams still open with an error event, then stops the embedded
+    /// agent-svc (if any).
+    pub async fn shutdown(self) -> Result<(), GatewayError> {
+        self.shutdown_with_grace(SHUTDOWN_GRACE).await
+    }
+
+    /// [`GatewayHandle::shutdown`] with a chosen grace period.
+    pub async fn shutdown_with_grace(mut self, grace: Duration) -> Result<(), GatewayError> {
+        self.stop_accepting.cancel();
+        let served = match tokio::time::timeout(grace, &mut self.server).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                // Grace is over: end the open streams, give them a moment to flush.
+                self.state.force_close().cancel();
+                match tokio::time::timeout(Duration::from_secs(1), &mut self.server).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        self.server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        let served = served.map_err(std::io::Error::other).and_then(|r| r);
+        if let Some(embedded) = self.embedded.take() {
+            embedded.shutdown(grace).await?;
+        }
+        Ok(served?)
+    }
+}
+
+/// Starts a gateway: checks the config (`validate_gateway` with the effective
+/// bind, `resolve_agents`), binds (or takes `opts.listener`), connects to
+/// agent-svc (or starts it in-process), and serves until
+/// [`GatewayHandle::shutdown`]. Returns once the listener accepts connections.
+pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<GatewayHandle, GatewayError> {
+    let gw = &config.config.gateway;
+    let bind = opts.bind.clone().unwrap_or_else(|| gw.bind.clone());
+    config.validate_gateway(&bind)?;
+    config.resolve_agents()?;
+
+    let remote_url =
+        opts.agent_svc_url.or_else(|| gw.agent_service.url.clone()).filter(|u| !u.trim().is_empty());
+    // Checked before binding, so a bad URL fails without side effects.
+    let remote = remote_url.map(|u| AgentClient::connect_lazy(&u).map(|c| (u, c))).transpose()?;
+
+    let listener = match opts.listener {
+        Some(l) => l,
+        None => {
+            let ip = parse_bind(&bind)
+                .ok_or_else(|| config.error("gateway.bind", format!("invalid bind {bind:?}")))?;
+            let addr = SocketAddr::new(ip, opts.port.unwrap_or(gw.port));
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind { addr: addr.to_string(), source })?
+        }
+    };
+    let addr = listener.local_addr()?;
+
+    let (agent_svc_url, client, embedded) = match remote {
+        Some((url, client)) => (url, client, None),
+        None => {
+            // Embedded mode: agent-svc in this process, reached through the same gRPC client.
+            let l = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+            let handle = agent_svc::start(&config, l).await?;
+            let url = format!("http://{}", handle.local_addr());
+            let client = AgentClient::connect_lazy(&url)?;
+            (url, client, Some(handle))
+        }
+    };
+
+    let state = AppState::new(&config, client);
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop_accepting = CancellationToken::new();
+    let listener = listener.tap_io(|tcp| {
+        // Small SSE frames and JSON answers must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+    });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let server = tokio::spawn(async move { serve.await });
+
+    let upkeep_state = state.clone();
+    let upkeep_stop = stop_accepting.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => upkeep_state.metrics().upkeep(),
+                () = upkeep_stop.cancelled() => break,
+            }
+        }
+    });
+
+    tracing::info!(%addr, agent_svc = %agent_svc_url, embedded = embedded.is_some(), "gateway-http started");
+    Ok(GatewayHandle { addr, agent_svc_url, state, stop_accepting, server, embedded })
+}

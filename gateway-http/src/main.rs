@@ -1,1 +1,110 @@
-fn main(){}
+//! `gateway-http`: a thin CLI over [`gateway_http::start`].
+
+use anyhow::Context;
+use clap::Parser;
+use gateway_http::{GatewayError, GatewayOptions};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// OpenClaw-compatible HTTP gateway: OpenAI Chat Completions over agent-svc.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway-http",
+    version,
+    after_help = "Environment:
+  OPENCLAW_CONFIG_PATH       config file when --config is not given
+                             (default ~/.openclaw/openclaw.json; a missing default file means built-in defaults)
+  AGENT_SVC_URL              agent-svc URL when --agent-svc is not given
+  OPENCLAW_GATEWAY_TOKEN     token for auth mode \"token\" when gateway.auth.token is not set
+  OPENCLAW_GATEWAY_PASSWORD  password for auth mode \"password\" when gateway.auth.password is not set
+  RUST_LOG                   log filter (default: info); logs go to stderr
+  TOKIO_WORKER_THREADS       runtime worker threads (default: one per CPU; 1 costs less CPU per
+                             request when agent-svc shares a small machine)
+
+Without --agent-svc, AGENT_SVC_URL or gateway.agentService.url, agent-svc runs inside this process."
+)]
+struct Cli {
+    /// Config file (JSON5).
+    #[arg(long, value_name = "PATH", env = "OPENCLAW_CONFIG_PATH")]
+    config: Option<PathBuf>,
+    /// Listen port (overrides gateway.port; default 18789).
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// Bind address: loopback (127.0.0.1), lan (0.0.0.0) or an IP (overrides gateway.bind).
+    #[arg(long, value_name = "loopback|lan|IP")]
+    bind: Option<String>,
+    /// agent-svc URL, e.g. http://agent-svc:50051 (overrides gateway.agentService.url).
+    #[arg(long = "agent-svc", value_name = "URL", env = "AGENT_SVC_URL")]
+    agent_svc: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Config errors are one line naming key and file; print them as they are.
+            match e.downcast_ref::<GatewayError>() {
+                Some(GatewayError::Config(c)) => eprintln!("{c}"),
+                _ => eprintln!("gateway-http: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // An empty OPENCLAW_CONFIG_PATH means unset, as in `services::config::load`.
+    let config_path = cli.config.filter(|p| !p.as_os_str().is_empty());
+    let config = services::config::load(config_path.as_deref()).map_err(GatewayError::from)?;
+    let opts =
+        GatewayOptions { port: cli.port, bind: cli.bind, agent_svc_url: cli.agent_svc, listener: None };
+    let gateway = gateway_http::start(config, opts).await?;
+
+    // Tests and the benchmark wait for exactly this line.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "gateway-http listening on http://{}", gateway.local_addr())
+        .context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
+    drop(out);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -34,7 +34,8 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 5] = [Route::ChatCompletions, Route::Models, Route::Health, Route::Metrics, Route::Other];
+    const ALL: [Route; 5] =
+        [Route::ChatCompletions, Route::Models, Route::Health, Route::Metrics, Route::Other];
 
     /// Classifies a path by string comparison (no allocation).
     pub fn of(path: &str) -> Route {
@@ -88,40 +89,36 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh, unshared set of metrics.
     pub fn new() -> Metrics {
-        let builder = PrometheusBuilder::new();
         // `set_buckets_for_metric` only fails on an empty bucket list.
-        let builder = match builder.clone().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS) {
-            Ok(b) => b,
-            Err(_) => builder,
-        };
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+            .map_or_else(|_| PrometheusBuilder::new().build_recorder(), PrometheusBuilder::build_recorder);
         let handle = recorder.handle();
         describe(&recorder);
         let latency = Route::ALL.map(|r| {
             recorder.register_histogram(
-                &Key::from_parts("openclaw_gateway_request_duration_seconds", vec![Label::new("route", r.label())]),
+                &Key::from_parts(
+                    "openclaw_gateway_request_duration_seconds",
+                    vec![Label::new("route", r.label())],
+                ),
                 &META,
             )
         });
-        let ttft = recorder.register_histogram(&Key::from_name("openclaw_gateway_time_to_first_token_seconds"), &META);
+        let ttft = recorder
+            .register_histogram(&Key::from_name("openclaw_gateway_time_to_first_token_seconds"), &META);
         let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
-        let stream_errors = recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
-        Metrics {
-            recorder,
-            handle,
-            requests: Default::default(),
-            latency,
-            ttft,
-            in_flight,
-            stream_errors,
-        }
+        let stream_errors =
+            recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
+        Metrics { recorder, handle, requests: Default::default(), latency, ttft, in_flight, stream_errors }
     }
 
     /// Counts a finished request and its latency (for SSE: until the headers).
     pub fn request(&self, route: Route, status: u16, elapsed: Duration) {
         let ri = route as usize;
         match STATUSES.iter().position(|s| *s == status) {
-            Some(si) => self.requests[ri][si].get_or_init(|| self.register_requests(route, status)).increment(1),
+            Some(si) => {
+                self.requests[ri][si].get_or_init(|| self.register_requests(route, status)).increment(1)
+            }
             None => self.register_requests(route, status).increment(1),
         }
         self.latency[ri].record(elapsed.as_secs_f64());

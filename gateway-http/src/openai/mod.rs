@@ -3,8 +3,10 @@
 //!
 //! - [`request`]: request JSON (+ the OpenClaw headers) → [`services::proto::AgentRunRequest`];
 //! - [`response`]: run events folded into one `chat.completion` body;
-//! - [`stream`]: run events → `chat.completion.chunk` SSE frames.
+//! - [`stream`]: run events → `chat.completion.chunk` SSE frames;
+//! - [`models`]: the `/v1/models` list.
 
+pub mod models;
 pub mod request;
 pub mod response;
 pub mod stream;

@@ -96,7 +96,10 @@ pub fn parse_chat_request(
             None => false,
             Some(Value::Bool(b)) => b,
             Some(_) => {
-                return Err(ApiError::invalid("stream_options", "`stream_options.include_usage` must be a boolean."))
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "`stream_options.include_usage` must be a boolean.",
+                ))
             }
         },
         Some(_) => return Err(ApiError::invalid("stream_options", "`stream_options` must be an object.")),
@@ -280,7 +283,10 @@ fn content_part(i: usize, v: Value) -> Result<ContentPart, ApiError> {
             }
         }
         Some(other) => {
-            return Err(bad_message(i, &format!(": unsupported content part type {other:?} (use text or image_url).")))
+            return Err(bad_message(
+                i,
+                &format!(": unsupported content part type {other:?} (use text or image_url)."),
+            ))
         }
         None => return Err(bad_message(i, ": each content part needs a string `type`.")),
     };
@@ -588,7 +594,10 @@ mod tests {
         assert_eq!(m[1].parts.len(), 3);
         assert_eq!(
             m[1].parts[2].part,
-            Some(Part::ImageUrl(ImageUrl { url: "data:image/png;base64,AAAA".into(), detail: Some("low".into()) }))
+            Some(Part::ImageUrl(ImageUrl {
+                url: "data:image/png;base64,AAAA".into(),
+                detail: Some("low".into())
+            }))
         );
         assert!(m[2].parts.is_empty() && !m[2].text_only);
         assert_eq!(m[2].tool_calls[0].name, "f");
@@ -616,7 +625,10 @@ mod tests {
                 parameters_json: Some(r#"{"type":"object"}"#.into()),
             }]
         );
-        assert_eq!(r.run.tool_choice, Some(ToolChoice { choice: Some(Choice::Function("get_weather".into())) }));
+        assert_eq!(
+            r.run.tool_choice,
+            Some(ToolChoice { choice: Some(Choice::Function("get_weather".into())) })
+        );
         for mode in ["auto", "none", "required"] {
             let r = parse(json!({"messages": [user("hi")], "tool_choice": mode})).unwrap();
             assert_eq!(r.run.tool_choice, Some(ToolChoice { choice: Some(Choice::Mode(mode.into())) }));

@@ -84,7 +84,7 @@ impl CompletionFold {
                 message: AssistantMessage {
                     role: "assistant",
                     // Null content only when the answer is tool calls alone.
-                    content: (!(self.text.is_empty() && !tool_calls.is_empty())).then_some(self.text.as_str()),
+                    content: (!self.text.is_empty() || tool_calls.is_empty()).then_some(self.text.as_str()),
                     tool_calls: &tool_calls,
                 },
                 finish_reason: finish_reason(finished.map_or("", |f| f.finish_reason.as_str())),

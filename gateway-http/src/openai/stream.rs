@@ -18,6 +18,8 @@ use services::proto::{agent_run_event::Event, AgentRunEvent};
 
 /// The terminating frame.
 const DONE: &[u8] = b"data: [DONE]\n\n";
+/// The comment sent while a run is silent.
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// What an event amounted to on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,14 @@ pub struct ChunkWriter {
 impl ChunkWriter {
     /// A writer for completion `id`; `model` is echoed in every chunk.
     pub fn new(id: String, created: u64, model: String, include_usage: bool) -> ChunkWriter {
-        ChunkWriter { id, created, model, include_usage, buf: BytesMut::with_capacity(1024), seen_calls: Vec::new() }
+        ChunkWriter {
+            id,
+            created,
+            model,
+            include_usage,
+            buf: BytesMut::with_capacity(1024),
+            seen_calls: Vec::new(),
+        }
     }
 
     /// The first chunk: `delta:{"role":"assistant"}`.
@@ -120,6 +129,11 @@ impl ChunkWriter {
     /// `data: [DONE]`.
     pub fn done(&mut self) {
         self.buf.extend_from_slice(DONE);
+    }
+
+    /// The `: keep-alive` comment.
+    pub fn keep_alive(&mut self) {
+        self.buf.extend_from_slice(KEEP_ALIVE);
     }
 
     /// Everything written since the last call, or `None` when nothing was.
@@ -268,12 +282,21 @@ mod tests {
 
     #[test]
     fn text_stream_shape() {
-        let f = run(&[ev(Event::Started(RunStarted::default())), text("Hel"), text(""), text("lo"), finished("stop")], false);
+        let f = run(
+            &[ev(Event::Started(RunStarted::default())), text("Hel"), text(""), text("lo"), finished("stop")],
+            false,
+        );
         check_common(&f);
         assert_eq!(f.len(), 5, "{f:?}");
-        assert_eq!(f[1].as_ref().unwrap()["choices"][0], json!({"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}));
+        assert_eq!(
+            f[1].as_ref().unwrap()["choices"][0],
+            json!({"index": 0, "delta": {"content": "Hel"}, "finish_reason": null})
+        );
         assert_eq!(f[2].as_ref().unwrap()["choices"][0]["delta"], json!({"content": "lo"}));
-        assert_eq!(f[3].as_ref().unwrap()["choices"][0], json!({"index": 0, "delta": {}, "finish_reason": "stop"}));
+        assert_eq!(
+            f[3].as_ref().unwrap()["choices"][0],
+            json!({"index": 0, "delta": {}, "finish_reason": "stop"})
+        );
         for c in f.iter().flatten() {
             assert!(c.get("usage").is_none());
         }
@@ -294,15 +317,27 @@ mod tests {
     #[test]
     fn tool_call_fragments() {
         let f = run(
-            &[call(0, "call_a", "f", ""), call(0, "", "", "{\"x\":"), call(1, "", "g", "{}"), call(0, "", "", "1}"), finished("tool_calls")],
+            &[
+                call(0, "call_a", "f", ""),
+                call(0, "", "", "{\"x\":"),
+                call(1, "", "g", "{}"),
+                call(0, "", "", "1}"),
+                finished("tool_calls"),
+            ],
             false,
         );
         check_common(&f);
         let tc = |i: usize| f[i].as_ref().unwrap()["choices"][0]["delta"]["tool_calls"][0].clone();
-        assert_eq!(tc(1), json!({"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}));
+        assert_eq!(
+            tc(1),
+            json!({"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}})
+        );
         assert_eq!(tc(2), json!({"index": 0, "function": {"arguments": "{\"x\":"}}));
         // No upstream id: a generated one.
-        assert_eq!(tc(3), json!({"index": 1, "id": "call_1", "type": "function", "function": {"name": "g", "arguments": "{}"}}));
+        assert_eq!(
+            tc(3),
+            json!({"index": 1, "id": "call_1", "type": "function", "function": {"name": "g", "arguments": "{}"}})
+        );
         assert_eq!(tc(4), json!({"index": 0, "function": {"arguments": "1}"}}));
         assert_eq!(f[5].as_ref().unwrap()["choices"][0]["finish_reason"], "tool_calls");
     }

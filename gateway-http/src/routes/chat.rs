@@ -1,0 +1,128 @@
+//! `POST /v1/chat/completions`.
+
+use crate::client::CallContext;
+use crate::error::ApiError;
+use crate::openai::{self, ChunkWriter, Overrides};
+use crate::routes::Authorized;
+use crate::run;
+use crate::sse::SseRun;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::time::Instant;
+
+const AGENT_ID: &str = "x-openclaw-agent-id";
+const MODEL: &str = "x-openclaw-model";
+const SESSION_KEY: &str = "x-openclaw-session-key";
+const REQUEST_ID: &str = "x-request-id";
+const TRACEPARENT: &str = "traceparent";
+
+/// Checks come in SPEC order: auth (the extractor) → body size → JSON →
+/// semantics (here, then agent-svc).
+pub async fn completions(
+    State(state): State<AppState>,
+    _: Authorized,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let started_at = Instant::now();
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let body = match read_body(headers, body, state.chat().max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return Ok(unread_body(e, parts.version)),
+    };
+    let overrides = Overrides {
+        agent_id: header_str(headers, AGENT_ID)?,
+        model: header_str(headers, MODEL)?,
+        session_key: header_str(headers, SESSION_KEY)?,
+    };
+    let chat = openai::parse_chat_request(&body, &overrides, &state.chat().images)?;
+    drop(body);
+
+    let ctx = CallContext {
+        request_id: header_str(headers, REQUEST_ID)
+            .ok()
+            .flatten()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned),
+        traceparent: header_str(headers, TRACEPARENT).ok().flatten().map(str::to_owned),
+    };
+    let include_usage = chat.run.include_usage;
+    let events = state.client().run(chat.run, &ctx).await?;
+    let in_flight = state.metrics().run_guard();
+    let id = openai::completion_id();
+    let created = openai::unix_now();
+
+    if chat.stream {
+        let writer = ChunkWriter::new(id, created, chat.model, include_usage);
+        let sse = SseRun::begin(events, writer, state.clone(), started_at, in_flight).await?;
+        let mut resp = Response::new(Body::empty());
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+        common_headers(h, sse.session_key(), &ctx.request_id);
+        *resp.body_mut() = sse.into_body();
+        Ok(resp)
+    } else {
+        let mut fold = run::collect(events, state.metrics(), started_at).await?;
+        drop(in_flight);
+        let json = fold.to_json(&id, created, &chat.model);
+        let mut resp = Response::new(Body::from(json));
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        common_headers(h, fold.session_key.as_deref(), &ctx.request_id);
+        Ok(resp)
+    }
+}
+
+fn common_headers(h: &mut HeaderMap, session_key: Option<&str>, request_id: &str) {
+    if let Some(v) = session_key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        h.insert(HeaderName::from_static(SESSION_KEY), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(HeaderName::from_static(REQUEST_ID), v);
+    }
+}
+
+/// A header as UTF-8 (session keys may carry user names); empty counts as absent.
+fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => match std::str::from_utf8(v.as_bytes()) {
+            Ok(s) => Ok(Some(s.trim()).filter(|s| !s.is_empty())),
+            Err(_) => Err(ApiError::invalid_no_param(format!("The `{name}` header must be UTF-8."))),
+        },
+    }
+}
+
+/// The answer when the body was not read to its end: on HTTP/1 the rest of it
+/// would be taken for the next request, so the connection is closed
+/// (`Connection` is illegal in HTTP/2, where the stream is simply reset).
+fn unread_body(e: ApiError, version: Version) -> Response {
+    let mut resp = e.into_response();
+    if version < Version::HTTP_2 {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Reads the body within `max` bytes: a `Content-Length` over the cap is refused
+/// before reading anything, and the read itself is capped (chunked bodies).
+async fn read_body(headers: &HeaderMap, body: Body, max: u64) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::invalid_no_param("Failed to read the request body.")),
+    }
+}

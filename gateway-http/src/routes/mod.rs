@@ -1,0 +1,97 @@
+//! The HTTP surface: [`router`] builds it from an [`AppState`], so tests and
+//! [`crate::start`] serve the same thing.
+//!
+//! Order of checks on `/v1/*` (SPEC §4): route enabled (a disabled endpoint is
+//! simply not routed → plain 404) → method (the method router's fallback → 405
+//! with `Allow`, before any extractor runs) → auth (the [`Authorized`]
+//! extractor, first argument of every `/v1` handler) → body size → JSON →
+//! semantics (in the chat handler, in that order).
+//!
+//! The WebSocket protocol (SPEC §7, a later issue) plugs in here: a layer in
+//! front of the routes that takes any request with `Upgrade: websocket`, and
+//! reuses [`crate::auth::Auth::check_secret`] for its `connect` frame.
+
+mod chat;
+mod health;
+mod models;
+
+use crate::error::ApiError;
+use crate::metrics::Route;
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use http::request::Parts;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+/// The gateway's router, with `state` applied.
+pub fn router(state: AppState) -> Router {
+    const GET: &str = "GET, HEAD";
+    let mut r = Router::new()
+        .route("/healthz", get(health::healthz).fallback(|| not_allowed(GET)))
+        .route("/readyz", get(health::readyz).fallback(|| not_allowed(GET)))
+        .route("/metrics", get(health::metrics).fallback(|| not_allowed(GET)));
+    if state.chat().enabled {
+        r = r
+            .route("/v1/chat/completions", post(chat::completions).fallback(|| not_allowed("POST")))
+            .route("/v1/models", get(models::list).fallback(|| not_allowed(GET)))
+            // A wildcard so that both `openclaw%2Fmain` and `openclaw/main` reach the handler.
+            .route("/v1/models/{*id}", get(models::get).fallback(|| not_allowed(GET)));
+    }
+    r.fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_allowed(allow: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed { allow }
+}
+
+/// Counts every request by route and status, with its latency (until the
+/// response head). A request whose client went away before the answer is
+/// counted as `499`.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    struct Pending<'a> {
+        state: &'a AppState,
+        route: Route,
+        start: Instant,
+        status: u16,
+    }
+    impl Drop for Pending<'_> {
+        fn drop(&mut self) {
+            self.state.metrics().request(self.route, self.status, self.start.elapsed());
+        }
+    }
+    let mut pending =
+        Pending { state: &state, route: Route::of(req.uri().path()), start: Instant::now(), status: 499 };
+    let resp = next.run(req).await;
+    pending.status = resp.status().as_u16();
+    resp
+}
+
+/// Proof that the request passed [`crate::auth::Auth`]. Taking it as the first
+/// argument of a handler puts auth after routing and method, before the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.auth().check_header(client_ip(parts), parts.headers.get(http::header::AUTHORIZATION))?;
+        Ok(Authorized)
+    }
+}
+
+/// The peer address of the connection (never a header: those are client-chosen).
+/// Without connection info (a router driven directly, in tests) the address is
+/// `0.0.0.0`, which is never loopback-exempt.
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip())
+}

@@ -1,0 +1,182 @@
+//! Streaming a run as Server-Sent Events.
+//!
+//! [`SseRun::begin`] waits for the first meaningful event (a delta, the finish
+//! or an error) before the `200` is committed, but never longer than the
+//! keep-alive interval: an error that comes before the first token (validation,
+//! provider refusal, session busy) still gets its real HTTP status. After that,
+//! frames are sent as they arrive (nothing is buffered), a `: keep-alive`
+//! comment goes out after 15 s of silence, and an error becomes
+//! `data: {"error":…}` + `data: [DONE]`.
+//!
+//! The body stream owns the gRPC stream: when the client disconnects hyper drops
+//! the body, which drops the `Streaming`, which cancels the run in agent-svc.
+
+use crate::error::ApiError;
+use crate::metrics::RunGuard;
+use crate::openai::stream::Written;
+use crate::openai::ChunkWriter;
+use crate::run::{drain, ended_early};
+use crate::state::AppState;
+use axum::body::Body;
+use bytes::Bytes;
+use futures::StreamExt;
+use services::proto::{agent_run_event::Event, AgentRunEvent};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tonic::Streaming;
+
+/// Silence after which a keep-alive comment is sent (SPEC: 15 s); the default
+/// of [`crate::state::ChatSettings::keep_alive`].
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Deltas are flowing.
+    Streaming,
+    /// `finished` was written; waiting for agent-svc to close before `[DONE]`.
+    Draining,
+    /// `[DONE]` written; the body ends once it is flushed.
+    Done,
+}
+
+/// A run being streamed to one client.
+pub struct SseRun {
+    events: Streaming<AgentRunEvent>,
+    writer: ChunkWriter,
+    phase: Phase,
+    session_key: Option<String>,
+    keep_alive: Pin<Box<Sleep>>,
+    keep_alive_every: Duration,
+    force_close: Pin<Box<WaitForCancellationFutureOwned>>,
+    state: AppState,
+    started_at: Instant,
+    first_token_seen: bool,
+    _in_flight: RunGuard,
+}
+
+impl SseRun {
+    /// Writes the role chunk and waits for the first meaningful event, at most
+    /// the keep-alive interval. An error status (or a stream that ends) before
+    /// it is returned as the HTTP error. If the run stays silent that long, the
+    /// stream is committed with the role chunk and a `: keep-alive` comment.
+    pub async fn begin(
+        events: Streaming<AgentRunEvent>,
+        writer: ChunkWriter,
+        state: AppState,
+        started_at: Instant,
+        in_flight: RunGuard,
+    ) -> Result<SseRun, ApiError> {
+        let keep_alive_every = state.chat().keep_alive;
+        let mut run = SseRun {
+            events,
+            writer,
+            phase: Phase::Streaming,
+            session_key: None,
+            keep_alive: Box::pin(tokio::time::sleep(keep_alive_every)),
+            keep_alive_every,
+            force_close: Box::pin(state.force_close().clone().cancelled_owned()),
+            state,
+            started_at,
+            first_token_seen: false,
+            _in_flight: in_flight,
+        };
+        run.writer.role();
+        loop {
+            tokio::select! {
+                biased;
+                item = run.events.next() => match item {
+                    Some(Ok(event)) => {
+                        if run.on_event(&event) != Written::Nothing {
+                            return Ok(run);
+                        }
+                    }
+                    Some(Err(status)) => return Err(status.into()),
+                    None => return Err(ended_early()),
+                },
+                () = run.keep_alive.as_mut() => {
+                    run.writer.keep_alive();
+                    return Ok(run);
+                }
+            }
+        }
+    }
+
+    /// The session key from `started`, if it came before the commit.
+    pub fn session_key(&self) -> Option<&str> {
+        self.session_key.as_deref()
+    }
+
+    /// The response body: the frames written so far, then the rest of the run.
+    pub fn into_body(self) -> Body {
+        Body::from_stream(futures::stream::unfold(self, |mut run| async move {
+            let bytes = run.next_frames().await?;
+            Some((Ok::<Bytes, Infallible>(bytes), run))
+        }))
+    }
+
+    /// The next bytes to send, or `None` when the body is complete.
+    async fn next_frames(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(bytes) = self.writer.take() {
+                let next = tokio::time::Instant::now() + self.keep_alive_every;
+                self.keep_alive.as_mut().reset(next);
+                return Some(bytes);
+            }
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Draining => {
+                    drain(&mut self.events).await;
+                    self.writer.done();
+                    self.phase = Phase::Done;
+                }
+                Phase::Streaming => {
+                    tokio::select! {
+                        biased;
+                        item = self.events.next() => self.on_item(item),
+                        () = self.keep_alive.as_mut() => self.writer.keep_alive(),
+                        () = self.force_close.as_mut() => {
+                            self.fail(&ApiError::AgentUnavailable("The gateway is shutting down.".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_item(&mut self, item: Option<Result<AgentRunEvent, tonic::Status>>) {
+        match item {
+            Some(Ok(event)) => {
+                self.on_event(&event);
+            }
+            Some(Err(status)) => self.fail(&status.into()),
+            None => self.fail(&ended_early()),
+        }
+    }
+
+    /// Writes one event's frames and tracks what it means for the run.
+    fn on_event(&mut self, event: &AgentRunEvent) -> Written {
+        if let Some(Event::Started(s)) = &event.event {
+            self.session_key.get_or_insert_with(|| s.session_key.clone());
+            return Written::Nothing;
+        }
+        let written = self.writer.event(event);
+        match written {
+            Written::Delta if !self.first_token_seen => {
+                self.first_token_seen = true;
+                self.state.metrics().first_token(self.started_at.elapsed());
+            }
+            Written::Finished => self.phase = Phase::Draining,
+            Written::Delta | Written::Nothing => {}
+        }
+        written
+    }
+
+    fn fail(&mut self, e: &ApiError) {
+        self.state.metrics().stream_error();
+        self.writer.error(e);
+        self.phase = Phase::Done;
+    }
+}
