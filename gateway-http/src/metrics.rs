@@ -70,6 +70,7 @@ pub struct Metrics {
     requests: [[OnceLock<Counter>; STATUSES.len()]; Route::ALL.len()],
     latency: [Histogram; Route::ALL.len()],
     ttft: Histogram,
+    overhead: Histogram,
     in_flight: Gauge,
     stream_errors: Counter,
 }
@@ -106,10 +107,12 @@ impl Metrics {
         });
         let ttft = recorder
             .register_histogram(&Key::from_name("openclaw_gateway_time_to_first_token_seconds"), &META);
+        let overhead =
+            recorder.register_histogram(&Key::from_name("openclaw_gateway_overhead_seconds"), &META);
         let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
         let stream_errors =
             recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
-        Metrics { recorder, handle, requests: Default::default(), latency, ttft, in_flight, stream_errors }
+        Metrics { recorder, handle, requests: Default::default(), latency, ttft, overhead, in_flight, stream_errors }
     }
 
     /// Counts a finished request and its latency (for SSE: until the headers).
@@ -132,6 +135,13 @@ impl Metrics {
     /// Records the time from request arrival to the first content or tool-call delta.
     pub fn first_token(&self, elapsed: Duration) {
         self.ttft.record(elapsed.as_secs_f64());
+    }
+
+    /// Records the gateway's own overhead for a finished run: the time since the
+    /// request arrived minus the time agent-svc reports waiting on providers.
+    pub fn run_finished(&self, started_at: std::time::Instant, finished: &services::proto::RunFinished) {
+        let provider = Duration::from_micros(finished.provider_micros);
+        self.overhead.record(started_at.elapsed().saturating_sub(provider).as_secs_f64());
     }
 
     /// Counts an error delivered inside an already-started SSE stream.
@@ -172,6 +182,11 @@ fn describe(r: &PrometheusRecorder) {
         "openclaw_gateway_time_to_first_token_seconds".into(),
         Some(Unit::Seconds),
         "Time from request arrival to the first content or tool-call delta.".into(),
+    );
+    r.describe_histogram(
+        "openclaw_gateway_overhead_seconds".into(),
+        Some(Unit::Seconds),
+        "Request time minus time spent waiting on the provider (gateway + agent-svc overhead).".into(),
     );
     r.describe_gauge("openclaw_gateway_runs_in_flight".into(), None, "Agent runs being served.".into());
     r.describe_counter(

@@ -59,6 +59,9 @@ pub async fn collect(
             first_token = false;
             metrics.first_token(started_at.elapsed());
         }
+        if let Some(Event::Finished(f)) = &event.event {
+            metrics.run_finished(started_at, f);
+        }
         fold.push(event);
         if fold.is_finished() {
             drain(&mut events).await;

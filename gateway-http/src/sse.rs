@@ -162,6 +162,9 @@ impl SseRun {
             self.session_key.get_or_insert_with(|| s.session_key.clone());
             return Written::Nothing;
         }
+        if let Some(Event::Finished(f)) = &event.event {
+            self.state.metrics().run_finished(self.started_at, f);
+        }
         let written = self.writer.event(event);
         match written {
             Written::Delta if !self.first_token_seen => {

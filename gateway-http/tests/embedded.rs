@@ -89,6 +89,10 @@ async fn echo_round_trip() {
     let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["openclaw", "openclaw/default", "openclaw/main"]);
 
+    // The two finished runs (JSON and SSE) recorded the gateway's own overhead.
+    let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("openclaw_gateway_overhead_seconds_count 2"), "{m}");
+
     gw.shutdown().await.unwrap();
 }
 

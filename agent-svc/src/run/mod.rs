@@ -377,6 +377,9 @@ impl Runner {
             },
         };
 
+        // Everything in `attempts` is provider time but for the microseconds of
+        // forwarding deltas, which is what the gateway's overhead figure wants.
+        let provider_elapsed = started_at.elapsed();
         let finished = matches!(outcome, Outcome::Finished { .. });
         if p.stable {
             let stored = StoredMessage {
@@ -406,6 +409,7 @@ impl Runner {
                 finish_reason,
                 usage: produced.usage,
                 model,
+                provider_micros: provider_elapsed.as_micros() as u64,
             })))),
             Outcome::Failed(e) => Some(Err(e.into())),
             Outcome::TimedOut => Some(Err(AgentError::Timeout(format!(

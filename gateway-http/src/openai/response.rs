@@ -165,7 +165,7 @@ mod tests {
     }
 
     fn finished(reason: &str, usage: Option<Usage>) -> AgentRunEvent {
-        ev(Event::Finished(RunFinished { finish_reason: reason.into(), usage, model: "echo/echo".into() }))
+        ev(Event::Finished(RunFinished { finish_reason: reason.into(), usage, model: "echo/echo".into(), ..Default::default() }))
     }
 
     fn fold(events: Vec<AgentRunEvent>) -> (CompletionFold, Value) {

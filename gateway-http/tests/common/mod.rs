@@ -201,6 +201,7 @@ pub fn started(key: &str) -> Step {
         agent_id: "main".into(),
         session_key: key.into(),
         model: "echo/echo".into(),
+        ..Default::default()
     }))
 }
 
