@@ -3,8 +3,8 @@
 //! failed-attempt limiter.
 //!
 //! [`Auth::check_secret`] is the single check; the HTTP routes call it through
-//! [`Auth::check_header`], and the WebSocket `connect` (a later issue) will call it
-//! with the secret from its `auth` params, so both share one limiter.
+//! [`Auth::check_header`], and the WebSocket `connect` calls it with the secret
+//! from its `auth` params, so both share one limiter.
 
 use crate::error::ApiError;
 use http::HeaderValue;
@@ -55,6 +55,12 @@ impl Auth {
             secret: secret.map(|s| s.into_bytes().into_boxed_slice()),
             limiter: Limiter::new(rate_limit),
         }
+    }
+
+    /// The configured mode (the WebSocket `connect` reads the secret from the
+    /// `auth` field that matches it).
+    pub fn mode(&self) -> AuthMode {
+        self.mode
     }
 
     /// Checks an `Authorization` header value from `ip`.

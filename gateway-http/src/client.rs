@@ -8,7 +8,11 @@
 
 use crate::error::{ApiError, GatewayError};
 use services::proto::agent_service_client::AgentServiceClient;
-use services::proto::{AgentRunEvent, AgentRunRequest, ListAgentsRequest, ListAgentsResponse};
+use services::proto::{
+    AbortRunRequest, AbortRunResponse, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
+    GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse,
+};
+use std::future::Future;
 use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
@@ -23,7 +27,7 @@ pub const HEALTH_SERVICE: &str = "openclaw.agent.v1.AgentService";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a readiness check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-/// Deadline for unary calls (`ListAgents`).
+/// Deadline for unary calls (`ListAgents`, `ListSessions`, `GetSessionHistory`, `AbortRun`).
 const UNARY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message accepted from agent-svc (histories can be long).
 const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
@@ -98,12 +102,66 @@ impl AgentClient {
 
     /// The configured agents and the default one.
     pub async fn list_agents(&self, ctx: &CallContext) -> Result<ListAgentsResponse, ApiError> {
-        let mut req = tonic::Request::new(ListAgentsRequest {});
+        self.unary("ListAgents", ListAgentsRequest {}, ctx, |mut c, r| async move { c.list_agents(r).await })
+            .await
+    }
+
+    /// Stored sessions, most recently updated first (`agent_id` empty: all
+    /// agents; `limit` 0: agent-svc's default).
+    pub async fn list_sessions(
+        &self,
+        agent_id: &str,
+        limit: u32,
+        ctx: &CallContext,
+    ) -> Result<ListSessionsResponse, ApiError> {
+        let req = ListSessionsRequest { agent_id: agent_id.to_owned(), limit };
+        self.unary("ListSessions", req, ctx, |mut c, r| async move { c.list_sessions(r).await }).await
+    }
+
+    /// The transcript of a session (full `agent:<id>:…` key); the last `limit`
+    /// messages, all when 0. An unknown session is a 404 `ApiError`.
+    pub async fn session_history(
+        &self,
+        session_key: &str,
+        limit: u32,
+        ctx: &CallContext,
+    ) -> Result<GetSessionHistoryResponse, ApiError> {
+        let req = GetSessionHistoryRequest { session_key: session_key.to_owned(), limit };
+        self.unary("GetSessionHistory", req, ctx, |mut c, r| async move { c.get_session_history(r).await })
+            .await
+    }
+
+    /// Aborts a running turn by run id, or (with `run_id` empty) the running
+    /// turn of a session (full key). Returns the ids that were aborted.
+    pub async fn abort_run(
+        &self,
+        run_id: &str,
+        session_key: &str,
+        ctx: &CallContext,
+    ) -> Result<AbortRunResponse, ApiError> {
+        let req = AbortRunRequest { run_id: run_id.to_owned(), session_key: session_key.to_owned() };
+        self.unary("AbortRun", req, ctx, |mut c, r| async move { c.abort_run(r).await }).await
+    }
+
+    /// One unary call with the call context and [`UNARY_TIMEOUT`] (sent as the
+    /// gRPC deadline and enforced here too).
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        name: &'static str,
+        message: Req,
+        ctx: &CallContext,
+        call: F,
+    ) -> Result<Resp, ApiError>
+    where
+        F: FnOnce(AgentServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut req = tonic::Request::new(message);
         req.set_timeout(UNARY_TIMEOUT);
         ctx.apply(req.metadata_mut());
-        match tokio::time::timeout(UNARY_TIMEOUT, self.agents.clone().list_agents(req)).await {
+        match tokio::time::timeout(UNARY_TIMEOUT, call(self.agents.clone(), req)).await {
             Ok(r) => Ok(r?.into_inner()),
-            Err(_) => Err(tonic::Status::deadline_exceeded("ListAgents timed out").into()),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("{name} timed out")).into()),
         }
     }
 
@@ -142,5 +200,12 @@ mod tests {
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         let e = c.list_agents(&CallContext::default()).await.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let ctx = CallContext::default();
+        let e = c.list_sessions("", 0, &ctx).await.unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let e = c.session_history("agent:main:x", 0, &ctx).await.unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        let e = c.abort_run("r", "", &ctx).await.unwrap_err();
+        assert_eq!(e.ws_code(), "UNAVAILABLE");
     }
 }

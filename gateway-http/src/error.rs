@@ -142,6 +142,32 @@ impl ApiError {
         }
     }
 
+    /// The WebSocket protocol's error code (SPEC §7), derived from the HTTP
+    /// status so that both surfaces classify a failure the same way:
+    /// 401/403 `UNAUTHORIZED`, 404 `NOT_FOUND`, 429 `RATE_LIMITED`, other 4xx
+    /// `INVALID_REQUEST`, 502/503/504 `UNAVAILABLE`, anything else `INTERNAL`.
+    pub fn ws_code(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 | 403 => "UNAUTHORIZED",
+            404 => "NOT_FOUND",
+            429 => "RATE_LIMITED",
+            400..=499 => "INVALID_REQUEST",
+            502..=504 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        }
+    }
+
+    /// Whether a WebSocket client may retry the same request later
+    /// (`UNAVAILABLE` and `RATE_LIMITED`).
+    pub fn ws_retryable(&self) -> bool {
+        matches!(self.ws_code(), "UNAVAILABLE" | "RATE_LIMITED")
+    }
+
+    /// Whether agent-svc ended the run because it was aborted (`AbortRun`).
+    pub fn is_aborted(&self) -> bool {
+        matches!(self, ApiError::Agent { code: Some(code), .. } if code == "aborted")
+    }
+
     /// The JSON error object's fields; `None` for the plain-text errors.
     fn object(&self) -> Option<ErrorObject<'_>> {
         let (message, kind, param, code): (&str, &str, Option<&str>, Option<&str>) = match self {
@@ -397,6 +423,30 @@ mod tests {
         let r = e.into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn ws_codes_follow_the_http_status() {
+        let meta = |ty: &'static str, code: &'static str| vec![(error_meta::TYPE, ty), (error_meta::CODE, code)];
+        let cases: Vec<(ApiError, &str, bool)> = vec![
+            (ApiError::invalid("x", "bad"), "INVALID_REQUEST", false),
+            (ApiError::PayloadTooLarge, "INVALID_REQUEST", false),
+            (ApiError::Unauthorized, "UNAUTHORIZED", false),
+            (ApiError::AuthLockedOut { retry_after_secs: 3 }, "RATE_LIMITED", true),
+            (ApiError::NotFound, "NOT_FOUND", false),
+            (ApiError::AgentUnavailable("down".into()), "UNAVAILABLE", true),
+            (status(Code::ResourceExhausted, "busy", &meta("rate_limit_error", "session_busy")).into(), "RATE_LIMITED", true),
+            (status(Code::DeadlineExceeded, "slow", &meta("api_error", "timeout")).into(), "UNAVAILABLE", true),
+            (status(Code::Internal, "x", &meta("api_error", "internal_error")).into(), "INTERNAL", false),
+            (tonic::Status::new(Code::Unavailable, "refused").into(), "UNAVAILABLE", true),
+        ];
+        for (e, code, retryable) in cases {
+            assert_eq!(e.ws_code(), code, "{e:?}");
+            assert_eq!(e.ws_retryable(), retryable, "{e:?}");
+        }
+        let aborted: ApiError = status(Code::Cancelled, "Run aborted.", &meta("api_error", "aborted")).into();
+        assert!(aborted.is_aborted());
+        assert!(!ApiError::upstream("x").is_aborted());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! gateway-http: the public port of the OpenClaw gateway pair. It serves the
 //! OpenAI Chat Completions surface (`/v1/chat/completions`, `/v1/models`),
-//! health and metrics over HTTP/1.1 and h2c on one listener, and runs every
-//! request as an `AgentRun` on agent-svc over gRPC.
+//! health, metrics and the Gateway WebSocket protocol over HTTP/1.1 and h2c on
+//! one listener, and runs every request as an `AgentRun` on agent-svc over gRPC.
 //!
 //! [`start`] is the whole server (the binary is a thin CLI over it, and the
 //! end-to-end tests call it directly); [`router`] is the same HTTP surface
@@ -9,9 +9,10 @@
 //!
 //! Modules, one concern each: [`routes`] (thin handlers, order of checks),
 //! [`openai`] (OpenAI JSON ↔ `AgentRun`, the only place that knows the wire
-//! shapes), [`sse`] (streaming a run), [`run`] (folding a run), [`client`] (the
-//! only gRPC caller), [`auth`] (bearer secret + lockout), [`error`] (one error
-//! type, one HTTP mapping, one gRPC-status mapping), [`metrics`], [`state`].
+//! shapes), [`ws`] (the WebSocket protocol), [`sse`] (streaming a run), [`run`]
+//! (folding a run), [`client`] (the only gRPC caller), [`auth`] (bearer secret +
+//! lockout), [`error`] (one error type, one HTTP mapping, one gRPC-status
+//! mapping), [`metrics`], [`state`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), gateway_http::GatewayError> {
@@ -31,6 +32,7 @@ pub mod routes;
 pub mod run;
 pub mod sse;
 pub mod state;
+pub mod ws;
 
 pub use client::AgentClient;
 pub use error::{ApiError, GatewayError};
@@ -48,6 +50,9 @@ use tokio_util::sync::CancellationToken;
 /// How long [`GatewayHandle::shutdown`] lets open requests and streams finish
 /// before streams are ended with an error event.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long [`GatewayHandle::shutdown`] waits for WebSocket connections to send
+/// their Close frame.
+const WS_CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -109,8 +114,9 @@ impl GatewayHandle {
     }
 
     /// Stops accepting, lets open requests finish for [`SHUTDOWN_GRACE`], ends
-    /// the streams still open with an error event, then stops the embedded
-    /// agent-svc (if any).
+    /// the streams still open with an error event, closes the WebSocket
+    /// connections (1012; the runs they started go on in agent-svc), then stops
+    /// the embedded agent-svc (if any), which lets running turns finish.
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         self.shutdown_with_grace(SHUTDOWN_GRACE).await
     }
@@ -133,6 +139,11 @@ impl GatewayHandle {
             }
         };
         let served = served.map_err(std::io::Error::other).and_then(|r| r);
+        // Upgraded connections are not the HTTP server's any more: close them now.
+        self.state.force_close().cancel();
+        let ws = self.state.ws_connections();
+        ws.close();
+        let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.wait()).await;
         if let Some(embedded) = self.embedded.take() {
             embedded.shutdown(grace).await?;
         }

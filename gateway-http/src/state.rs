@@ -1,14 +1,18 @@
 //! What every handler shares: the agent-svc client, the auth check, the chat
-//! endpoint settings, the metrics and the shutdown signal.
+//! endpoint settings, the WebSocket settings and runs, the metrics and the
+//! shutdown signal.
 
 use crate::auth::Auth;
 use crate::client::AgentClient;
 use crate::metrics::Metrics;
 use crate::openai::ImagePolicy;
+use crate::ws::chat::ChatRuns;
+use crate::ws::WsSettings;
 use services::config::LoadedConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// `gateway.http.endpoints.chatCompletions` as the handlers need it.
 #[derive(Debug, Clone, Copy)]
@@ -49,24 +53,39 @@ struct Inner {
     chat: ChatSettings,
     metrics: Metrics,
     /// Cancelled when a shutdown's grace period is over: open SSE streams end
-    /// with an error event instead of holding the server open.
+    /// with an error event instead of holding the server open, and WebSocket
+    /// connections close with 1012.
     force_close: CancellationToken,
+    ws: WsSettings,
+    /// `chat.send` runs and their idempotency keys, gateway-wide.
+    ws_runs: ChatRuns,
+    /// The open WebSocket connections (served outside the HTTP server once upgraded).
+    ws_connections: TaskTracker,
 }
 
 impl AppState {
     /// State for `config`, talking to agent-svc through `client`.
     pub fn new(config: &LoadedConfig, client: AgentClient) -> AppState {
-        AppState::from_parts(client, Auth::from_config(config), ChatSettings::from_config(config))
+        let chat = ChatSettings::from_config(config);
+        AppState::with_ws(client, Auth::from_config(config), chat, WsSettings::from_config(config))
     }
 
-    /// State from its parts (fresh metrics).
+    /// State from its parts (fresh metrics, default WebSocket settings).
     pub fn from_parts(client: AgentClient, auth: Auth, chat: ChatSettings) -> AppState {
+        AppState::with_ws(client, auth, chat, WsSettings::default())
+    }
+
+    /// State from its parts, with these WebSocket settings.
+    pub fn with_ws(client: AgentClient, auth: Auth, chat: ChatSettings, ws: WsSettings) -> AppState {
         AppState(Arc::new(Inner {
             client,
             auth,
             chat,
             metrics: Metrics::new(),
             force_close: CancellationToken::new(),
+            ws,
+            ws_runs: ChatRuns::default(),
+            ws_connections: TaskTracker::new(),
         }))
     }
 
@@ -75,7 +94,7 @@ impl AppState {
         &self.0.client
     }
 
-    /// The auth check (shared with the WebSocket `connect` later).
+    /// The auth check (shared by HTTP and the WebSocket `connect`).
     pub fn auth(&self) -> &Auth {
         &self.0.auth
     }
@@ -93,5 +112,20 @@ impl AppState {
     /// Cancelled when open streams must end now (shutdown grace is over).
     pub fn force_close(&self) -> &CancellationToken {
         &self.0.force_close
+    }
+
+    /// The WebSocket settings (`gateway.ws`).
+    pub fn ws(&self) -> &WsSettings {
+        &self.0.ws
+    }
+
+    /// The WebSocket `chat.send` runs.
+    pub fn ws_runs(&self) -> &ChatRuns {
+        &self.0.ws_runs
+    }
+
+    /// The open WebSocket connections.
+    pub fn ws_connections(&self) -> &TaskTracker {
+        &self.0.ws_connections
     }
 }

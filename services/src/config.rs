@@ -83,6 +83,8 @@ pub struct GatewayConfig {
     pub http: HttpConfig,
     /// Where agent-svc is.
     pub agent_service: AgentServiceConfig,
+    /// WebSocket protocol limits.
+    pub ws: WsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -93,6 +95,7 @@ impl Default for GatewayConfig {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             agent_service: AgentServiceConfig::default(),
+            ws: WsConfig::default(),
         }
     }
 }
@@ -212,6 +215,34 @@ impl Default for ImagesConfig {
 pub struct AgentServiceConfig {
     /// e.g. `http://agent-svc:50051`; absent: embedded mode.
     pub url: Option<String>,
+}
+
+/// `gateway.ws.*`: limits of the WebSocket protocol (advertised to clients in
+/// `hello-ok.policy`, except the handshake timeout).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WsConfig {
+    /// Largest frame (message) accepted from a connected client, in bytes.
+    pub max_payload: u64,
+    /// Outgoing bytes a connection may have queued but unwritten; a client that
+    /// reads slower than that is disconnected.
+    pub max_buffered_bytes: u64,
+    /// Keepalive interval: a ping (and a `tick` event) every this many ms; a
+    /// client silent for twice this long is disconnected.
+    pub tick_interval_ms: u64,
+    /// Time allowed between the upgrade and the client's `connect` request.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: 1024 * 1024,
+            max_buffered_bytes: 4 * 1024 * 1024,
+            tick_interval_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// A model choice: `"provider/model"` or `{primary, fallbacks}`.
@@ -592,6 +623,17 @@ impl LoadedConfig {
 
     /// Gateway-only rules, checked with the effective bind (after `--bind`).
     pub fn validate_gateway(&self, bind: &str) -> Result<(), ConfigError> {
+        let ws = &self.config.gateway.ws;
+        for (key, value) in [
+            ("maxPayload", ws.max_payload),
+            ("maxBufferedBytes", ws.max_buffered_bytes),
+            ("tickIntervalMs", ws.tick_interval_ms),
+            ("handshakeTimeoutMs", ws.handshake_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(self.error(format!("gateway.ws.{key}"), "must be a positive number"));
+            }
+        }
         let auth = &self.config.gateway.auth;
         let bind_key = "gateway.bind";
         let ip = parse_bind(bind).ok_or_else(|| {
@@ -885,6 +927,26 @@ mod tests {
         assert!(c.validate_gateway("127.0.0.1").is_ok());
         assert_eq!(c.validate_gateway("lan").unwrap_err().key, "gateway.auth.mode");
         assert_eq!(c.validate_gateway("nonsense").unwrap_err().key, "gateway.bind");
+    }
+
+    #[test]
+    fn ws_limits_default_and_override() {
+        let c = load_str("{}").unwrap();
+        let ws = &c.config.gateway.ws;
+        assert_eq!(
+            (ws.max_payload, ws.max_buffered_bytes, ws.tick_interval_ms, ws.handshake_timeout_ms),
+            (1_048_576, 4_194_304, 30_000, 10_000)
+        );
+        let c = load_str(r#"{gateway: {auth: {mode: "none"}, ws: {maxPayload: 4096, tickIntervalMs: 250}}}"#).unwrap();
+        assert_eq!(c.config.gateway.ws.max_payload, 4096);
+        assert_eq!(c.config.gateway.ws.tick_interval_ms, 250);
+        assert_eq!(c.config.gateway.ws.max_buffered_bytes, 4_194_304);
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert!(c.validate_gateway("loopback").is_ok());
+        let c = load_str(r#"{gateway: {auth: {mode: "none"}, ws: {maxBufferedBytes: 0}}}"#).unwrap();
+        assert_eq!(c.validate_gateway("loopback").unwrap_err().key, "gateway.ws.maxBufferedBytes");
+        let e = load_str(r#"{gateway: {ws: {maxPayload: "big"}}}"#).unwrap_err();
+        assert_eq!(e.key, "gateway.ws.maxPayload");
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! extractor, first argument of every `/v1` handler) → body size → JSON →
 //! semantics (in the chat handler, in that order).
 //!
-//! The WebSocket protocol (SPEC §7, a later issue) plugs in here: a layer in
-//! front of the routes that takes any request with `Upgrade: websocket`, and
-//! reuses [`crate::auth::Auth::check_secret`] for its `connect` frame.
+//! The WebSocket protocol (SPEC §7) plugs in here: [`crate::ws::UpgradeLayer`],
+//! outermost, takes any request with `Upgrade: websocket` (any path, whether or
+//! not the chat endpoints are enabled) before routing, metrics or auth; its
+//! `connect` frame reuses [`crate::auth::Auth::check_secret`].
 
 mod chat;
 mod health;
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
     }
     r.fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(crate::ws::UpgradeLayer::new(state.clone()))
         .with_state(state)
 }
 
@@ -89,7 +91,7 @@ impl FromRequestParts<AppState> for Authorized {
 /// The peer address of the connection (never a header: those are client-chosen).
 /// Without connection info (a router driven directly, in tests) the address is
 /// `0.0.0.0`, which is never loopback-exempt.
-fn client_ip(parts: &Parts) -> IpAddr {
+pub(crate) fn client_ip(parts: &Parts) -> IpAddr {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()

@@ -8,21 +8,26 @@
 //! the mock ("direct") and the same number through the gateway, then
 //! `--stream-requests` streaming (SSE) ones both ways. Each run has C workers,
 //! each with its own keep-alive HTTP/1.1 connection, sending back to back until
-//! the shared counter reaches N; `--warmup` unmeasured requests go first.
+//! the shared counter reaches N; `--warmup` unmeasured requests go first. One
+//! request per path is checked for the right answer before anything is measured.
 //!
 //! Per run it reports requests/s (N / wall time), p50/p99 latency (for SSE also
 //! time to the first content delta), the latency the gateway adds over the
-//! direct path at the same concurrency (difference of the percentiles) and
-//! each process's CPU time per request (`/proc/<pid>/stat` utime+stime over the
-//! measured phase ÷ requests). Memory: idle RSS (`VmRSS` right after startup,
-//! before any request) and peak RSS (`VmHWM` at the end) per process. Last, a
-//! PASS/MISS table against the targets (see [`targets`]).
+//! direct path at the same concurrency (difference of the percentiles), each
+//! process's CPU time per request (`/proc/<pid>/stat` utime+stime over the
+//! measured phase ÷ requests) and context switches per request, and how busy
+//! the machine was with other work (`/proc/stat`), so a disturbed run is
+//! flagged. Memory: idle RSS (`VmRSS` right after startup, before any request)
+//! and peak RSS (`VmHWM` at the end) per process. Last, a PASS/MISS table
+//! against the targets (see `Report::targets`).
 //!
 //! Everything is bounded: fixed request counts, a timeout per request
-//! (`--request-timeout-ms`), per process startup (`--startup-timeout-s`) and for
-//! the whole load phase (`--timeout-s`). Children are killed when the bench
-//! exits, on errors and panics too ([`Proc`]). Run it with `scripts/bench.sh`,
-//! which builds everything in release mode first.
+//! (`--request-timeout-ms`), at most `--max-errors` failures per run (the
+//! benchmark then stops), per process startup (`--startup-timeout-s`) and the
+//! whole load phase (`--timeout-s`). Children are killed when the bench exits,
+//! on errors and panics too ([`Proc`]). Exit status 1 when anything failed
+//! (MISS alone is not a failure). Run it with `scripts/bench.sh`, which builds
+//! everything in release mode first.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -50,8 +55,9 @@ const TOKEN: &str = "bench-token";
 const PATH: &str = "/v1/chat/completions";
 /// The non-streaming request body (direct and through the gateway).
 const BODY: &str = r#"{"model":"openclaw","messages":[{"role":"user","content":"hi"}]}"#;
-/// The streaming request body.
-const STREAM_BODY: &str = r#"{"model":"openclaw","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+/// The streaming request body. It asks for usage because agent-svc always does
+/// upstream: so the mock sends the same events on both paths.
+const STREAM_BODY: &str = r#"{"model":"openclaw","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
 /// The mock's full answer (see `mock-upstream`), checked once per path before measuring.
 const ANSWER: &str = "Hello from the mock.";
 
@@ -73,7 +79,7 @@ struct Cli {
     #[arg(long, default_value_t = 500, value_name = "N")]
     warmup: usize,
     /// Timeout of one request, in milliseconds (a timed-out request counts as an error).
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
     request_timeout_ms: u64,
     /// Timeout of each process's startup (until its readiness line), in seconds.
     #[arg(long, default_value_t = 30, value_name = "S")]
@@ -81,6 +87,10 @@ struct Cli {
     /// Timeout of the whole load phase, in seconds.
     #[arg(long, default_value_t = 900, value_name = "S")]
     timeout_s: u64,
+    /// Stop a run after this many failed requests (and its warm-up after as many); a run
+    /// stopped this way ends the benchmark (the report shows what was measured).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    max_errors: usize,
     /// Pause between the mock's SSE events, in ms (0: the answer in one write).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     chunk_delay_ms: u64,
@@ -225,10 +235,15 @@ fn run_all(cli: &Cli) -> Result<()> {
         .context("reading peak RSS")?;
 
     let names: Vec<&str> = procs.iter().map(|p| p.name).collect();
-    let report = Report { cli, clk_tck, names, idle_rss, peak_rss, runs: results };
+    let report =
+        Report { cli, clk_tck, online_cpus: online_cpus(), names, idle_rss, peak_rss, runs: results };
     print!("{}", report.render());
     drop(procs);
     drop(tmp);
+    let failed: u64 = report.runs.iter().map(|r| r.errors).sum();
+    if failed > 0 {
+        bail!("{failed} requests failed: the figures above are not valid");
+    }
     Ok(())
 }
 
@@ -283,11 +298,11 @@ async fn measure(
     for t in &targets {
         smoke(t, false, req_timeout)
             .await
-            .with_context(|| format!("{} smoke test (JSON)", t.path.label()))?;
+            .with_context(|| format!("{} smoke test (JSON)", t.route.label()))?;
         if cli.stream_requests > 0 {
             smoke(t, true, req_timeout)
                 .await
-                .with_context(|| format!("{} smoke test (SSE)", t.path.label()))?;
+                .with_context(|| format!("{} smoke test (SSE)", t.route.label()))?;
         }
     }
 
@@ -309,16 +324,28 @@ async fn measure(
     for (target, stream, concurrency, requests) in plan {
         eprintln!(
             "bench: {} {} c={concurrency}: {requests} requests (+{} warm-up)",
-            target.path.label(),
+            target.route.label(),
             if stream { "SSE" } else { "JSON" },
             cli.warmup
         );
-        let spec = RunSpec { stream, concurrency, requests, warmup: cli.warmup, timeout: req_timeout };
+        let spec = RunSpec {
+            stream,
+            concurrency,
+            requests,
+            warmup: cli.warmup,
+            timeout: req_timeout,
+            max_errors: cli.max_errors.max(1),
+        };
         let r = run(Arc::new(target), spec, &pids).await?;
         for p in procs.iter_mut() {
             p.check_alive()?;
         }
+        let stopped = r.attempted() < requests as u64;
         results.push(r);
+        if stopped {
+            eprintln!("bench: the run stopped after {} failed requests; skipping the rest", cli.max_errors);
+            break;
+        }
     }
     Ok(results)
 }
@@ -414,12 +441,8 @@ impl Proc {
     /// An error when the process has exited.
     fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait().with_context(|| format!("{}: wait", self.name))? {
-            bail!(
-                "{} exited ({status}) during the benchmark\n--- {} ---\n{}",
-                self.name,
-                self.log.display(),
-                log_tail(&self.log)
-            );
+            // The caller prints every process's log tail.
+            bail!("{} exited ({status}) during the benchmark", self.name);
         }
         Ok(())
     }
@@ -502,6 +525,45 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
+/// Voluntary + involuntary context switches of all threads of a process
+/// (`/proc/<pid>/task/*/status`; threads that already exited are not counted).
+fn ctx_switches(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        // A thread may exit between the listing and the read.
+        let Ok(s) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        for line in s.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().with_context(|| format!("{dir}: bad line {line:?}"))?;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Machine-wide CPU ticks (all cores) from the `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+struct MachineTicks {
+    /// user + nice + system + irq + softirq.
+    busy: u64,
+    /// Time the hypervisor ran something else.
+    steal: u64,
+}
+
+fn machine_ticks() -> Result<MachineTicks> {
+    let s = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = s.lines().find(|l| l.starts_with("cpu ")).context("/proc/stat: no cpu line")?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    Ok(MachineTicks { busy: at(0) + at(1) + at(2) + at(5) + at(6), steal: at(7) })
+}
+
 /// A `kB` line of `/proc/<pid>/status` (e.g. `VmRSS`), in kB.
 fn status_kb(pid: u32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -512,6 +574,20 @@ fn status_kb(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("{path}: no {key} line"))?;
     let number = line.trim().trim_end_matches("kB").trim();
     number.parse().with_context(|| format!("{path}: {key} is not a number: {line:?}"))
+}
+
+/// CPUs online: the `cpuN` lines of `/proc/stat` (at least 1).
+fn online_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|s| {
+            s.lines()
+                .filter(|l| {
+                    l.strip_prefix("cpu").is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// `CLK_TCK` (the unit of utime/stime), from `getconf`; 100 when that fails.
@@ -534,17 +610,17 @@ fn clock_ticks_per_second() -> u64 {
 /// One endpoint to load and the constant parts of its requests.
 #[derive(Clone)]
 struct Target {
-    path: Route,
+    route: Route,
     addr: SocketAddr,
     host: HeaderValue,
     auth: Option<HeaderValue>,
 }
 
 impl Target {
-    fn new(path: Route, addr: SocketAddr, token: Option<&str>) -> Self {
+    fn new(route: Route, addr: SocketAddr, token: Option<&str>) -> Self {
         let host = HeaderValue::from_str(&addr.to_string()).unwrap_or(HeaderValue::from_static("127.0.0.1"));
         let auth = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
-        Self { path, addr, host, auth }
+        Self { route, addr, host, auth }
     }
 
     /// A POST of `body` to [`PATH`].
@@ -776,6 +852,8 @@ struct RunSpec {
     requests: usize,
     warmup: usize,
     timeout: Duration,
+    /// Failed requests after which the workers stop.
+    max_errors: usize,
 }
 
 /// Counters the workers of one run share.
@@ -784,6 +862,8 @@ struct Shared {
     body: Bytes,
     warm: AtomicUsize,
     next: AtomicUsize,
+    warm_errors: AtomicUsize,
+    errors: AtomicUsize,
     /// All workers connected and warm: the driver samples CPU, then opens `go`.
     ready: Barrier,
     go: Barrier,
@@ -799,7 +879,7 @@ struct WorkerOut {
 
 /// The outcome of one measured run.
 struct RunResult {
-    path: Route,
+    route: Route,
     spec: RunSpec,
     wall: Duration,
     /// Successful requests' latency, sorted (ns).
@@ -810,8 +890,12 @@ struct RunResult {
     first_error: Option<String>,
     /// CPU ticks per child process over the measured phase (same order as the processes).
     cpu_ticks: Vec<u64>,
+    /// Context switches per child process (all threads) over the measured phase.
+    ctx_switches: Vec<u64>,
     /// The load generator's own CPU ticks.
     self_ticks: u64,
+    /// Machine-wide busy and steal ticks over the measured phase (all cores).
+    machine: MachineTicks,
 }
 
 /// One measured run: C workers, warm-up, then N requests back to back.
@@ -822,13 +906,15 @@ async fn run(target: Arc<Target>, spec: RunSpec, pids: &[u32]) -> Result<RunResu
         body: Bytes::from_static(if spec.stream { STREAM_BODY } else { BODY }.as_bytes()),
         warm: AtomicUsize::new(0),
         next: AtomicUsize::new(0),
+        warm_errors: AtomicUsize::new(0),
+        errors: AtomicUsize::new(0),
         ready: Barrier::new(c + 1),
         go: Barrier::new(c + 1),
     });
     let handles: Vec<_> = (0..c).map(|_| tokio::spawn(worker(target.clone(), shared.clone()))).collect();
     shared.ready.wait().await;
-    let before = sample_cpu(pids);
-    let self_before = cpu_ticks(std::process::id());
+    // A failed sample is reported after the workers ran (they wait on `go`).
+    let before = Sample::take(pids);
     let start = Instant::now();
     shared.go.wait().await;
     let mut outs = Vec::with_capacity(c);
@@ -836,10 +922,8 @@ async fn run(target: Arc<Target>, spec: RunSpec, pids: &[u32]) -> Result<RunResu
         outs.push(h.await.context("a load worker panicked")?);
     }
     let wall = start.elapsed();
-    let after = sample_cpu(pids)?;
-    let self_after = cpu_ticks(std::process::id())?;
+    let after = Sample::take(pids)?;
     let before = before?;
-    let self_before = self_before?;
 
     let mut total = Vec::with_capacity(spec.requests);
     let mut ttfb = Vec::with_capacity(if spec.stream { spec.requests } else { 0 });
@@ -856,20 +940,47 @@ async fn run(target: Arc<Target>, spec: RunSpec, pids: &[u32]) -> Result<RunResu
     total.sort_unstable();
     ttfb.sort_unstable();
     Ok(RunResult {
-        path: target.path,
+        route: target.route,
         spec,
         wall,
         total,
         ttfb,
         errors,
         first_error,
-        cpu_ticks: after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect(),
-        self_ticks: self_after.saturating_sub(self_before),
+        cpu_ticks: deltas(&after.cpu, &before.cpu),
+        ctx_switches: deltas(&after.ctx, &before.ctx),
+        self_ticks: after.self_cpu.saturating_sub(before.self_cpu),
+        machine: MachineTicks {
+            busy: after.machine.busy.saturating_sub(before.machine.busy),
+            steal: after.machine.steal.saturating_sub(before.machine.steal),
+        },
     })
 }
 
-fn sample_cpu(pids: &[u32]) -> Result<Vec<u64>> {
-    pids.iter().map(|&p| cpu_ticks(p)).collect()
+fn deltas(after: &[u64], before: &[u64]) -> Vec<u64> {
+    after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect()
+}
+
+/// Counters read at the start and the end of a measured phase.
+struct Sample {
+    /// utime+stime per child process (ticks).
+    cpu: Vec<u64>,
+    /// Context switches per child process.
+    ctx: Vec<u64>,
+    /// The bench's own utime+stime (ticks).
+    self_cpu: u64,
+    machine: MachineTicks,
+}
+
+impl Sample {
+    fn take(pids: &[u32]) -> Result<Self> {
+        Ok(Self {
+            cpu: pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?,
+            ctx: pids.iter().map(|&p| ctx_switches(p)).collect::<Result<_>>()?,
+            self_cpu: cpu_ticks(std::process::id())?,
+            machine: machine_ticks()?,
+        })
+    }
 }
 
 /// One load worker: its share of the warm-up, then requests until the counter reaches N.
@@ -883,14 +994,20 @@ async fn worker(t: Arc<Target>, s: Arc<Shared>) -> WorkerOut {
         first_error: None,
     };
     let mut client = Client::new();
-    while s.warm.fetch_add(1, Ordering::Relaxed) < spec.warmup {
-        let _ = client.send(&t, &s.body, spec.stream, spec.timeout).await;
+    while s.warm_errors.load(Ordering::Relaxed) < spec.max_errors
+        && s.warm.fetch_add(1, Ordering::Relaxed) < spec.warmup
+    {
+        if client.send(&t, &s.body, spec.stream, spec.timeout).await.is_err() {
+            s.warm_errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
     // Connect before the clock starts (a failure shows up as errors below).
     let _ = tokio::time::timeout(spec.timeout, client.connect(t.addr)).await;
     s.ready.wait().await;
     s.go.wait().await;
-    while s.next.fetch_add(1, Ordering::Relaxed) < spec.requests {
+    while s.errors.load(Ordering::Relaxed) < spec.max_errors
+        && s.next.fetch_add(1, Ordering::Relaxed) < spec.requests
+    {
         let start = Instant::now();
         match client.send(&t, &s.body, spec.stream, spec.timeout).await {
             Ok(first) => {
@@ -901,6 +1018,7 @@ async fn worker(t: Arc<Target>, s: Arc<Shared>) -> WorkerOut {
             }
             Err(e) => {
                 out.errors += 1;
+                s.errors.fetch_add(1, Ordering::Relaxed);
                 if out.first_error.is_none() {
                     out.first_error = Some(format!("{e:#}"));
                 }
@@ -936,13 +1054,28 @@ fn delta_ms(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 impl RunResult {
+    /// `direct JSON c=1` style.
+    fn label(&self) -> String {
+        format!(
+            "{} {} c={}",
+            self.route.label(),
+            if self.spec.stream { "SSE" } else { "JSON" },
+            self.spec.concurrency
+        )
+    }
+
+    /// Requests sent in the measured phase (fewer than asked when it stopped on errors).
+    fn attempted(&self) -> u64 {
+        self.total.len() as u64 + self.errors
+    }
+
     fn rps(&self) -> f64 {
         self.total.len() as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
     /// CPU µs per measured request (successful or not) for a tick count.
     fn us_per_req(&self, ticks: u64, clk_tck: u64) -> f64 {
-        ticks as f64 * 1e6 / clk_tck as f64 / self.spec.requests as f64
+        ticks as f64 * 1e6 / clk_tck as f64 / self.attempted().max(1) as f64
     }
 }
 
@@ -950,6 +1083,8 @@ impl RunResult {
 struct Report<'a> {
     cli: &'a Cli,
     clk_tck: u64,
+    /// CPUs online (the unit of the machine-wide `/proc/stat` figures).
+    online_cpus: usize,
     /// Process names, in the order of the CPU and RSS vectors.
     names: Vec<&'static str>,
     idle_rss: Vec<u64>,
@@ -965,8 +1100,8 @@ struct Check {
 }
 
 impl Report<'_> {
-    fn find(&self, path: Route, stream: bool, c: usize) -> Option<&RunResult> {
-        self.runs.iter().find(|r| r.path == path && r.spec.stream == stream && r.spec.concurrency == c)
+    fn find(&self, route: Route, stream: bool, c: usize) -> Option<&RunResult> {
+        self.runs.iter().find(|r| r.route == route && r.spec.stream == stream && r.spec.concurrency == c)
     }
 
     fn proc_index(&self, name: &str) -> Option<usize> {
@@ -982,10 +1117,15 @@ impl Report<'_> {
 
     fn render(&self) -> String {
         let mut o = String::new();
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let usable = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = if usable == self.online_cpus {
+            format!("{usable} CPUs")
+        } else {
+            format!("{usable} of {} CPUs usable (affinity)", self.online_cpus)
+        };
         let _ = writeln!(
             o,
-            "\nopenclaw gateway benchmark: {cores} cores, 127.0.0.1, HTTP/1.1 keep-alive, one connection per worker, \
+            "\nopenclaw gateway benchmark: {cores}, 127.0.0.1, HTTP/1.1 keep-alive, one connection per worker, \
              {} warm-up requests per run, CLK_TCK {}",
             self.cli.warmup, self.clk_tck
         );
@@ -1026,7 +1166,7 @@ impl Report<'_> {
             }
             for r in &runs {
                 let (p50, p99) = (pct_ms(&r.total, 50.0), pct_ms(&r.total, 99.0));
-                let direct = (r.path == Route::Gateway)
+                let direct = (r.route == Route::Gateway)
                     .then(|| self.find(Route::Direct, stream, r.spec.concurrency))
                     .flatten();
                 let d = |f: fn(&RunResult) -> Option<f64>| direct.and_then(|dr| delta_ms(f(r), f(dr)));
@@ -1034,9 +1174,9 @@ impl Report<'_> {
                     let _ = writeln!(
                         o,
                         "{:<8} {:>5} {:>8} {:>6} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                        r.path.label(),
+                        r.route.label(),
                         r.spec.concurrency,
-                        r.spec.requests,
+                        r.attempted(),
                         r.errors,
                         r.rps(),
                         ms(pct_ms(&r.ttfb, 50.0)),
@@ -1050,9 +1190,9 @@ impl Report<'_> {
                     let _ = writeln!(
                         o,
                         "{:<8} {:>5} {:>8} {:>6} {:>9.0} {:>9} {:>9} {:>9} {:>9}",
-                        r.path.label(),
+                        r.route.label(),
                         r.spec.concurrency,
-                        r.spec.requests,
+                        r.attempted(),
                         r.errors,
                         r.rps(),
                         ms(p50),
@@ -1065,38 +1205,78 @@ impl Report<'_> {
         }
 
         // CPU per request.
+        let cpus = self.online_cpus as f64;
         let _ = writeln!(
             o,
-            "\nCPU time per request (µs; utime+stime over the measured phase ÷ requests; busy = all four processes' \
-             CPU ÷ (wall × {cores} cores))"
+            "\nCPU time per request (µs; utime+stime over the measured phase ÷ requests; 1 tick = {} µs). \
+             ours/other/steal: % of {} CPUs used by these four processes / by anything else / stolen by the host \
+             (approximate for runs under 1 s)",
+            1_000_000 / self.clk_tck,
+            self.online_cpus
         );
         let mut head = format!("{:<18}", "run");
         for n in &self.names {
             let _ = write!(head, " {n:>13}");
         }
         if self.pair_index_ok() {
-            let _ = write!(head, " {:>13}", "gw+agent");
+            let _ = write!(head, " {:>9}", "gw+agent");
         }
-        let _ = write!(head, " {:>13} {:>6}", "bench(client)", "busy");
+        let _ = write!(head, " {:>13} {:>5} {:>6} {:>6}", "bench(client)", "ours", "other", "steal");
         let _ = writeln!(o, "{head}");
         for r in &self.runs {
-            let label = format!(
-                "{} {} c={}",
-                r.path.label(),
-                if r.spec.stream { "SSE" } else { "JSON" },
-                r.spec.concurrency
-            );
-            let mut line = format!("{label:<18}");
+            let mut line = format!("{:<18}", r.label());
             for t in &r.cpu_ticks {
                 let _ = write!(line, " {:>13.1}", r.us_per_req(*t, self.clk_tck));
             }
             if let Some(v) = self.pair_cpu(r) {
-                let _ = write!(line, " {v:>13.1}");
+                let _ = write!(line, " {v:>9.1}");
             }
-            let all: u64 = r.cpu_ticks.iter().sum::<u64>() + r.self_ticks;
-            let busy =
-                all as f64 / self.clk_tck as f64 / (r.wall.as_secs_f64().max(1e-9) * cores as f64) * 100.0;
-            let _ = write!(line, " {:>13.1} {:>5.0}%", r.us_per_req(r.self_ticks, self.clk_tck), busy);
+            let capacity = self.clk_tck as f64 * r.wall.as_secs_f64().max(1e-9) * cpus / 100.0;
+            let ours = r.cpu_ticks.iter().sum::<u64>() + r.self_ticks;
+            let other = r.machine.busy.saturating_sub(ours);
+            let _ = write!(
+                line,
+                " {:>13.1} {:>4.0}% {:>5.0}% {:>5.0}%",
+                r.us_per_req(r.self_ticks, self.clk_tck),
+                ours as f64 / capacity,
+                other as f64 / capacity,
+                r.machine.steal as f64 / capacity
+            );
+            let _ = writeln!(o, "{line}");
+        }
+
+        let disturbed: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                // Under a second the tick granularity alone can make 10%.
+                let capacity = self.clk_tck as f64 * r.wall.as_secs_f64().max(1e-9) * cpus / 100.0;
+                let ours = r.cpu_ticks.iter().sum::<u64>() + r.self_ticks;
+                r.wall >= Duration::from_secs(1)
+                    && (r.machine.busy.saturating_sub(ours) + r.machine.steal) as f64 / capacity > 10.0
+            })
+            .map(RunResult::label)
+            .collect();
+        if !disturbed.is_empty() {
+            let _ = writeln!(
+                o,
+                "WARNING: other load (or steal) above 10% of the CPUs during: {}; rerun on a quiet machine",
+                disturbed.join(", ")
+            );
+        }
+
+        // Context switches per request.
+        let _ = writeln!(o, "\nContext switches per request (voluntary + involuntary, all threads)");
+        let mut head = format!("{:<18}", "run");
+        for n in &self.names {
+            let _ = write!(head, " {n:>13}");
+        }
+        let _ = writeln!(o, "{head}");
+        for r in &self.runs {
+            let mut line = format!("{:<18}", r.label());
+            for c in &r.ctx_switches {
+                let _ = write!(line, " {:>13.2}", *c as f64 / r.attempted().max(1) as f64);
+            }
             let _ = writeln!(o, "{line}");
         }
 
@@ -1117,11 +1297,10 @@ impl Report<'_> {
         for r in self.runs.iter().filter(|r| r.errors > 0) {
             let _ = writeln!(
                 o,
-                "\n{} {} c={}: {} errors, first: {}",
-                r.path.label(),
-                if r.spec.stream { "SSE" } else { "JSON" },
-                r.spec.concurrency,
+                "\n{}: {} errors{}, first: {}",
+                r.label(),
                 r.errors,
+                if r.attempted() < r.spec.requests as u64 { " (run stopped early)" } else { "" },
                 r.first_error.as_deref().unwrap_or("?")
             );
         }
@@ -1179,7 +1358,7 @@ impl Report<'_> {
             },
         });
         let gw_runs: Vec<&RunResult> =
-            self.runs.iter().filter(|r| r.path == Route::Gateway && !r.spec.stream).collect();
+            self.runs.iter().filter(|r| r.route == Route::Gateway && !r.spec.stream).collect();
         if gw_runs.is_empty() {
             out.push(Check {
                 what: "gateway + agent-svc CPU <= 200 µs/request".into(),

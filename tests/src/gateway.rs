@@ -1,0 +1,590 @@
+//! Starting gateway-http on a real socket (in front of a separately started
+//! agent-svc, or in embedded mode) and talking to it over real HTTP: plain
+//! requests ([`Reply`]) and Server-Sent Events read by a real SSE parser
+//! ([`SseReader`], eventsource-stream over reqwest's byte stream).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use e2e::gateway::{send, Gateway};
+//! use e2e::harness::{AgentSvc, ConfigBuilder};
+//! use e2e::mock::MockUpstream;
+//! use serde_json::json;
+//!
+//! let mock = MockUpstream::start().await;
+//! let config = ConfigBuilder::with_mock(&mock).enable_chat_completions().auth_token("t").build();
+//! let svc = AgentSvc::start(&config).await;
+//! let gw = Gateway::start(&config, Some(&svc.url())).await.with_bearer("t");
+//! let reply = send(gw.chat(&json!({"messages": [{"role": "user", "content": "hi"}]}))).await;
+//! assert_eq!(reply.status, 200);
+//! # }
+//! ```
+
+use crate::harness::{parse_config, AgentSvc, ConfigBuilder};
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use gateway_http::auth::Auth;
+use gateway_http::state::{AppState, ChatSettings};
+use gateway_http::{AgentClient, GatewayHandle, GatewayOptions};
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use reqwest::RequestBuilder;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bound on one HTTP exchange in these helpers (things that should take milliseconds).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Gateway::stop`] lets open requests finish.
+pub const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(2);
+
+enum Server {
+    /// Started with `gateway_http::start` (the production path).
+    Started(Option<GatewayHandle>),
+    /// `gateway_http::router` served by the test (custom [`ChatSettings`]).
+    Router {
+        state: AppState,
+        shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// A running gateway-http on `127.0.0.1`.
+pub struct Gateway {
+    addr: SocketAddr,
+    server: Server,
+    bearer: Option<String>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// A plain HTTP/1.1 client without retries or proxies.
+pub fn http_client() -> reqwest::Client {
+    match reqwest::Client::builder().no_proxy().http1_only().build() {
+        Ok(c) => c,
+        Err(e) => panic!("cannot build an HTTP client: {e}"),
+    }
+}
+
+impl Gateway {
+    /// Parses `config_json5` and starts the gateway with `gateway_http::start` on
+    /// `127.0.0.1:0`, talking to `agent_svc_url` (`None`: embedded agent-svc).
+    /// Panics on failure.
+    pub async fn start(config_json5: &str, agent_svc_url: Option<&str>) -> Gateway {
+        match Self::try_start(config_json5, agent_svc_url).await {
+            Ok(g) => g,
+            Err(e) => panic!("gateway-http failed to start: {e:#}\nconfig:\n{config_json5}"),
+        }
+    }
+
+    /// [`Gateway::start`] returning the error.
+    pub async fn try_start(config_json5: &str, agent_svc_url: Option<&str>) -> anyhow::Result<Gateway> {
+        let config = parse_config(config_json5)?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let opts = GatewayOptions {
+            agent_svc_url: agent_svc_url.map(str::to_string),
+            listener: Some(listener),
+            ..Default::default()
+        };
+        let handle = gateway_http::start(config, opts).await?;
+        Ok(Gateway {
+            addr: handle.local_addr(),
+            server: Server::Started(Some(handle)),
+            bearer: None,
+            http: http_client(),
+        })
+    }
+
+    /// Serves `gateway_http::router` with the settings of `config_json5` but the
+    /// SSE keep-alive interval replaced by `keep_alive` (the production default is
+    /// 15 s, and `gateway_http::start` has no option for it). Talks to `agent_svc_url`.
+    pub async fn start_with_keep_alive(
+        config_json5: &str,
+        agent_svc_url: &str,
+        keep_alive: Duration,
+    ) -> Gateway {
+        let config = match parse_config(config_json5) {
+            Ok(c) => c,
+            Err(e) => panic!("bad config: {e}\n{config_json5}"),
+        };
+        let client = match AgentClient::connect_lazy(agent_svc_url) {
+            Ok(c) => c,
+            Err(e) => panic!("bad agent-svc URL {agent_svc_url}: {e}"),
+        };
+        let chat = ChatSettings { keep_alive, ..ChatSettings::from_config(&config) };
+        let state = AppState::from_parts(client, Auth::from_config(&config), chat);
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(l) => l,
+            Err(e) => panic!("cannot bind 127.0.0.1:0: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("no local address: {e}"),
+        };
+        let app = gateway_http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "test gateway router stopped");
+            }
+        });
+        Gateway {
+            addr,
+            server: Server::Router { state, shutdown: Some(tx), task },
+            bearer: None,
+            http: http_client(),
+        }
+    }
+
+    /// Sets the bearer secret [`Gateway::chat`] and [`Gateway::authed_get`] send.
+    pub fn with_bearer(mut self, secret: &str) -> Gateway {
+        self.bearer = Some(secret.to_string());
+        self
+    }
+
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The handlers' shared state (metrics, settings).
+    pub fn state(&self) -> &AppState {
+        match &self.server {
+            Server::Started(Some(h)) => h.state(),
+            Server::Started(None) => panic!("gateway already stopped"),
+            Server::Router { state, .. } => state,
+        }
+    }
+
+    /// Whether this gateway started its own agent-svc (embedded mode).
+    pub fn is_embedded(&self) -> bool {
+        matches!(&self.server, Server::Started(Some(h)) if h.embedded_agent_svc().is_some())
+    }
+
+    /// The HTTP client the helpers use (HTTP/1.1, pooled).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `GET path` without auth.
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.http.get(format!("{}{path}", self.url()))
+    }
+
+    /// `POST path` without auth.
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.http.post(format!("{}{path}", self.url()))
+    }
+
+    /// Any method on `path` without auth.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url()))
+    }
+
+    /// `GET path` with the bearer secret set by [`Gateway::with_bearer`].
+    pub fn authed_get(&self, path: &str) -> RequestBuilder {
+        self.authed(self.get(path))
+    }
+
+    /// `POST /v1/chat/completions` with `body` as JSON and the bearer secret set by
+    /// [`Gateway::with_bearer`] (none when not set).
+    pub fn chat(&self, body: &Value) -> RequestBuilder {
+        self.authed(json_body(self.post("/v1/chat/completions"), body))
+    }
+
+    fn authed(&self, rb: RequestBuilder) -> RequestBuilder {
+        match &self.bearer {
+            Some(s) => rb.bearer_auth(s),
+            None => rb,
+        }
+    }
+
+    /// Stops the gateway ([`GATEWAY_STOP_GRACE`]). A no-op when already stopped.
+    pub async fn stop(&mut self) {
+        match &mut self.server {
+            Server::Started(h) => {
+                if let Some(h) = h.take() {
+                    if let Err(e) = h.shutdown_with_grace(GATEWAY_STOP_GRACE).await {
+                        panic!("gateway shutdown failed: {e}");
+                    }
+                }
+            }
+            Server::Router { shutdown, task, .. } => {
+                if let Some(tx) = shutdown.take() {
+                    let _ = tx.send(());
+                    if tokio::time::timeout(GATEWAY_STOP_GRACE, &mut *task).await.is_err() {
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Server::Router { shutdown, task, .. } = &mut self.server {
+            if let Some(tx) = shutdown.take() {
+                let _ = tx.send(());
+            }
+            task.abort();
+        }
+    }
+}
+
+/// A mock-backed agent-svc and a gateway in front of it, both on the same config.
+#[derive(Debug)]
+pub struct Stack {
+    /// The separately started agent-svc.
+    pub svc: AgentSvc,
+    /// The gateway, talking to `svc`.
+    pub gw: Gateway,
+}
+
+impl Stack {
+    /// Starts agent-svc with `config`, then a gateway pointed at it (with
+    /// `bearer` as the default secret of its helpers).
+    pub async fn start(config: &ConfigBuilder, bearer: Option<&str>) -> Stack {
+        let text = config.build();
+        let svc = AgentSvc::start(&text).await;
+        let gw = Gateway::start(&text, Some(&svc.url())).await;
+        let gw = match bearer {
+            Some(b) => gw.with_bearer(b),
+            None => gw,
+        };
+        Stack { svc, gw }
+    }
+}
+
+/// Sets `body` as the JSON request body.
+pub fn json_body(rb: RequestBuilder, body: &Value) -> RequestBuilder {
+    rb.header(CONTENT_TYPE, "application/json").body(body.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Plain replies
+
+/// A whole HTTP response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body as text (lossy UTF-8).
+    pub text: String,
+}
+
+impl Reply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body parsed as JSON; panics (with the body) when it is not JSON.
+    pub fn json(&self) -> Value {
+        match serde_json::from_str(&self.text) {
+            Ok(v) => v,
+            Err(e) => panic!("body is not JSON ({e}); status {}: {:?}", self.status, self.text),
+        }
+    }
+
+    /// The `x-openclaw-session-key` header; panics when missing.
+    pub fn session_key(&self) -> String {
+        match self.header("x-openclaw-session-key") {
+            Some(k) => k.to_string(),
+            None => panic!("no x-openclaw-session-key header; status {}: {}", self.status, self.text),
+        }
+    }
+
+    /// Asserts an error answer per SPEC §4 "Errors": this status, a JSON
+    /// content type, a body of exactly `{"error":{"message","type","param"?,"code"?}}`
+    /// with a non-empty message and this type. Returns the `error` object.
+    pub fn expect_error(&self, status: u16, kind: &str) -> Value {
+        assert_eq!(self.status, status, "status; body: {}", self.text);
+        let ct = self.header("content-type").unwrap_or_default();
+        assert!(ct.starts_with("application/json"), "error content-type {ct:?}; body: {}", self.text);
+        let v = self.json();
+        let top = v.as_object().unwrap_or_else(|| panic!("error body is not an object: {v}"));
+        assert_eq!(top.keys().collect::<Vec<_>>(), vec!["error"], "only `error` at the top: {v}");
+        let err = top["error"].as_object().unwrap_or_else(|| panic!("`error` is not an object: {v}"));
+        for k in err.keys() {
+            assert!(
+                ["message", "type", "param", "code"].contains(&k.as_str()),
+                "unexpected key {k:?} in {v}"
+            );
+        }
+        let msg = err.get("message").and_then(Value::as_str).unwrap_or_else(|| panic!("no message: {v}"));
+        assert!(!msg.is_empty(), "empty message: {v}");
+        assert_eq!(err.get("type").and_then(Value::as_str), Some(kind), "error type: {v}");
+        for k in ["param", "code"] {
+            if let Some(x) = err.get(k) {
+                assert!(x.is_string() || x.is_null(), "{k} must be a string or null: {v}");
+            }
+        }
+        v["error"].clone()
+    }
+
+    /// Asserts a plain-text `Not Found`.
+    pub fn expect_not_found(&self) {
+        assert_eq!(self.status, 404, "body: {}", self.text);
+        assert_eq!(self.text, "Not Found");
+    }
+}
+
+/// Sends a request and reads the whole body (bounded by [`HTTP_TIMEOUT`]).
+/// Panics on a transport error.
+pub async fn send(rb: RequestBuilder) -> Reply {
+    match tokio::time::timeout(HTTP_TIMEOUT, try_send(rb)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("HTTP request failed: {e:?}"),
+        Err(_) => panic!("HTTP request did not complete within {HTTP_TIMEOUT:?}"),
+    }
+}
+
+/// Sends a request and reads the whole body.
+pub async fn try_send(rb: RequestBuilder) -> Result<Reply, reqwest::Error> {
+    let resp = rb.send().await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await?;
+    Ok(Reply { status, headers, text: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// Sends a request and returns the response once its head arrived (for SSE).
+/// Panics on a transport error or when the head takes longer than [`HTTP_TIMEOUT`].
+pub async fn open(rb: RequestBuilder) -> reqwest::Response {
+    match tokio::time::timeout(HTTP_TIMEOUT, rb.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("HTTP request failed: {e:?}"),
+        Err(_) => panic!("no response head within {HTTP_TIMEOUT:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server-Sent Events
+
+/// One SSE event as a real SSE client parsed it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// The `data:` payload.
+    pub data: String,
+    /// The payload as JSON (`None` for `[DONE]` or non-JSON).
+    pub json: Option<Value>,
+    /// When the test received it.
+    pub at: Instant,
+}
+
+impl SseEvent {
+    /// Whether this is `data: [DONE]`.
+    pub fn is_done(&self) -> bool {
+        self.data == "[DONE]"
+    }
+
+    /// The JSON payload; panics when the event is not JSON.
+    pub fn value(&self) -> &Value {
+        match &self.json {
+            Some(v) => v,
+            None => panic!("SSE event is not JSON: {:?}", self.data),
+        }
+    }
+}
+
+type EventStream = Pin<
+    Box<
+        dyn Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// Reads an SSE body with eventsource-stream, keeping the raw bytes too (SSE
+/// comments such as `: keep-alive` are not events, so a parser drops them).
+/// Dropping the reader drops the response (the client disconnects).
+pub struct SseReader {
+    stream: EventStream,
+    raw: Arc<Mutex<Vec<u8>>>,
+    /// Signalled whenever bytes arrive (comments included).
+    arrived: Arc<tokio::sync::Notify>,
+    pending: VecDeque<SseEvent>,
+    ended: bool,
+    error: Option<String>,
+}
+
+impl std::fmt::Debug for SseReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseReader").field("ended", &self.ended).field("error", &self.error).finish()
+    }
+}
+
+impl SseReader {
+    /// Starts reading `resp`'s body.
+    pub fn new(resp: reqwest::Response) -> SseReader {
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (sink, signal) = (raw.clone(), arrived.clone());
+        let bytes = resp.bytes_stream().inspect(move |item: &Result<Bytes, reqwest::Error>| {
+            if let Ok(b) = item {
+                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(b);
+                signal.notify_one();
+            }
+        });
+        SseReader {
+            stream: Box::pin(bytes.eventsource()),
+            raw,
+            arrived,
+            pending: VecDeque::new(),
+            ended: false,
+            error: None,
+        }
+    }
+
+    /// Every byte received so far, as text.
+    pub fn raw_text(&self) -> String {
+        String::from_utf8_lossy(&self.raw.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .into_owned()
+    }
+
+    /// A transport or framing error that ended the body, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Polls the body for one more event (buffered in `pending`); false at the end.
+    async fn pull(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        match self.stream.next().await {
+            Some(Ok(ev)) => {
+                let json = serde_json::from_str(&ev.data).ok();
+                self.pending.push_back(SseEvent { data: ev.data, json, at: Instant::now() });
+                true
+            }
+            Some(Err(e)) => {
+                self.error = Some(e.to_string());
+                self.ended = true;
+                false
+            }
+            None => {
+                self.ended = true;
+                false
+            }
+        }
+    }
+
+    /// The next event; `None` at the end of the body. Panics when none comes within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        if let Some(ev) = self.pending.pop_front() {
+            return Some(ev);
+        }
+        match tokio::time::timeout(timeout, self.pull()).await {
+            Ok(true) => self.pending.pop_front(),
+            Ok(false) => None,
+            Err(_) => panic!("no SSE event within {timeout:?}; raw so far: {:?}", self.raw_text()),
+        }
+    }
+
+    /// Reads until the raw bytes satisfy `pred` (events that arrive meanwhile are
+    /// kept for [`SseReader::next`]); false when the body ends or `timeout` passes first.
+    pub async fn wait_raw(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if pred(&self.raw_text()) {
+                return true;
+            }
+            if self.ended {
+                return false;
+            }
+            // Bytes that hold no event (a comment) complete `arrived`, not `pull`.
+            let arrived = self.arrived.clone();
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return pred(&self.raw_text()),
+                _ = self.pull() => {}
+                () = arrived.notified() => {}
+            }
+        }
+    }
+
+    /// Reads the rest of the body (bounded by `timeout`) and returns every event
+    /// not yet taken with [`SseReader::next`].
+    pub async fn rest(&mut self, timeout: Duration) -> Vec<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.pull()).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(_) => {
+                    panic!("SSE body did not end within {timeout:?}; raw so far: {:?}", self.raw_text())
+                }
+            }
+        }
+        self.pending.drain(..).collect()
+    }
+}
+
+/// Opens `rb` and reads the whole SSE body: (response head, events, raw text).
+/// Panics when it does not end within [`HTTP_TIMEOUT`] or on a transport error.
+pub async fn read_stream(rb: RequestBuilder) -> SseReply {
+    let resp = open(rb).await;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut reader = SseReader::new(resp);
+    let events = reader.rest(HTTP_TIMEOUT).await;
+    if let Some(e) = reader.error() {
+        panic!("SSE body failed: {e}; raw: {:?}", reader.raw_text());
+    }
+    SseReply { status, headers, events, raw: reader.raw_text() }
+}
+
+/// A whole SSE answer.
+#[derive(Debug, Clone)]
+pub struct SseReply {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// Every event, in order (`[DONE]` included).
+    pub events: Vec<SseEvent>,
+    /// The raw body text.
+    pub raw: String,
+}
+
+impl SseReply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The JSON chunks (every event but `[DONE]`); panics on a non-JSON event.
+    pub fn chunks(&self) -> Vec<Value> {
+        self.events.iter().filter(|e| !e.is_done()).map(|e| e.value().clone()).collect()
+    }
+
+    /// The `choices[0].delta.content` strings concatenated.
+    pub fn content(&self) -> String {
+        self.chunks()
+            .iter()
+            .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    }
+}
