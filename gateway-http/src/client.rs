@@ -10,7 +10,8 @@ use crate::error::{ApiError, GatewayError};
 use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
     AbortRunRequest, AbortRunResponse, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
-    GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse,
+    GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
+    ListSessionsResponse,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -76,8 +77,10 @@ impl AgentClient {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .http2_adaptive_window(true);
+            // No `http2_adaptive_window`: with it, h2 (0.4.20) answers a long run of
+            // small DATA frames (one per delta) with GOAWAY ENHANCE_YOUR_CALM,
+            // which kills every run on the channel.
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         Ok(AgentClient {
             agents: AgentServiceClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES),

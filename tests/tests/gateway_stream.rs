@@ -291,22 +291,26 @@ async fn streamed_tool_calls_carry_index_and_first_fragment_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_answers_of_many_chunks_arrive_whole() {
     const PIECES: usize = 3000;
-    /// A few rounds: the failure this guards against depends on timing.
-    const ROUNDS: usize = 3;
+    /// A few rounds, each through a fresh gateway (a fresh gRPC connection): the
+    /// failure this guards against depends on timing.
+    const ROUNDS: usize = 5;
     let mock = MockUpstream::start().await;
     let s = stack(config(&mock)).await;
     let pieces: Vec<String> = (0..PIECES).map(|i| format!("t{i} ")).collect();
     let full: String = pieces.concat();
     mock.set_default(Behavior::chunks(pieces).with_usage(10, PIECES as u32));
 
+    let cfg = config(&mock).build();
     for round in 0..ROUNDS {
+        let gw = Gateway::start(&cfg, Some(&s.svc.url())).await.with_bearer(TOKEN);
         let body = json!({"messages": [{"role": "user", "content": "a long answer please"}]});
-        let r = send(s.gw.chat(&body)).await;
+        let r = send(gw.chat(&body)).await;
         assert_eq!(r.status, 200, "non-streaming, round {round}: {}", r.text);
         assert_eq!(r.json()["choices"][0]["message"]["content"].as_str(), Some(full.as_str()));
 
+        let gw = Gateway::start(&cfg, Some(&s.svc.url())).await.with_bearer(TOKEN);
         let body = streamed("a long answer please", json!({"stream_options": {"include_usage": true}}));
-        let r = read_stream(s.gw.chat(&body)).await;
+        let r = read_stream(gw.chat(&body)).await;
         let chunks = check_stream(&r, "openclaw", true);
         assert_eq!(content(&chunks), full, "streaming, round {round}: every chunk arrived");
         assert_eq!(chunks.last().expect("usage")["usage"]["completion_tokens"], PIECES);

@@ -116,13 +116,17 @@ fn assert_increasing(seqs: &[u64]) {
 
 #[tokio::test]
 async fn challenge_then_connect_gives_hello_ok_on_any_path() {
-    let p = pair(|c| c.set("gateway.ws", json!({"maxPayload": 65536, "maxBufferedBytes": 131072, "tickIntervalMs": 5000}))).await;
+    let p = pair(|c| {
+        c.set("gateway.ws", json!({"maxPayload": 65536, "maxBufferedBytes": 131072, "tickIntervalMs": 5000}))
+    })
+    .await;
     let mut ws = WsClient::open_path(p.addr(), "/some/deep/path?x=1").await;
     let challenge = ws.next_json().await;
     assert_eq!(challenge["type"], "event");
     assert_eq!(challenge["event"], "connect.challenge");
     assert_eq!(challenge["payload"]["nonce"].as_str().map(str::len), Some(36), "{challenge}");
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let ts = challenge["payload"]["ts"].as_i64().expect("ts");
     assert!((now_ms - ts).abs() < 60_000, "{ts} vs {now_ms}");
 
@@ -137,14 +141,25 @@ async fn challenge_then_connect_gives_hello_ok_on_any_path() {
     assert_eq!(hello["server"]["connId"].as_str().map(str::len), Some(36));
     assert_eq!(
         hello["features"]["methods"],
-        json!(["health", "models.list", "agents.list", "sessions.list", "chat.history", "chat.send", "chat.abort"])
+        json!([
+            "health",
+            "models.list",
+            "agents.list",
+            "sessions.list",
+            "chat.history",
+            "chat.send",
+            "chat.abort"
+        ])
     );
     let events = hello["features"]["events"].as_array().expect("events");
     assert!(events.contains(&json!("chat")) && events.contains(&json!("connect.challenge")), "{hello}");
     assert_eq!(hello["snapshot"], json!({}));
     assert_eq!(hello["auth"]["role"], "operator");
     assert_eq!(hello["auth"]["scopes"], json!(["operator.read", "operator.write"]));
-    assert_eq!(hello["policy"], json!({"maxPayload": 65536, "maxBufferedBytes": 131072, "tickIntervalMs": 5000}));
+    assert_eq!(
+        hello["policy"],
+        json!({"maxPayload": 65536, "maxBufferedBytes": 131072, "tickIntervalMs": 5000})
+    );
 
     // The chat completions endpoints are off in this config; the WebSocket works anyway,
     // and plain HTTP on the same port is unaffected.
@@ -155,12 +170,8 @@ async fn challenge_then_connect_gives_hello_ok_on_any_path() {
     let resp = http().get(p.http_url("/v1/models")).send().await.expect("models");
     assert_eq!(resp.status(), 404);
     // A request with only a stray `Upgrade` header is plain HTTP.
-    let resp = http()
-        .get(p.http_url("/healthz"))
-        .header("upgrade", "websocket")
-        .send()
-        .await
-        .expect("healthz");
+    let resp =
+        http().get(p.http_url("/healthz")).header("upgrade", "websocket").send().await.expect("healthz");
     assert_eq!(resp.status(), 200);
     ws.close().await;
 }
@@ -191,7 +202,9 @@ async fn bad_first_frames_are_invalid_request_then_closed() {
         (Message::text(r#"{"type":"req","id":"h1","method":"health"}"#), json!("h1"), "connect"),
         (Message::binary(vec![1u8, 2, 3]), Value::Null, "text"),
         (
-            Message::text(json!({"type":"req","id":"c","method":"connect","params":{"maxProtocol":4}}).to_string()),
+            Message::text(
+                json!({"type":"req","id":"c","method":"connect","params":{"maxProtocol":4}}).to_string(),
+            ),
             json!("c"),
             "minProtocol",
         ),
@@ -313,9 +326,13 @@ async fn methods_answer_and_bad_requests_keep_the_connection() {
     assert!(res["payload"]["ts"].as_u64().is_some());
 
     let res = ws.call("models.list", json!({})).await;
-    let ids: Vec<&str> = res["payload"]["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        res["payload"]["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["openclaw", "openclaw/default", "openclaw/main", "openclaw/beta"]);
-    assert_eq!(res["payload"]["models"][0], json!({"id": "openclaw", "object": "model", "owned_by": "openclaw"}));
+    assert_eq!(
+        res["payload"]["models"][0],
+        json!({"id": "openclaw", "object": "model", "owned_by": "openclaw"})
+    );
 
     let res = ws.call("agents.list", json!({})).await;
     assert_eq!(res["payload"]["defaultId"], "main");
@@ -442,7 +459,9 @@ async fn chat_history_shows_http_and_ws_turns_of_one_session() {
         .bearer_auth(TOKEN)
         .header("x-openclaw-session-key", "shared")
         .header("content-type", "application/json")
-        .body(json!({"model": "openclaw", "messages": [{"role": "user", "content": "from http"}]}).to_string())
+        .body(
+            json!({"model": "openclaw", "messages": [{"role": "user", "content": "from http"}]}).to_string(),
+        )
         .send()
         .await
         .expect("http chat");
@@ -457,7 +476,11 @@ async fn chat_history_shows_http_and_ws_turns_of_one_session() {
     let texts = p.mock.last_request().unwrap().message_texts();
     assert_eq!(
         texts,
-        [("user".into(), "from http".into()), ("assistant".into(), "from http".into()), ("user".into(), "from ws".into())]
+        [
+            ("user".into(), "from http".into()),
+            ("assistant".into(), "from http".into()),
+            ("user".into(), "from ws".into())
+        ]
     );
 
     for key in ["shared", "agent:main:shared"] {
@@ -470,7 +493,15 @@ async fn chat_history_shows_http_and_ws_turns_of_one_session() {
             .iter()
             .map(|m| (m["role"].as_str().unwrap(), m["content"][0]["text"].as_str().unwrap()))
             .collect();
-        assert_eq!(got, [("user", "from http"), ("assistant", "from http"), ("user", "from ws"), ("assistant", "from ws")]);
+        assert_eq!(
+            got,
+            [
+                ("user", "from http"),
+                ("assistant", "from http"),
+                ("user", "from ws"),
+                ("assistant", "from ws")
+            ]
+        );
         assert!(msgs.iter().all(|m| m["interrupted"] == false && m["timestamp"].as_i64().unwrap() > 0));
         assert_eq!(msgs[3]["runId"], run.as_str());
         assert!(msgs[0]["runId"].as_str().is_some_and(|r| !r.is_empty() && r != run));
@@ -535,7 +566,12 @@ impl AgentService for SlowAgents {
     ) -> Result<tonic::Response<ListAgentsResponse>, tonic::Status> {
         tokio::time::sleep(Duration::from_millis(600)).await;
         Ok(tonic::Response::new(ListAgentsResponse {
-            agents: vec![AgentInfo { id: "main".into(), model: "echo/echo".into(), is_default: true, fallbacks: vec![] }],
+            agents: vec![AgentInfo {
+                id: "main".into(),
+                model: "echo/echo".into(),
+                is_default: true,
+                fallbacks: vec![],
+            }],
             default_agent_id: "main".into(),
         }))
     }
@@ -729,7 +765,10 @@ async fn a_resent_chat_send_returns_the_same_run() {
     // No duplicate events follow.
     let extra = a.call("health", json!({})).await;
     assert_eq!(extra["ok"], true);
-    assert!(a.next_frame_within(Duration::from_millis(200)).await.is_none_or(|f| !matches!(f, Frame::Json(_))));
+    assert!(a
+        .next_frame_within(Duration::from_millis(200))
+        .await
+        .is_none_or(|f| !matches!(f, Frame::Json(_))));
 
     // After the end, a resend reports the final state and starts nothing.
     let res = b.call("chat.send", send_params("idem", "hello", "same-key")).await;
@@ -756,8 +795,11 @@ async fn frames_over_max_payload_close_with_1009() {
     assert_error(&ws.next_json().await, "INVALID_REQUEST");
     assert_eq!(ws.call("health", json!({})).await["ok"], true);
     // Over it: closed with 1009.
-    ws.send_text(format!(r#"{{"type":"req","id":"big","method":"health","params":{{"x":"{}"}}}}"#, "z".repeat(40 * 1024)))
-        .await;
+    ws.send_text(format!(
+        r#"{{"type":"req","id":"big","method":"health","params":{{"x":"{}"}}}}"#,
+        "z".repeat(40 * 1024)
+    ))
+    .await;
     assert_eq!(ws.expect_end(T).await, Ending::Closed(1009));
 
     // Far over it (never buffered): the connection ends promptly, 1009 or a reset
@@ -790,7 +832,8 @@ async fn a_client_that_never_reads_is_disconnected() {
     assert_eq!(text_of(h[1].message.as_ref().unwrap()).len(), 2000 * 2048);
     // Now read: the server has closed this connection; what was in the socket
     // buffers comes out, then the end, and never the `final` event.
-    let (_, seen) = ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
+    let (_, seen) =
+        ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
     assert!(!seen.is_empty(), "at least the reply was delivered");
     assert!(
         seen.iter().all(|f| f["payload"]["state"] != "final"),
@@ -823,13 +866,31 @@ async fn keepalive_pings_and_closes_a_silent_client() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_websockets_with_1012() {
+async fn shutdown_closes_websockets_with_1012_and_lets_their_runs_finish() {
     let p = pair(|c| c).await;
+    let pieces: Vec<String> = (0..8).map(|i| format!("t{i} ")).collect();
+    p.mock.push(Behavior::chunks(pieces.clone()).with_delay(Duration::from_millis(100)));
     let mut ws = p.client().await;
-    let Pair { gw, mock: _mock, svc: _svc } = p;
-    let stop = tokio::spawn(gw.shutdown_with_grace(Duration::from_secs(1)));
+    let run = start_chat(&mut ws, send_params("at-shutdown", "go", "k")).await;
+    assert_eq!(ws.next_chat(&run).await["state"], "delta");
+    let Pair { gw, mock, svc } = p;
+    let stop = tokio::spawn(gw.shutdown_with_grace(Duration::from_secs(5)));
     assert_eq!(ws.expect_end(T).await, Ending::Closed(1012));
-    stop.await.expect("join").expect("shutdown");
+    tokio::time::timeout(T, stop).await.expect("shutdown in time").expect("join").expect("shutdown");
+    // When shutdown returned, the run had finished and was stored whole.
+    let mut c = svc.client().await;
+    let h = c
+        .get_session_history(GetSessionHistoryRequest {
+            session_key: "agent:main:at-shutdown".into(),
+            limit: 0,
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .messages;
+    assert_eq!(h.len(), 2);
+    assert_eq!(entry_text(&h[1]), ("assistant".into(), pieces.concat(), false));
+    assert_eq!(mock.disconnects(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -837,11 +898,15 @@ async fn shutdown_closes_websockets_with_1012() {
 
 #[tokio::test]
 async fn http_and_websocket_traffic_share_the_port() {
-    let p = pair(|c| c.enable_chat_completions().agent(json!({"id": "main", "default": true}))
-        .agent(json!({"id": "slow", "model": "mock/slow-model"})))
+    let p = pair(|c| {
+        c.enable_chat_completions()
+            .agent(json!({"id": "main", "default": true}))
+            .agent(json!({"id": "slow", "model": "mock/slow-model"}))
+    })
     .await;
     let words: Vec<String> = (0..30).map(|i| format!("s{i} ")).collect();
-    p.mock.set_for_model("slow-model", Behavior::chunks(words.clone()).with_delay(Duration::from_millis(100)));
+    p.mock
+        .set_for_model("slow-model", Behavior::chunks(words.clone()).with_delay(Duration::from_millis(100)));
     let mut ws = p.client().await;
     let mut params = send_params("streamer", "stream please", "k-share");
     params["agentId"] = json!("slow");

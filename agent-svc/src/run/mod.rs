@@ -294,37 +294,13 @@ impl Runner {
         })
     }
 
-    /// Starts a run. Errors before the stream (validation, unknown agent, a full
-    /// session queue, the store) are returned directly.
+    /// Starts a run. Errors found before the stream (validation, unknown agent,
+    /// a duplicate run id) are returned directly; the stream then opens with
+    /// `started` at once, before the run waits for its session's turn, so a
+    /// queued caller can already answer its own client (headers, keep-alives).
+    /// A full session queue or a store failure arrives as the stream's error.
     pub async fn start(self: &Arc<Self>, req: AgentRunRequest) -> Result<RunStream, AgentError> {
-        let mut p = self.prepare(req)?;
-        // In-process FIFO first, then the store's cross-replica lock (Postgres).
-        let turn = if p.stable {
-            let queued = self.queues.acquire(&p.session_key).await?;
-            let locked = self.store.lock_turn(&p.session_key).await?;
-            Some((queued, locked))
-        } else {
-            None
-        };
-
-        let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
-        if p.stable {
-            let now = now_ms();
-            let user_turn = p
-                .new_turn
-                .iter()
-                .map(|m| StoredMessage { message: m.clone(), interrupted: false, created_at_ms: now, run_id: p.run_id.clone() })
-                .collect();
-            self.store.append(&p.session_key, &p.agent.id, user_turn).await?;
-        }
-        p.base.messages = assemble::upstream_messages(
-            p.agent.system_prompt.as_deref(),
-            p.system.as_deref(),
-            &transcript,
-            &p.client_history,
-            &p.new_turn,
-        );
-
+        let p = self.prepare(req)?;
         let cancel = CancellationToken::new();
         let reason = Arc::new(AtomicU8::new(CANCEL_CLIENT_GONE));
         {
@@ -351,17 +327,89 @@ impl Runner {
         let _ = tx.try_send(Ok(started));
         let runner = self.clone();
         let token = cancel.clone();
-        tokio::spawn(async move { runner.drive(p, turn, tx, token, reason).await });
+        tokio::spawn(async move { runner.run(p, tx, token, reason).await });
         Ok(RunStream { rx, cancel })
     }
 
-    async fn drive(
+    /// The whole life of a started run, from its place in the session queue to
+    /// the registry cleanup.
+    async fn run(
         self: Arc<Self>,
-        p: Prepared,
-        turn: Option<(SessionTurn, TurnLock)>,
+        mut p: Prepared,
         tx: mpsc::Sender<Result<AgentRunEvent, Status>>,
         cancel: CancellationToken,
         reason: Arc<AtomicU8>,
+    ) {
+        // Waiting for the session's turn is cancellable like the rest of the run;
+        // a turn cancelled while queued stores nothing.
+        let begun = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            r = self.begin_turn(&mut p) => Some(r),
+        };
+        match begun {
+            Some(Ok(turn)) => self.drive(&p, turn, &tx, &cancel, &reason).await,
+            Some(Err(e)) => {
+                metrics::counter!("openclaw_agent_runs_total", "outcome" => "refused").increment(1);
+                let _ = tx.send(Err(e.into())).await;
+            }
+            None => {
+                metrics::counter!("openclaw_agent_runs_total", "outcome" => "cancelled").increment(1);
+                let last = match reason.load(Ordering::SeqCst) {
+                    CANCEL_ABORTED => Some(AgentError::Aborted),
+                    CANCEL_SHUTDOWN => Some(AgentError::ShuttingDown),
+                    _ => None,
+                };
+                if let Some(e) = last {
+                    let _ = tx.send(Err(e.into())).await;
+                }
+            }
+        }
+        self.runs.lock().remove(&p.run_id);
+        metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits for the session's turn, loads the transcript, commits the user turn
+    /// (before any provider is called) and assembles the upstream messages.
+    async fn begin_turn(&self, p: &mut Prepared) -> Result<Option<(SessionTurn, TurnLock)>, AgentError> {
+        // In-process FIFO first, then the store's cross-replica lock (Postgres).
+        let turn = if p.stable {
+            let queued = self.queues.acquire(&p.session_key).await?;
+            let locked = self.store.lock_turn(&p.session_key).await?;
+            Some((queued, locked))
+        } else {
+            None
+        };
+        let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
+        if p.stable {
+            let now = now_ms();
+            let user_turn = p
+                .new_turn
+                .iter()
+                .map(|m| StoredMessage { message: m.clone(), interrupted: false, created_at_ms: now, run_id: p.run_id.clone() })
+                .collect();
+            self.store.append(&p.session_key, &p.agent.id, user_turn).await?;
+        }
+        p.base.messages = assemble::upstream_messages(
+            p.agent.system_prompt.as_deref(),
+            p.system.as_deref(),
+            &transcript,
+            &p.client_history,
+            &p.new_turn,
+        );
+        Ok(turn)
+    }
+
+    async fn drive(
+        &self,
+        p: &Prepared,
+        turn: Option<(SessionTurn, TurnLock)>,
+        tx: &mpsc::Sender<Result<AgentRunEvent, Status>>,
+        cancel: &CancellationToken,
+        reason: &AtomicU8,
     ) {
         let started_at = Instant::now();
         let deadline = tokio::time::Instant::from_std(started_at + p.agent.timeout);
@@ -369,7 +417,7 @@ impl Runner {
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => Outcome::Cancelled(reason.load(Ordering::SeqCst)),
-            r = tokio::time::timeout_at(deadline, self.attempts(&p, &tx, &mut produced, started_at)) => match r {
+            r = tokio::time::timeout_at(deadline, self.attempts(p, tx, &mut produced, started_at)) => match r {
                 Ok(Ok((finish_reason, model))) => Outcome::Finished { finish_reason, model },
                 Ok(Err(Some(e))) => Outcome::Failed(e),
                 Ok(Err(None)) => Outcome::Cancelled(CANCEL_CLIENT_GONE),
@@ -423,11 +471,6 @@ impl Runner {
         };
         if let Some(last) = last {
             let _ = tx.send(last).await;
-        }
-        self.runs.lock().remove(&p.run_id);
-        metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
         }
     }
 

@@ -142,16 +142,16 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
     let null_content = m.parts.is_empty() && !m.text_only;
     match m.role.as_str() {
         "assistant" => {
-            for c in &m.tool_calls {
-                if c.id.is_empty() || c.name.is_empty() {
-                    return Err(invalid("Assistant `tool_calls` need an `id` and `function.name`.".into()));
-                }
+            if null_content && m.tool_calls.is_empty() {
+                return Err(invalid("An `assistant` message needs `content` unless it has `tool_calls`.".into()));
+            }
+            if m.tool_calls.iter().any(|c| c.id.is_empty() || c.name.is_empty()) {
+                return Err(invalid("Assistant `tool_calls` need an `id` and `function.name`.".into()));
             }
         }
         "tool" if m.tool_call_id.as_deref().unwrap_or("").is_empty() => {
             return Err(invalid("A `tool` message needs `tool_call_id`.".into()));
         }
-        "tool" => {}
         role if null_content => {
             return Err(invalid(format!("A `{role}` message needs `content`.")));
         }
@@ -348,6 +348,19 @@ mod tests {
         let tool_no_id = Message { role: "tool".into(), ..user("x") };
         let req = AgentRunRequest { messages: vec![tool_no_id], ..Default::default() };
         assert!(check(&req).is_err());
+        let null_assistant = Message { role: "assistant".into(), ..Default::default() };
+        let req = AgentRunRequest { messages: vec![null_assistant.clone(), user("x")], ..Default::default() };
+        assert_eq!(param_of(check(&req).unwrap_err()).as_deref(), Some("messages"));
+        let with_calls = Message {
+            tool_calls: vec![services::proto::ToolCall {
+                id: "c".into(),
+                r#type: "function".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }],
+            ..null_assistant
+        };
+        check(&AgentRunRequest { messages: vec![with_calls], ..Default::default() }).unwrap();
         let null_user = Message { role: "user".into(), ..Default::default() };
         let req = AgentRunRequest { messages: vec![null_user], ..Default::default() };
         assert!(check(&req).is_err());
