@@ -64,7 +64,7 @@ const ANSWER: &str = "Hello from the mock.";
 /// Benchmark of the gateway pair: starts mock-upstream, agent-svc and gateway-http on 127.0.0.1 and
 /// compares the direct upstream with the path through the gateway.
 #[derive(Parser, Debug)]
-#[command(name = "bench", version, about, long_about = None)]
+#[command(name = "bench", version)]
 struct Cli {
     /// Measured non-streaming requests per path and concurrency.
     #[arg(long, default_value_t = 20_000, value_name = "N")]

@@ -45,7 +45,7 @@ const MAX_BODY: usize = 4 << 20;
 
 /// A lean mock OpenAI-compatible upstream (benchmark use).
 #[derive(Parser, Debug)]
-#[command(name = "mock-upstream", version, about, long_about = None)]
+#[command(name = "mock-upstream", version)]
 struct Cli {
     /// Listen address (only loopback is sensible).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
