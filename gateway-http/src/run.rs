@@ -6,13 +6,8 @@ use crate::metrics::Metrics;
 use crate::openai::CompletionFold;
 use futures::StreamExt;
 use services::proto::{agent_run_event::Event, AgentRunEvent};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tonic::Streaming;
-
-/// How long to wait, after `finished`, for agent-svc to close the stream. The
-/// close means the turn is stored, so a client that sends its next turn right
-/// after the answer sees it; a stream that does not close is dropped after this.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The error when agent-svc ends a stream without `finished`.
 pub fn ended_early() -> ApiError {
@@ -25,22 +20,6 @@ pub fn is_token(event: &AgentRunEvent) -> bool {
         Some(Event::Text(t)) => !t.text.is_empty(),
         Some(Event::ToolCall(_)) => true,
         _ => false,
-    }
-}
-
-/// Reads what is left of a finished run's stream (bounded by [`DRAIN_TIMEOUT`]).
-/// An error status after `finished` cannot change the answer any more; it is logged.
-pub async fn drain(events: &mut Streaming<AgentRunEvent>) {
-    let rest = async {
-        while let Some(item) = events.next().await {
-            if let Err(status) = item {
-                tracing::warn!(code = ?status.code(), message = status.message(), "agent-svc error after finish");
-                return;
-            }
-        }
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, rest).await.is_err() {
-        tracing::warn!("agent-svc did not close a finished run's stream; dropping it");
     }
 }
 
@@ -63,8 +42,8 @@ pub async fn collect(
             metrics.run_finished(started_at, f);
         }
         fold.push(event);
+        // The turn is stored before `finished` is sent: no need to wait for the close.
         if fold.is_finished() {
-            drain(&mut events).await;
             return Ok(fold);
         }
     }

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::metrics::RunGuard;
 use crate::openai::stream::Written;
 use crate::openai::ChunkWriter;
-use crate::run::{drain, ended_early};
+use crate::run::ended_early;
 use crate::state::AppState;
 use axum::body::Body;
 use bytes::Bytes;
@@ -36,8 +36,6 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 enum Phase {
     /// Deltas are flowing.
     Streaming,
-    /// `finished` was written; waiting for agent-svc to close before `[DONE]`.
-    Draining,
     /// `[DONE]` written; the body ends once it is flushed.
     Done,
 }
@@ -127,11 +125,6 @@ impl SseRun {
             }
             match self.phase {
                 Phase::Done => return None,
-                Phase::Draining => {
-                    drain(&mut self.events).await;
-                    self.writer.done();
-                    self.phase = Phase::Done;
-                }
                 Phase::Streaming => {
                     tokio::select! {
                         biased;
@@ -171,7 +164,12 @@ impl SseRun {
                 self.first_token_seen = true;
                 self.state.metrics().first_token(self.started_at.elapsed());
             }
-            Written::Finished => self.phase = Phase::Draining,
+            // agent-svc stores the turn and frees the session before it sends
+            // `finished`, so `[DONE]` need not wait for the stream to close.
+            Written::Finished => {
+                self.writer.done();
+                self.phase = Phase::Done;
+            }
             Written::Delta | Written::Nothing => {}
         }
         written

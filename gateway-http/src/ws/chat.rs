@@ -18,7 +18,7 @@ use super::outbox::Outbox;
 use super::protocol;
 use crate::client::CallContext;
 use crate::error::ApiError;
-use crate::run::{drain, ended_early, is_token};
+use crate::run::{ended_early, is_token};
 use crate::state::AppState;
 use futures::StreamExt;
 use serde::Serialize;
@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
 use tonic::Streaming;
 
 /// Shortest time between two `delta` events of one run.
@@ -227,6 +228,8 @@ pub struct ChatRuns {
     dedupe: Mutex<Dedupe<Arc<ChatRun>>>,
     /// Runs still going, by run id (for `chat.abort` before agent-svc knows them).
     running: Mutex<HashMap<String, Arc<ChatRun>>>,
+    /// The run tasks (a graceful shutdown waits for them).
+    tasks: TaskTracker,
 }
 
 impl Default for ChatRuns {
@@ -242,7 +245,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ChatRuns {
     /// A registry whose idempotency map holds `capacity` keys for `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> ChatRuns {
-        ChatRuns { dedupe: Mutex::new(Dedupe::new(capacity, ttl)), running: Mutex::new(HashMap::new()) }
+        ChatRuns {
+            dedupe: Mutex::new(Dedupe::new(capacity, ttl)),
+            running: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        }
     }
 
     /// The run of `dedupe_key`, or a new one (registered as running) made by `make`.
@@ -264,6 +271,16 @@ impl ChatRuns {
 
     fn finished(&self, run_id: &str) {
         lock(&self.running).remove(run_id);
+    }
+
+    /// Waits until every run task has ended, or `timeout` passed; true when
+    /// they all ended. Runs started later are still accepted.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let tracker = self.tasks.clone();
+        tracker.close();
+        let done = tokio::time::timeout(timeout, tracker.wait()).await.is_ok();
+        tracker.reopen();
+        done
     }
 }
 
@@ -295,7 +312,8 @@ impl Drop for ActiveRun {
 
 /// Starts `run` in its own task, independent of any connection.
 pub(crate) fn spawn(state: AppState, run: Arc<ChatRun>, request: AgentRunRequest, active: ActiveRun) {
-    tokio::spawn(async move {
+    let tasks = state.ws_runs().tasks.clone();
+    tasks.spawn(async move {
         let _active = active;
         drive(&state, &run, request).await;
         state.ws_runs().finished(&run.run_id);
@@ -335,7 +353,10 @@ impl Fold {
     }
 
     fn calls_json(&self) -> Vec<ToolCallJson<'_>> {
-        self.calls.iter().map(|c| ToolCallJson { id: &c.id, name: &c.name, arguments: &c.arguments }).collect()
+        self.calls
+            .iter()
+            .map(|c| ToolCallJson { id: &c.id, name: &c.name, arguments: &c.arguments })
+            .collect()
     }
 }
 
@@ -386,7 +407,6 @@ async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest) {
             run.emit(&p, Some(RunState::Final));
         }
         Outcome::Error(e) => {
-            state.metrics().stream_error();
             let message = e.to_string();
             let mut p = ChatPayload::new(run, "error");
             p.message = partial;
@@ -451,9 +471,8 @@ async fn consume(
                     Some(Event::ToolCall(tc)) => fold.tool_call(tc.index, &tc.id, &tc.name, &tc.arguments),
                     Some(Event::Finished(f)) => {
                         state.metrics().run_finished(started_at, &f);
-                        // The stream's end means the turn is stored: `final` comes after it,
-                        // so a `chat.history` sent on `final` sees the turn.
-                        drain(&mut events).await;
+                        // agent-svc stores the turn before it sends `finished`, so a
+                        // `chat.history` sent on `final` sees the turn.
                         return Outcome::Final(f);
                     }
                     _ => {}
@@ -552,6 +571,9 @@ mod tests {
         assert_eq!(f.calls[2].arguments, "!");
         let calls = f.calls_json();
         let v = serde_json::to_value(f.message(&calls)).unwrap();
-        assert_eq!(v["toolCalls"][0], json!({"id": "call_a", "name": "get_weather", "arguments": "{\"city\":1}"}));
+        assert_eq!(
+            v["toolCalls"][0],
+            json!({"id": "call_a", "name": "get_weather", "arguments": "{\"city\":1}"})
+        );
     }
 }

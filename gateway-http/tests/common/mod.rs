@@ -223,6 +223,7 @@ pub fn finished(reason: &str) -> Step {
         finish_reason: reason.into(),
         usage: Some(Usage { prompt_tokens: 7, completion_tokens: 3, total_tokens: 10 }),
         model: "echo/echo".into(),
+        provider_micros: 1_000,
     }))
 }
 
