@@ -38,7 +38,9 @@ impl AgentRegistry {
         }
         // The built-in provider, unless the config deliberately shadows its name.
         providers.entry(ECHO_PROVIDER.to_string()).or_insert_with(|| Arc::new(EchoProvider));
-        if !listed_models.contains_key(ECHO_PROVIDER) && !loaded.config.models.providers.contains_key(ECHO_PROVIDER) {
+        if !listed_models.contains_key(ECHO_PROVIDER)
+            && !loaded.config.models.providers.contains_key(ECHO_PROVIDER)
+        {
             listed_models.insert(ECHO_PROVIDER.to_string(), vec![ECHO_PROVIDER.to_string()]);
         }
         Ok(Self { agents, providers, max_tokens, listed_models })

@@ -67,7 +67,9 @@ impl AgentError {
             AgentError::InvalidRequest { param, .. } => {
                 (Code::InvalidArgument, "invalid_request_error", None, param.as_deref())
             }
-            AgentError::UnknownAgent(_) => (Code::InvalidArgument, "invalid_request_error", None, Some("model")),
+            AgentError::UnknownAgent(_) => {
+                (Code::InvalidArgument, "invalid_request_error", None, Some("model"))
+            }
             AgentError::NotFound(_) => (Code::NotFound, "invalid_request_error", Some("not_found"), None),
             AgentError::SessionBusy(_) => {
                 (Code::ResourceExhausted, "rate_limit_error", Some("session_busy"), None)
@@ -80,7 +82,9 @@ impl AgentError {
             AgentError::Timeout(_) => (Code::DeadlineExceeded, "api_error", Some("timeout"), None),
             AgentError::Aborted => (Code::Cancelled, "api_error", Some("aborted"), None),
             AgentError::ShuttingDown => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
-            AgentError::Store(_) | AgentError::Startup(_) => (Code::Internal, "api_error", Some("internal_error"), None),
+            AgentError::Store(_) | AgentError::Startup(_) => {
+                (Code::Internal, "api_error", Some("internal_error"), None)
+            }
         }
     }
 }

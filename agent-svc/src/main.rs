@@ -75,8 +75,9 @@ async fn run(cli: Cli, config: services::config::LoadedConfig) -> anyhow::Result
     if let Some(addr) = cli.metrics_listen {
         agent_svc::metrics::serve(addr).await.context("metrics listener")?;
     }
-    let listener =
-        tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let handle = agent_svc::start(&config, listener).await?;
     // Readiness line: tests and scripts wait for it.
     println!("agent-svc listening on {}", handle.local_addr());
@@ -102,7 +103,9 @@ fn healthcheck(mut addr: SocketAddr) -> ExitCode {
             .check(tonic_health::pb::HealthCheckRequest { service: "openclaw.agent.v1.AgentService".into() })
             .await?
             .into_inner();
-        anyhow::ensure!(reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        anyhow::ensure!(
+            reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
         Ok::<_, anyhow::Error>(())
     };
     let ok = tokio::runtime::Builder::new_current_thread()

@@ -25,7 +25,9 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
 
 fn install() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
-        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ])
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())

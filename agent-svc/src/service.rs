@@ -7,7 +7,8 @@ use crate::sessions::StoredMessage;
 use services::proto::agent_service_server::AgentService;
 use services::proto::{
     AbortRunRequest, AbortRunResponse, AgentRunRequest, GetSessionHistoryRequest, GetSessionHistoryResponse,
-    HistoryEntry, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse, SessionInfo,
+    HistoryEntry, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse,
+    SessionInfo,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,12 @@ impl AgentSvc {
 }
 
 fn history_entry(m: StoredMessage) -> HistoryEntry {
-    HistoryEntry { message: Some(m.message), interrupted: m.interrupted, created_at_ms: m.created_at_ms, run_id: m.run_id }
+    HistoryEntry {
+        message: Some(m.message),
+        interrupted: m.interrupted,
+        created_at_ms: m.created_at_ms,
+        run_id: m.run_id,
+    }
 }
 
 #[tonic::async_trait]
@@ -54,11 +60,17 @@ impl AgentService for AgentSvc {
         Ok(Response::new(stream))
     }
 
-    async fn list_agents(&self, _: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
         Ok(Response::new(self.runner.registry().list()))
     }
 
-    async fn list_sessions(&self, request: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
         let req = request.into_inner();
         let limit = if req.limit == 0 { DEFAULT_LIST_LIMIT } else { req.limit.min(MAX_LIST_LIMIT) };
         let agent = (!req.agent_id.is_empty()).then_some(req.agent_id.as_str());
@@ -97,7 +109,10 @@ impl AgentService for AgentSvc {
         }))
     }
 
-    async fn abort_run(&self, request: Request<AbortRunRequest>) -> Result<Response<AbortRunResponse>, Status> {
+    async fn abort_run(
+        &self,
+        request: Request<AbortRunRequest>,
+    ) -> Result<Response<AbortRunResponse>, Status> {
         let req = request.into_inner();
         if req.run_id.is_empty() && req.session_key.is_empty() {
             return Err(AgentError::invalid_no_param("`run_id` or `session_key` is required.").into());

@@ -427,7 +427,8 @@ mod tests {
 
     #[test]
     fn ws_codes_follow_the_http_status() {
-        let meta = |ty: &'static str, code: &'static str| vec![(error_meta::TYPE, ty), (error_meta::CODE, code)];
+        let meta =
+            |ty: &'static str, code: &'static str| vec![(error_meta::TYPE, ty), (error_meta::CODE, code)];
         let cases: Vec<(ApiError, &str, bool)> = vec![
             (ApiError::invalid("x", "bad"), "INVALID_REQUEST", false),
             (ApiError::PayloadTooLarge, "INVALID_REQUEST", false),
@@ -435,8 +436,16 @@ mod tests {
             (ApiError::AuthLockedOut { retry_after_secs: 3 }, "RATE_LIMITED", true),
             (ApiError::NotFound, "NOT_FOUND", false),
             (ApiError::AgentUnavailable("down".into()), "UNAVAILABLE", true),
-            (status(Code::ResourceExhausted, "busy", &meta("rate_limit_error", "session_busy")).into(), "RATE_LIMITED", true),
-            (status(Code::DeadlineExceeded, "slow", &meta("api_error", "timeout")).into(), "UNAVAILABLE", true),
+            (
+                status(Code::ResourceExhausted, "busy", &meta("rate_limit_error", "session_busy")).into(),
+                "RATE_LIMITED",
+                true,
+            ),
+            (
+                status(Code::DeadlineExceeded, "slow", &meta("api_error", "timeout")).into(),
+                "UNAVAILABLE",
+                true,
+            ),
             (status(Code::Internal, "x", &meta("api_error", "internal_error")).into(), "INTERNAL", false),
             (tonic::Status::new(Code::Unavailable, "refused").into(), "UNAVAILABLE", true),
         ];

@@ -115,14 +115,15 @@ impl GatewayHandle {
 
     /// Stops accepting, lets open requests finish for [`SHUTDOWN_GRACE`], ends
     /// the streams still open with an error event, closes the WebSocket
-    /// connections (1012; the runs they started go on in agent-svc), then stops
-    /// the embedded agent-svc (if any), which lets running turns finish.
+    /// connections (1012), lets the `chat.send` runs they started finish within
+    /// the same grace period, then stops the embedded agent-svc (if any).
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         self.shutdown_with_grace(SHUTDOWN_GRACE).await
     }
 
     /// [`GatewayHandle::shutdown`] with a chosen grace period.
     pub async fn shutdown_with_grace(mut self, grace: Duration) -> Result<(), GatewayError> {
+        let deadline = tokio::time::Instant::now() + grace;
         self.stop_accepting.cancel();
         let served = match tokio::time::timeout(grace, &mut self.server).await {
             Ok(joined) => joined,
@@ -144,6 +145,11 @@ impl GatewayHandle {
         let ws = self.state.ws_connections();
         ws.close();
         let _ = tokio::time::timeout(WS_CLOSE_WAIT, ws.wait()).await;
+        // Runs started over WebSocket outlive their socket: let them finish within the grace.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.state.ws_runs().wait_idle(left).await {
+            tracing::warn!("WebSocket chat runs still going at shutdown; they are cancelled");
+        }
         if let Some(embedded) = self.embedded.take() {
             embedded.shutdown(grace).await?;
         }

@@ -112,7 +112,16 @@ impl Metrics {
         let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
         let stream_errors =
             recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
-        Metrics { recorder, handle, requests: Default::default(), latency, ttft, overhead, in_flight, stream_errors }
+        Metrics {
+            recorder,
+            handle,
+            requests: Default::default(),
+            latency,
+            ttft,
+            overhead,
+            in_flight,
+            stream_errors,
+        }
     }
 
     /// Counts a finished request and its latency (for SSE: until the headers).

@@ -563,9 +563,8 @@ impl LoadedConfig {
                 timeout: Duration::from_secs_f64(defaults.timeout_seconds),
             });
         }
-        let default_index = default_index
-            .or_else(|| agents.iter().position(|a| a.id == IMPLICIT_AGENT))
-            .unwrap_or(0);
+        let default_index =
+            default_index.or_else(|| agents.iter().position(|a| a.id == IMPLICIT_AGENT)).unwrap_or(0);
         Ok(ResolvedAgents { agents, default_index })
     }
 
@@ -646,7 +645,9 @@ impl LoadedConfig {
             )),
             AuthMode::Password if self.auth_password().is_none() => Err(self.error(
                 "gateway.auth.password",
-                format!("auth mode \"password\" needs a password (set gateway.auth.password or {PASSWORD_ENV})"),
+                format!(
+                    "auth mode \"password\" needs a password (set gateway.auth.password or {PASSWORD_ENV})"
+                ),
             )),
             AuthMode::None if !ip.is_loopback() => Err(self.error(
                 "gateway.auth.mode",
@@ -696,9 +697,11 @@ pub fn load(cli: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
     let (path, explicit) = config_path(cli);
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&text, ConfigSource::File(path)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            Ok(LoadedConfig { config: Config::default(), source: ConfigSource::Defaults, unknown_keys: vec![] })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(LoadedConfig {
+            config: Config::default(),
+            source: ConfigSource::Defaults,
+            unknown_keys: vec![],
+        }),
         Err(e) => Err(ConfigError {
             file: path.display().to_string(),
             key: "<file>".into(),
@@ -748,9 +751,8 @@ fn expand_env(
 ) -> Result<(), (String, String)> {
     match v {
         serde_json::Value::String(s) if s.contains("${") => {
-            *s = expand_str(s, env).map_err(|var| {
-                (path.clone(), format!("environment variable {var} is not set"))
-            })?;
+            *s = expand_str(s, env)
+                .map_err(|var| (path.clone(), format!("environment variable {var} is not set")))?;
         }
         serde_json::Value::Object(map) => {
             for (k, child) in map.iter_mut() {
@@ -890,14 +892,18 @@ mod tests {
 
     #[test]
     fn missing_env_var_names_key() {
-        let e = load_str(r#"{models: {providers: {o: {baseUrl: "x", apiKey: "${NOPE_NOT_SET}"}}}}"#).unwrap_err();
+        let e =
+            load_str(r#"{models: {providers: {o: {baseUrl: "x", apiKey: "${NOPE_NOT_SET}"}}}}"#).unwrap_err();
         assert_eq!(e.key, "models.providers.o.apiKey");
         assert!(e.message.contains("NOPE_NOT_SET"));
     }
 
     #[test]
     fn unknown_provider_in_model_ref() {
-        let e = load_str(r#"{agents: {list: [{id: "a", model: "nope/m"}]}}"#).unwrap().resolve_agents().unwrap_err();
+        let e = load_str(r#"{agents: {list: [{id: "a", model: "nope/m"}]}}"#)
+            .unwrap()
+            .resolve_agents()
+            .unwrap_err();
         assert_eq!(e.key, "agents.list[0].model");
         let e = load_str(r#"{agents: {defaults: {model: {primary: "echo/echo", fallbacks: ["x/y"]}}}}"#)
             .unwrap()
@@ -937,7 +943,8 @@ mod tests {
             (ws.max_payload, ws.max_buffered_bytes, ws.tick_interval_ms, ws.handshake_timeout_ms),
             (1_048_576, 4_194_304, 30_000, 10_000)
         );
-        let c = load_str(r#"{gateway: {auth: {mode: "none"}, ws: {maxPayload: 4096, tickIntervalMs: 250}}}"#).unwrap();
+        let c = load_str(r#"{gateway: {auth: {mode: "none"}, ws: {maxPayload: 4096, tickIntervalMs: 250}}}"#)
+            .unwrap();
         assert_eq!(c.config.gateway.ws.max_payload, 4096);
         assert_eq!(c.config.gateway.ws.tick_interval_ms, 250);
         assert_eq!(c.config.gateway.ws.max_buffered_bytes, 4_194_304);

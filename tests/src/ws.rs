@@ -131,7 +131,10 @@ impl WsClient {
     }
 
     /// Opens `ws://addr<path>`.
-    pub async fn try_open(addr: SocketAddr, path: &str) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    pub async fn try_open(
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
         let url = format!("ws://{addr}{path}");
         let (ws, _resp) = tokio_tungstenite::connect_async(url).await?;
         Ok(WsClient { ws, events: VecDeque::new(), replies: HashMap::new(), next_id: 0, pings: 0 })
@@ -153,7 +156,8 @@ impl WsClient {
     /// Sends `{"type":"req","id":"connect-1","method":"connect","params"}` and
     /// returns the next JSON frame (the reply).
     pub async fn send_connect(&mut self, params: Value) -> Value {
-        self.send_json(&json!({"type": "req", "id": "connect-1", "method": "connect", "params": params})).await;
+        self.send_json(&json!({"type": "req", "id": "connect-1", "method": "connect", "params": params}))
+            .await;
         self.next_json().await
     }
 
@@ -220,16 +224,27 @@ impl WsClient {
         }
     }
 
+    /// The next event for which `pred` holds (buffered ones first); other events
+    /// and replies are kept for later calls.
+    pub async fn next_event_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(e) = self.events.iter().position(&pred).and_then(|i| self.events.remove(i)) {
+            return e;
+        }
+        loop {
+            let v = self.next_json().await;
+            if v["type"] != "res" && pred(&v) {
+                return v;
+            }
+            self.file(v);
+        }
+    }
+
     /// The payloads of run `run_id`'s `chat` events up to and including the
-    /// terminal one (`final`, `error`, `aborted`). Other events are dropped.
+    /// terminal one (`final`, `error`, `aborted`). Other events are kept.
     pub async fn chat_run(&mut self, run_id: &str) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
-            let e = self.next_event().await;
-            if e["event"] != "chat" || e["payload"]["runId"] != run_id {
-                continue;
-            }
-            let payload = e["payload"].clone();
+            let payload = self.next_chat(run_id).await;
             let end = payload["state"] != "delta";
             out.push(payload);
             if end {
@@ -238,14 +253,10 @@ impl WsClient {
         }
     }
 
-    /// The next `chat` event of `run_id` (any state).
+    /// The next `chat` event payload of `run_id` (any state). Other events are kept.
     pub async fn next_chat(&mut self, run_id: &str) -> Value {
-        loop {
-            let e = self.next_event().await;
-            if e["event"] == "chat" && e["payload"]["runId"] == run_id {
-                return e["payload"].clone();
-            }
-        }
+        let e = self.next_event_where(|e| e["event"] == "chat" && e["payload"]["runId"] == run_id).await;
+        e["payload"].clone()
     }
 
     /// The next frame within `timeout` (`None` on timeout).
@@ -264,9 +275,9 @@ impl WsClient {
                 Frame::Ping
             }
             Some(Ok(Message::Pong(_))) => Frame::Pong,
-            Some(Ok(Message::Close(c))) => Frame::Close(c.map(|CloseFrame { code, reason }| {
-                (u16::from(code), reason.as_str().to_string())
-            })),
+            Some(Ok(Message::Close(c))) => Frame::Close(
+                c.map(|CloseFrame { code, reason }| (u16::from(code), reason.as_str().to_string())),
+            ),
             Some(Ok(Message::Frame(_))) => Frame::Ended("raw frame".into()),
         })
     }

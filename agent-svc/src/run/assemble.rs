@@ -144,7 +144,12 @@ mod tests {
     fn tool_results_make_a_new_turn() {
         let call = Message {
             role: "assistant".into(),
-            tool_calls: vec![ToolCall { id: "c1".into(), r#type: "function".into(), name: "f".into(), arguments: "{}".into() }],
+            tool_calls: vec![ToolCall {
+                id: "c1".into(),
+                r#type: "function".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }],
             ..Default::default()
         };
         let tool = Message { tool_call_id: Some("c1".into()), ..msg("tool", "42") };
@@ -167,9 +172,19 @@ mod tests {
 
     #[test]
     fn upstream_order_and_interrupted_sanitising() {
-        let stored = |m: Message, interrupted| StoredMessage { message: m, interrupted, created_at_ms: 0, run_id: String::new() };
+        let stored = |m: Message, interrupted| StoredMessage {
+            message: m,
+            interrupted,
+            created_at_ms: 0,
+            run_id: String::new(),
+        };
         let half_call = Message {
-            tool_calls: vec![ToolCall { id: "c".into(), r#type: "function".into(), name: "f".into(), arguments: "{\"a".into() }],
+            tool_calls: vec![ToolCall {
+                id: "c".into(),
+                r#type: "function".into(),
+                name: "f".into(),
+                arguments: "{\"a".into(),
+            }],
             ..msg("assistant", "partial")
         };
         let empty_interrupted = Message { role: "assistant".into(), ..Default::default() };

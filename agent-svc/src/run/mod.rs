@@ -65,7 +65,9 @@ impl RunRegistry {
     pub fn abort(&self, run_id: &str, session_key: &str) -> Vec<String> {
         let runs = self.lock();
         runs.iter()
-            .filter(|(id, e)| (!run_id.is_empty() && *id == run_id) || (run_id.is_empty() && e.session_key == session_key))
+            .filter(|(id, e)| {
+                (!run_id.is_empty() && *id == run_id) || (run_id.is_empty() && e.session_key == session_key)
+            })
             .map(|(id, e)| {
                 e.reason.store(CANCEL_ABORTED, Ordering::SeqCst);
                 e.cancel.cancel();
@@ -236,7 +238,8 @@ impl Runner {
         let split = assemble::split(std::mem::take(&mut req.messages))?;
         validate::validate_images(&split.new_turn)?;
 
-        let requested = if req.agent_id.is_empty() { self.registry.default_agent().id.as_str() } else { &req.agent_id };
+        let requested =
+            if req.agent_id.is_empty() { self.registry.default_agent().id.as_str() } else { &req.agent_id };
         let selector = match &req.session {
             Some(Session::SessionKey(k)) => SessionSelector::Explicit(k),
             Some(Session::User(u)) => SessionSelector::User(u),
@@ -269,7 +272,8 @@ impl Runner {
         };
 
         let params = req.params.take().unwrap_or_default();
-        let client_cap = params.max_completion_tokens.or(params.max_tokens).map(|n| n.min(u32::MAX as i64) as u32);
+        let client_cap =
+            params.max_completion_tokens.or(params.max_tokens).map(|n| n.min(u32::MAX as i64) as u32);
         let base = ProviderRequest {
             model: String::new(),
             messages: Vec::new(),
@@ -310,7 +314,11 @@ impl Runner {
             }
             runs.insert(
                 p.run_id.clone(),
-                RunEntry { session_key: p.session_key.clone(), cancel: cancel.clone(), reason: reason.clone() },
+                RunEntry {
+                    session_key: p.session_key.clone(),
+                    cancel: cancel.clone(),
+                    reason: reason.clone(),
+                },
             );
         }
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -389,7 +397,12 @@ impl Runner {
             let user_turn = p
                 .new_turn
                 .iter()
-                .map(|m| StoredMessage { message: m.clone(), interrupted: false, created_at_ms: now, run_id: p.run_id.clone() })
+                .map(|m| StoredMessage {
+                    message: m.clone(),
+                    interrupted: false,
+                    created_at_ms: now,
+                    run_id: p.run_id.clone(),
+                })
                 .collect();
             self.store.append(&p.session_key, &p.agent.id, user_turn).await?;
         }
@@ -513,7 +526,11 @@ impl Runner {
                     match failure {
                         None => {
                             let reason = finish.unwrap_or_else(|| {
-                                if produced.calls.is_empty() { "stop".into() } else { "tool_calls".into() }
+                                if produced.calls.is_empty() {
+                                    "stop".into()
+                                } else {
+                                    "tool_calls".into()
+                                }
                             });
                             return Ok((reason, model.to_string()));
                         }
@@ -594,7 +611,8 @@ impl Runner {
         };
         if !produced.first_token {
             produced.first_token = true;
-            metrics::histogram!("openclaw_agent_time_to_first_token_seconds").record(started_at.elapsed().as_secs_f64());
+            metrics::histogram!("openclaw_agent_time_to_first_token_seconds")
+                .record(started_at.elapsed().as_secs_f64());
         }
         tx.send(Ok(event(out))).await.map_err(|_| Gone)
     }

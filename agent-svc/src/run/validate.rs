@@ -143,7 +143,9 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
     match m.role.as_str() {
         "assistant" => {
             if null_content && m.tool_calls.is_empty() {
-                return Err(invalid("An `assistant` message needs `content` unless it has `tool_calls`.".into()));
+                return Err(invalid(
+                    "An `assistant` message needs `content` unless it has `tool_calls`.".into(),
+                ));
             }
             if m.tool_calls.iter().any(|c| c.id.is_empty() || c.name.is_empty()) {
                 return Err(invalid("Assistant `tool_calls` need an `id` and `function.name`.".into()));
@@ -165,7 +167,9 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
             let url = img.url.as_str();
             let is_http = url.starts_with("http://") || url.starts_with("https://");
             if is_http && !allow_urls {
-                return Err(invalid("Image URLs are not allowed: send images as base64 `data:` URIs.".into()));
+                return Err(invalid(
+                    "Image URLs are not allowed: send images as base64 `data:` URIs.".into(),
+                ));
             }
             if !is_http && data_uri_decoded_len(url).is_none() {
                 return Err(invalid("`image_url.url` must be a base64 `data:image/...` URI.".into()));
@@ -202,12 +206,14 @@ pub fn data_uri_decoded_len(url: &str) -> Option<usize> {
         return None;
     }
     let padding = payload.bytes().rev().take_while(|b| *b == b'=').count().min(2);
-    let valid = payload.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
-    let full = payload.len() / 4 * 3 + match payload.len() % 4 {
-        2 => 1,
-        3 => 2,
-        _ => 0,
-    };
+    let valid =
+        payload.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
+    let full = payload.len() / 4 * 3
+        + match payload.len() % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
+        };
     valid.then(|| full.saturating_sub(padding))
 }
 
@@ -254,7 +260,10 @@ mod tests {
             (SamplingParams { stop: vec!["a".into(); 5], ..Default::default() }, "stop"),
             (SamplingParams { stop: vec!["".into()], ..Default::default() }, "stop"),
             (SamplingParams { max_tokens: Some(0), ..Default::default() }, "max_tokens"),
-            (SamplingParams { max_completion_tokens: Some(-1), ..Default::default() }, "max_completion_tokens"),
+            (
+                SamplingParams { max_completion_tokens: Some(-1), ..Default::default() },
+                "max_completion_tokens",
+            ),
             (SamplingParams { n: Some(2), ..Default::default() }, "n"),
         ];
         for (p, name) in cases {
@@ -277,7 +286,8 @@ mod tests {
     #[test]
     fn tools_and_choice() {
         let tool = Tool { r#type: "function".into(), name: "get_weather".into(), ..Default::default() };
-        let mut req = AgentRunRequest { messages: vec![user("hi")], tools: vec![tool.clone()], ..Default::default() };
+        let mut req =
+            AgentRunRequest { messages: vec![user("hi")], tools: vec![tool.clone()], ..Default::default() };
         req.tool_choice = Some(ToolChoice { choice: Some(Choice::Function("get_weather".into())) });
         check(&req).unwrap();
         req.tool_choice = Some(ToolChoice { choice: Some(Choice::Function("nope".into())) });
@@ -299,7 +309,9 @@ mod tests {
     #[test]
     fn response_format() {
         let mut req = AgentRunRequest { messages: vec![user("hi")], ..Default::default() };
-        for ok in [r#"{"type":"text"}"#, r#"{"type":"json_object"}"#, r#"{"type":"json_schema","json_schema":{}}"#] {
+        for ok in
+            [r#"{"type":"text"}"#, r#"{"type":"json_object"}"#, r#"{"type":"json_schema","json_schema":{}}"#]
+        {
             req.response_format_json = Some(ok.into());
             check(&req).unwrap();
         }
@@ -312,14 +324,19 @@ mod tests {
     fn image(url: &str) -> Message {
         Message {
             role: "user".into(),
-            parts: vec![ContentPart { part: Some(Part::ImageUrl(ImageUrl { url: url.into(), detail: None })) }],
+            parts: vec![ContentPart {
+                part: Some(Part::ImageUrl(ImageUrl { url: url.into(), detail: None })),
+            }],
             ..Default::default()
         }
     }
 
     #[test]
     fn images() {
-        let mut req = AgentRunRequest { messages: vec![image("data:image/png;base64,iVBORw0KGgo=")], ..Default::default() };
+        let mut req = AgentRunRequest {
+            messages: vec![image("data:image/png;base64,iVBORw0KGgo=")],
+            ..Default::default()
+        };
         check(&req).unwrap();
         req.messages = vec![image("https://example.com/cat.png")];
         assert!(check(&req).is_err());

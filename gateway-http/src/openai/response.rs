@@ -165,7 +165,12 @@ mod tests {
     }
 
     fn finished(reason: &str, usage: Option<Usage>) -> AgentRunEvent {
-        ev(Event::Finished(RunFinished { finish_reason: reason.into(), usage, model: "echo/echo".into(), ..Default::default() }))
+        ev(Event::Finished(RunFinished {
+            finish_reason: reason.into(),
+            usage,
+            model: "echo/echo".into(),
+            ..Default::default()
+        }))
     }
 
     fn fold(events: Vec<AgentRunEvent>) -> (CompletionFold, Value) {

@@ -229,7 +229,12 @@ mod tests {
 
     fn finished(reason: &str) -> AgentRunEvent {
         let usage = Some(Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
-        ev(Event::Finished(RunFinished { finish_reason: reason.into(), usage, model: "echo/echo".into(), ..Default::default() }))
+        ev(Event::Finished(RunFinished {
+            finish_reason: reason.into(),
+            usage,
+            model: "echo/echo".into(),
+            ..Default::default()
+        }))
     }
 
     /// Splits written bytes into frames: JSON values, or `None` for `[DONE]`.

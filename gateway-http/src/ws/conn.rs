@@ -48,7 +48,8 @@ pub(crate) async fn serve(socket: WebSocket, state: AppState, ip: IpAddr) {
     if state.force_close().is_cancelled() {
         outbox.close(Closing::with(close::RESTART, "service restart"));
     } else if handshake(&state, &settings, &mut stream, &outbox, ip, &conn_id).await {
-        let conn = Conn { state, outbox: outbox.clone(), active_runs: Arc::new(AtomicUsize::new(0)), conn_id };
+        let conn =
+            Conn { state, outbox: outbox.clone(), active_runs: Arc::new(AtomicUsize::new(0)), conn_id };
         serve_requests(&conn, &settings, &mut stream).await;
     }
     finish(writer, stream, &outbox).await;
@@ -154,7 +155,8 @@ async fn handshake(
         match msg {
             Message::Text(text) => break text,
             Message::Binary(_) => {
-                let e = ErrorShape::invalid("The first frame must be a `connect` request (a JSON text frame).");
+                let e =
+                    ErrorShape::invalid("The first frame must be a `connect` request (a JSON text frame).");
                 refuse(outbox, &Value::Null, &e, "invalid request");
                 return false;
             }
@@ -189,7 +191,12 @@ async fn handshake(
     let params = match params {
         Ok(p) => p,
         Err(e) => {
-            refuse(outbox, &req.id, &ErrorShape::invalid(format!("Invalid connect params: {e}")), "invalid request");
+            refuse(
+                outbox,
+                &req.id,
+                &ErrorShape::invalid(format!("Invalid connect params: {e}")),
+                "invalid request",
+            );
             return false;
         }
     };

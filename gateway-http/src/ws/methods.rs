@@ -394,7 +394,9 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
         conn.active_runs.fetch_sub(1, Ordering::AcqRel);
         return Err(ErrorShape {
             code: code::RATE_LIMITED,
-            message: format!("At most {MAX_RUNS_PER_CONNECTION} chat runs may be in progress per connection."),
+            message: format!(
+                "At most {MAX_RUNS_PER_CONNECTION} chat runs may be in progress per connection."
+            ),
             retryable: Some(true),
             retry_after_ms: None,
         });
@@ -402,9 +404,10 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
     let active = ActiveRun(conn.active_runs.clone());
     let agent = p.agent_id.as_deref().unwrap_or("");
     let dedupe_key = format!("{agent}\n{}\n{}", p.session_key, p.idempotency_key);
-    let begin = conn.state.ws_runs().begin(&dedupe_key, || {
-        ChatRun::new(uuid::Uuid::new_v4().to_string(), p.session_key.clone())
-    });
+    let begin = conn
+        .state
+        .ws_runs()
+        .begin(&dedupe_key, || ChatRun::new(uuid::Uuid::new_v4().to_string(), p.session_key.clone()));
     let outbox = &conn.outbox;
     match begin {
         Begin::Existing(run) => {

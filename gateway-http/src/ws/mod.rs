@@ -150,6 +150,8 @@ where
     type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is an axum route: always ready, reserving nothing, so
+        // answering a WebSocket request without calling it leaks nothing.
         self.inner.poll_ready(cx)
     }
 
@@ -179,7 +181,10 @@ mod tests {
     #[test]
     fn detects_websocket_requests() {
         assert!(wants_websocket(&req(Method::GET, &[("upgrade", "websocket"), ("connection", "Upgrade")])));
-        assert!(wants_websocket(&req(Method::GET, &[("upgrade", "WebSocket"), ("connection", "keep-alive, upgrade")])));
+        assert!(wants_websocket(&req(
+            Method::GET,
+            &[("upgrade", "WebSocket"), ("connection", "keep-alive, upgrade")]
+        )));
         assert!(wants_websocket(&req(
             Method::GET,
             &[("upgrade", "websocket"), ("connection", "keep-alive"), ("connection", "Upgrade")]

@@ -72,7 +72,8 @@ impl Closing {
     pub const GONE: Closing = Closing { code: close::NORMAL, reason: "", send_frame: false };
 
     /// The client does not read fast enough: stop writing at once.
-    pub const SLOW_CONSUMER: Closing = Closing { code: close::POLICY, reason: "slow consumer", send_frame: false };
+    pub const SLOW_CONSUMER: Closing =
+        Closing { code: close::POLICY, reason: "slow consumer", send_frame: false };
 }
 
 /// The sending side of one connection (shared by its tasks and by the chat
@@ -151,7 +152,11 @@ impl Outbox {
         if before > 0 && before.saturating_add(cost) > self.max_buffered {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
             if !droppable {
-                tracing::debug!(queued = before, max = self.max_buffered, "WebSocket client too slow; closing");
+                tracing::debug!(
+                    queued = before,
+                    max = self.max_buffered,
+                    "WebSocket client too slow; closing"
+                );
                 self.close(Closing::SLOW_CONSUMER);
             }
             return false;

@@ -128,7 +128,12 @@ pub struct ErrorShape {
 impl ErrorShape {
     /// `INVALID_REQUEST` with this message.
     pub fn invalid(message: impl Into<String>) -> ErrorShape {
-        ErrorShape { code: code::INVALID_REQUEST, message: message.into(), retryable: None, retry_after_ms: None }
+        ErrorShape {
+            code: code::INVALID_REQUEST,
+            message: message.into(),
+            retryable: None,
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -176,7 +181,8 @@ struct EventFrame<'a, P: Serialize> {
 fn to_text(frame: &impl Serialize) -> String {
     serde_json::to_string(frame).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot serialize a WebSocket frame");
-        r#"{"type":"res","id":null,"ok":false,"error":{"code":"INTERNAL","message":"Internal error"}}"#.to_owned()
+        r#"{"type":"res","id":null,"ok":false,"error":{"code":"INTERNAL","message":"Internal error"}}"#
+            .to_owned()
     })
 }
 
@@ -223,7 +229,8 @@ mod tests {
     fn parses_requests() {
         let r = parse_request(r#"{"type":"req","id":"1","method":"health"}"#).unwrap();
         assert_eq!(r, Request { id: json!("1"), method: "health".into(), params: Value::Null });
-        let r = parse_request(r#"{"type":"req","id":7,"method":"chat.send","params":{"a":1},"x":true}"#).unwrap();
+        let r =
+            parse_request(r#"{"type":"req","id":7,"method":"chat.send","params":{"a":1},"x":true}"#).unwrap();
         assert_eq!(r.id, json!(7));
         assert_eq!(r.params, json!({"a": 1}));
     }

@@ -201,7 +201,6 @@ pub fn started(key: &str) -> Step {
         agent_id: "main".into(),
         session_key: key.into(),
         model: "echo/echo".into(),
-        ..Default::default()
     }))
 }
 
