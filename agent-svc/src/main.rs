@@ -82,7 +82,7 @@ async fn run(cli: Cli, config: services::config::LoadedConfig) -> anyhow::Result
     // Readiness line: tests and scripts wait for it.
     println!("agent-svc listening on {}", handle.local_addr());
     tracing::info!(addr = %handle.local_addr(), config = %config.source, "agent-svc ready");
-    shutdown_signal().await;
+    services::signal::shutdown_signal().await;
     tracing::info!("shutting down: refusing new runs, letting running turns finish");
     handle.shutdown(Duration::from_secs(cli.shutdown_grace_seconds)).await?;
     Ok(())
@@ -118,22 +118,4 @@ fn healthcheck(mut addr: SocketAddr) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

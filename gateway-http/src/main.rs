@@ -79,32 +79,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     out.flush().context("writing to stdout")?;
     drop(out);
 
-    shutdown_signal().await;
+    services::signal::shutdown_signal().await;
     tracing::info!("shutting down");
     gateway.shutdown().await?;
     Ok(())
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

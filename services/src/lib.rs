@@ -2,6 +2,7 @@
 //! code ([`proto`]) and the config schema and loader ([`config`]).
 
 pub mod config;
+pub mod signal;
 
 /// Generated code for package `openclaw.agent.v1`.
 pub mod proto {

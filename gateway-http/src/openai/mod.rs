@@ -44,18 +44,22 @@ pub(crate) struct UsageJson {
     total_tokens: u32,
 }
 
+/// The total to report: a provider that leaves it out still gets a consistent one.
+pub(crate) fn total_tokens(u: &Usage) -> u32 {
+    if u.total_tokens == 0 {
+        u.prompt_tokens.saturating_add(u.completion_tokens)
+    } else {
+        u.total_tokens
+    }
+}
+
 impl From<Option<&Usage>> for UsageJson {
     fn from(u: Option<&Usage>) -> Self {
         match u {
             Some(u) => UsageJson {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
-                // A provider that leaves the total out still gets a consistent one.
-                total_tokens: if u.total_tokens == 0 {
-                    u.prompt_tokens.saturating_add(u.completion_tokens)
-                } else {
-                    u.total_tokens
-                },
+                total_tokens: total_tokens(u),
             },
             None => UsageJson::default(),
         }

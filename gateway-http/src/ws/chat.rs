@@ -396,11 +396,7 @@ async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest) {
             p.usage = f.usage.as_ref().map(|u| UsageJson {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
-                total_tokens: if u.total_tokens == 0 {
-                    u.prompt_tokens.saturating_add(u.completion_tokens)
-                } else {
-                    u.total_tokens
-                },
+                total_tokens: crate::openai::total_tokens(u),
             });
             p.stop_reason = Some(crate::openai::finish_reason(&f.finish_reason));
             p.model = Some(&f.model).filter(|m| !m.is_empty()).map(String::as_str);
