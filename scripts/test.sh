@@ -1,7 +1,25 @@
 #!/usr/bin/env bash
 # The test command (README): formatting, lints, then every test in the workspace.
+# Starts a throwaway PostgreSQL for the postgres session-store tests unless
+# OPENCLAW_TEST_POSTGRES_URL already names one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+if [ -z "${OPENCLAW_TEST_POSTGRES_URL:-}" ]; then
+  eval "$(scripts/start-test-postgres.sh || true)"
+  stop_pg() {
+    if [ -n "${OPENCLAW_TEST_POSTGRES_DIR:-}" ]; then
+      bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+      if [ "$(id -u)" = 0 ]; then run=(runuser -u postgres --); else run=(); fi
+      "${run[@]}" "$bindir/pg_ctl" -D "$OPENCLAW_TEST_POSTGRES_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+      rm -rf "$OPENCLAW_TEST_POSTGRES_DIR"
+    fi
+  }
+  trap stop_pg EXIT
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest not found: install it with 'cargo install --locked cargo-nextest'" >&2
+  exit 1
+fi
 cargo nextest run --workspace --no-fail-fast "$@"
