@@ -7,6 +7,15 @@ use std::net::SocketAddr;
 /// Installs the global recorder and serves `GET /metrics` on `addr`.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let handle = install().map_err(std::io::Error::other)?;
+    // Fold histogram samples into buckets even when nobody scrapes (bounded memory).
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = axum::Router::new().route(
         "/metrics",

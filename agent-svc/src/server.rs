@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// After the grace period, how long cancelled runs and connections get to end.
+const FORCED_STOP: Duration = Duration::from_secs(5);
+
 /// Largest request accepted (images may take 20 MiB as base64 and more).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -46,9 +49,20 @@ impl ServerHandle {
         if tokio::time::timeout(grace, self.runner.wait_idle()).await.is_err() {
             tracing::warn!(runs = self.runner.runs().len(), "grace period over; cancelling running turns");
             self.runner.runs().cancel_all();
-            self.runner.wait_idle().await;
+            // Cancelled runs store their partial turn and end at once; bounded anyway.
+            if tokio::time::timeout(FORCED_STOP, self.runner.wait_idle()).await.is_err() {
+                tracing::warn!("cancelled runs did not end in time");
+            }
         }
-        self.task.await.map_err(|e| AgentError::Startup(e.to_string()))?
+        let mut task = self.task;
+        match tokio::time::timeout(FORCED_STOP, &mut task).await {
+            Ok(joined) => joined.map_err(|e| AgentError::Startup(e.to_string()))?,
+            Err(_) => {
+                // A connection that will not close must not hold the process.
+                task.abort();
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the server stops (it only stops through [`ServerHandle::shutdown`] or an error).

@@ -95,7 +95,7 @@ impl Auth {
         }
         let Some(presented) = presented else { return Err(ApiError::Unauthorized) };
         let ok = match &self.secret {
-            Some(secret) => bool::from(secret.as_ref().ct_eq(presented.as_bytes())),
+            Some(secret) => constant_time_eq(secret.as_ref(), presented.as_bytes()),
             None => false,
         };
         match (ok, now) {
@@ -244,9 +244,30 @@ impl Limiter {
     }
 }
 
+/// Compares in time that depends only on the secret's length, not on where the
+/// presented value differs nor on its length (subtle's slice `ct_eq` returns
+/// early on a length mismatch, which would leak the secret's length).
+fn constant_time_eq(secret: &[u8], presented: &[u8]) -> bool {
+    let mut eq = (secret.len() as u64).ct_eq(&(presented.len() as u64));
+    for (i, s) in secret.iter().enumerate() {
+        eq &= s.ct_eq(presented.get(i).unwrap_or(&0));
+    }
+    bool::from(eq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+        assert!(!constant_time_eq(b"secret", b""));
+        assert!(!constant_time_eq(b"ab", b"ab\0"));
+    }
     use std::net::Ipv4Addr;
 
     const REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));

@@ -80,7 +80,12 @@ impl AgentClient {
             // No `http2_adaptive_window`: with it, h2 (0.4.20) answers a long run of
             // small DATA frames (one per delta) with GOAWAY ENHANCE_YOUR_CALM,
             // which kills every run on the channel.
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // All runs share this connection: a small per-stream window and a large
+            // connection window keep a few clients that stop reading (their runs'
+            // unread bytes hold window) from stalling everyone else's runs.
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(64 * 1024 * 1024);
         let channel = endpoint.connect_lazy();
         Ok(AgentClient {
             agents: AgentServiceClient::new(channel.clone()).max_decoding_message_size(MAX_DECODE_BYTES),

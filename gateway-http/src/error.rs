@@ -326,7 +326,7 @@ pub enum GatewayError {
         reason: String,
     },
     /// The embedded agent-svc failed to start.
-    #[error("embedded agent-svc: {0}")]
+    #[error(transparent)]
     AgentSvc(#[from] agent_svc::AgentError),
     /// Any other I/O failure while starting or stopping.
     #[error(transparent)]

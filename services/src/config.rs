@@ -24,6 +24,12 @@ pub const ECHO_PROVIDER: &str = "echo";
 pub const API_OPENAI_COMPLETIONS: &str = "openai-completions";
 /// The agent used when none is configured.
 pub const IMPLICIT_AGENT: &str = "main";
+/// Longest run timeout accepted (a year), so that deadlines cannot overflow.
+pub const MAX_TIMEOUT_SECONDS: f64 = 365.0 * 86_400.0;
+
+fn valid_timeout(secs: f64) -> bool {
+    secs.is_finite() && secs > 0.0 && secs <= MAX_TIMEOUT_SECONDS
+}
 
 /// A config problem: which file, which key, what is wrong. Displays as one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -488,8 +494,11 @@ impl LoadedConfig {
             }
         }
         let defaults = &cfg.agents.defaults;
-        if !(defaults.timeout_seconds.is_finite() && defaults.timeout_seconds > 0.0) {
-            return Err(self.error("agents.defaults.timeoutSeconds", "must be a positive number"));
+        if !valid_timeout(defaults.timeout_seconds) {
+            return Err(self.error(
+                "agents.defaults.timeoutSeconds",
+                "must be a positive number of seconds, at most 31536000",
+            ));
         }
         let (def_primary, def_fallbacks) = match &defaults.model {
             Some(spec) => self.model_spec(spec, "agents.defaults.model")?,
@@ -543,8 +552,11 @@ impl LoadedConfig {
                 None => (def_primary.clone(), def_fallbacks.clone()),
             };
             let timeout_seconds = e.timeout_seconds.unwrap_or(defaults.timeout_seconds);
-            if !(timeout_seconds.is_finite() && timeout_seconds > 0.0) {
-                return Err(self.error(format!("{key}.timeoutSeconds"), "must be a positive number"));
+            if !valid_timeout(timeout_seconds) {
+                return Err(self.error(
+                    format!("{key}.timeoutSeconds"),
+                    "must be a positive number of seconds, at most 31536000",
+                ));
             }
             agents.push(ResolvedAgent {
                 id,
@@ -910,6 +922,23 @@ mod tests {
             .resolve_agents()
             .unwrap_err();
         assert_eq!(e.key, "agents.defaults.model.fallbacks[0]");
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_and_bounded() {
+        for bad in ["0", "-1", "1e20"] {
+            let e = load_str(&format!("{{agents: {{defaults: {{timeoutSeconds: {bad}}}}}}}"))
+                .unwrap()
+                .resolve_agents()
+                .unwrap_err();
+            assert_eq!(e.key, "agents.defaults.timeoutSeconds", "{bad}");
+        }
+        let e = load_str(r#"{agents: {list: [{id: "a", timeoutSeconds: 1e19}]}}"#)
+            .unwrap()
+            .resolve_agents()
+            .unwrap_err();
+        assert_eq!(e.key, "agents.list[0].timeoutSeconds");
+        assert!(load_str("{agents: {defaults: {timeoutSeconds: 0.5}}}").unwrap().resolve_agents().is_ok());
     }
 
     #[test]

@@ -157,6 +157,9 @@ pub enum Behavior {
     Malformed,
     /// A plain `200` JSON answer (an upstream that ignores `stream: true`).
     Json(Value),
+    /// `200` SSE with these JSON values as the `data:` of successive events, then
+    /// `data: [DONE]`: for upstream quirks the other behaviours do not produce.
+    RawSse(Vec<Value>),
 }
 
 impl Default for Behavior {
@@ -699,6 +702,12 @@ fn respond(behavior: Behavior, ctx: Ctx, mut guard: ResponseGuard) -> BoxFuture<
                 // may see a truncated head instead of a broken body).
                 steps.push(Step::Sleep(RESET_FLUSH_PAUSE));
                 steps.push(Step::Fail);
+                sse(steps, guard)
+            }
+            Behavior::RawSse(events) => {
+                let mut steps: Vec<Step> =
+                    events.iter().map(|v| Step::Data(format!("data: {v}\n\n"))).collect();
+                steps.push(Step::Data("data: [DONE]\n\n".to_string()));
                 sse(steps, guard)
             }
             Behavior::Malformed => {

@@ -402,6 +402,34 @@ async fn parallel_tool_calls_get_contiguous_indexes_and_ids() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_named_after_its_first_fragment_still_starts_with_its_name() {
+    // Some upstreams send the id first and the function name in a later fragment,
+    // and say `stop` although the answer is a tool call.
+    let mock = start_mock().await;
+    let delta =
+        |tc: Value| json!({"choices": [{"index": 0, "delta": {"tool_calls": [tc]}, "finish_reason": null}]});
+    mock.push(Behavior::RawSse(vec![
+        delta(json!({"index": 0, "id": "call_abc", "type": "function", "function": {"arguments": ""}})),
+        delta(json!({"index": 0, "function": {"name": "get_weather"}})),
+        delta(json!({"index": 0, "function": {"arguments": "{\"city\":"}})),
+        delta(json!({"index": 0, "function": {"arguments": "\"Oslo\"}"}})),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ]));
+    let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
+    let mut req = stateless(vec![user("weather in Oslo")]);
+    req.tools = vec![weather_tool()];
+    let run = run_ok(&mut client, req).await;
+    assert_eq!(run.finish_reason(), Some("tool_calls"), "a tool-call answer finishes with tool_calls");
+    let first = run.tool_call_deltas.first().expect("a tool-call fragment");
+    assert_eq!((first.index, first.id.as_str(), first.name.as_str()), (0, "call_abc", "get_weather"));
+    assert!(run.tool_call_deltas[1..].iter().all(|d| d.id.is_empty() && d.name.is_empty()));
+    let args: String = run.tool_call_deltas.iter().map(|d| d.arguments.as_str()).collect();
+    assert_eq!(args, r#"{"city":"Oslo"}"#);
+    assert_eq!(run.tool_calls.len(), 1);
+    assert_eq!(run.tool_calls[0].name, "get_weather");
+}
+
 // ---------------------------------------------------------------------------
 // Fallbacks and upstream errors
 

@@ -499,6 +499,8 @@ fn status_error(status: u16, msg: String) -> ProviderError {
     match status {
         429 => ProviderError::RateLimited(msg),
         401 | 403 => ProviderError::Upstream(format!("provider authentication failed ({status}): {msg}")),
+        // An unknown model or a wrong base URL is the gateway's config, not the request.
+        404 => ProviderError::Upstream(format!("provider returned HTTP 404: {msg}")),
         400..=499 => ProviderError::Rejected(msg),
         _ => ProviderError::Upstream(format!("provider returned HTTP {status}: {msg}")),
     }
@@ -1184,7 +1186,7 @@ mod tests {
         );
         assert!(matches!(status_error(403, "x".into()), ProviderError::Upstream(_)));
         assert_eq!(status_error(400, "too long".into()), ProviderError::Rejected("too long".into()));
-        assert!(matches!(status_error(404, "x".into()), ProviderError::Rejected(_)));
+        assert!(matches!(status_error(404, "x".into()), ProviderError::Upstream(_)));
         assert!(matches!(status_error(500, "x".into()), ProviderError::Upstream(_)));
         assert!(matches!(status_error(302, "x".into()), ProviderError::Upstream(_)));
     }

@@ -153,6 +153,8 @@ struct Produced {
     calls: Vec<ToolCall>,
     /// Upstream index → our contiguous index.
     call_index: Vec<u32>,
+    /// Whether each call's first fragment (id, name) has been sent.
+    announced: Vec<bool>,
     usage: Option<Usage>,
     first_token: bool,
 }
@@ -193,6 +195,34 @@ fn event(e: Event) -> AgentRunEvent {
 
 /// The deltas could not be delivered: the caller went away.
 struct Gone;
+
+/// A place taken in a session's turn queue, resolving when the turn comes.
+type QueuePlace = Pin<Box<dyn std::future::Future<Output = Result<SessionTurn, AgentError>> + Send>>;
+
+/// How long a run's last event may wait for a caller that stopped reading.
+const LAST_EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends a run's last event (or error); a caller that has stopped reading does
+/// not keep the run alive past [`LAST_EVENT_TIMEOUT`].
+async fn send_last(tx: &mpsc::Sender<Result<AgentRunEvent, Status>>, item: Result<AgentRunEvent, Status>) {
+    let _ = tokio::time::timeout(LAST_EVENT_TIMEOUT, tx.send(item)).await;
+}
+
+/// Removes a run from the registry and the in-flight count when dropped.
+struct RunCleanup<'a> {
+    runner: &'a Runner,
+    run_id: String,
+}
+
+impl Drop for RunCleanup<'_> {
+    fn drop(&mut self) {
+        self.runner.runs.lock().remove(&self.run_id);
+        metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
+        if self.runner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.runner.idle.notify_waiters();
+        }
+    }
+}
 
 impl Runner {
     /// A runner over these agents and this store.
@@ -305,6 +335,25 @@ impl Runner {
     /// A full session queue or a store failure arrives as the stream's error.
     pub async fn start(self: &Arc<Self>, req: AgentRunRequest) -> Result<RunStream, AgentError> {
         let p = self.prepare(req)?;
+        // Take the place in the session's FIFO now, before `started` goes out, so
+        // that turns keep the order in which their calls arrived even though each
+        // then waits in its own task. A full queue is refused right here.
+        let place = match p.stable {
+            true => {
+                let queues = self.queues.clone();
+                let key = p.session_key.clone();
+                let mut place: QueuePlace = Box::pin(async move { queues.acquire(&key).await });
+                match futures::poll!(place.as_mut()) {
+                    std::task::Poll::Ready(Err(e)) => return Err(e),
+                    // The session was free: keep the turn (the future is spent).
+                    std::task::Poll::Ready(Ok(turn)) => {
+                        Some(Box::pin(std::future::ready(Ok(turn))) as QueuePlace)
+                    }
+                    std::task::Poll::Pending => Some(place),
+                }
+            }
+            false => None,
+        };
         let cancel = CancellationToken::new();
         let reason = Arc::new(AtomicU8::new(CANCEL_CLIENT_GONE));
         {
@@ -335,7 +384,7 @@ impl Runner {
         let _ = tx.try_send(Ok(started));
         let runner = self.clone();
         let token = cancel.clone();
-        tokio::spawn(async move { runner.run(p, tx, token, reason).await });
+        tokio::spawn(async move { runner.run(p, place, tx, token, reason).await });
         Ok(RunStream { rx, cancel })
     }
 
@@ -344,52 +393,62 @@ impl Runner {
     async fn run(
         self: Arc<Self>,
         mut p: Prepared,
+        place: Option<QueuePlace>,
         tx: mpsc::Sender<Result<AgentRunEvent, Status>>,
         cancel: CancellationToken,
         reason: Arc<AtomicU8>,
     ) {
+        // Cleans up on every path, a panic included, so shutdown never waits on a ghost.
+        let _cleanup = RunCleanup { runner: &self, run_id: p.run_id.clone() };
+        // The run timeout covers the wait for the session's turn too.
+        let now = Instant::now();
+        let deadline = tokio::time::Instant::from_std(
+            now.checked_add(p.agent.timeout).unwrap_or(now + std::time::Duration::from_secs(31_536_000)),
+        );
         // Waiting for the session's turn is cancellable like the rest of the run;
         // a turn cancelled while queued stores nothing.
         let begun = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = self.begin_turn(&mut p) => Some(r),
+            r = tokio::time::timeout_at(deadline, self.begin_turn(&mut p, place)) => Some(r.unwrap_or_else(|_| {
+                Err(AgentError::Timeout(format!(
+                    "Run timed out after {}s waiting for the session's turn.",
+                    p.agent.timeout.as_secs_f64()
+                )))
+            })),
         };
         match begun {
-            Some(Ok(turn)) => self.drive(&p, turn, &tx, &cancel, &reason).await,
+            Some(Ok(turn)) => self.drive(&p, turn, &tx, &cancel, &reason, deadline).await,
             Some(Err(e)) => {
                 metrics::counter!("openclaw_agent_runs_total", "outcome" => "refused").increment(1);
-                let _ = tx.send(Err(e.into())).await;
+                send_last(&tx, Err(e.into())).await;
             }
             None => {
                 metrics::counter!("openclaw_agent_runs_total", "outcome" => "cancelled").increment(1);
-                let last = match reason.load(Ordering::SeqCst) {
-                    CANCEL_ABORTED => Some(AgentError::Aborted),
-                    CANCEL_SHUTDOWN => Some(AgentError::ShuttingDown),
-                    _ => None,
-                };
-                if let Some(e) = last {
-                    let _ = tx.send(Err(e.into())).await;
+                match reason.load(Ordering::SeqCst) {
+                    CANCEL_ABORTED => send_last(&tx, Err(AgentError::Aborted.into())).await,
+                    CANCEL_SHUTDOWN => send_last(&tx, Err(AgentError::ShuttingDown.into())).await,
+                    _ => {}
                 }
             }
-        }
-        self.runs.lock().remove(&p.run_id);
-        metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
         }
     }
 
     /// Waits for the session's turn, loads the transcript, commits the user turn
     /// (before any provider is called) and assembles the upstream messages.
-    async fn begin_turn(&self, p: &mut Prepared) -> Result<Option<(SessionTurn, TurnLock)>, AgentError> {
+    async fn begin_turn(
+        &self,
+        p: &mut Prepared,
+        place: Option<QueuePlace>,
+    ) -> Result<Option<(SessionTurn, TurnLock)>, AgentError> {
         // In-process FIFO first, then the store's cross-replica lock (Postgres).
-        let turn = if p.stable {
-            let queued = self.queues.acquire(&p.session_key).await?;
-            let locked = self.store.lock_turn(&p.session_key).await?;
-            Some((queued, locked))
-        } else {
-            None
+        let turn = match place {
+            Some(place) => {
+                let queued = place.await?;
+                let locked = self.store.lock_turn(&p.session_key).await?;
+                Some((queued, locked))
+            }
+            None => None,
         };
         let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
         if p.stable {
@@ -423,9 +482,9 @@ impl Runner {
         tx: &mpsc::Sender<Result<AgentRunEvent, Status>>,
         cancel: &CancellationToken,
         reason: &AtomicU8,
+        deadline: tokio::time::Instant,
     ) {
         let started_at = Instant::now();
-        let deadline = tokio::time::Instant::from_std(started_at + p.agent.timeout);
         let mut produced = Produced::default();
         let outcome = tokio::select! {
             biased;
@@ -483,7 +542,7 @@ impl Runner {
             Outcome::Cancelled(_) => None,
         };
         if let Some(last) = last {
-            let _ = tx.send(last).await;
+            send_last(tx, last).await;
         }
     }
 
@@ -525,13 +584,16 @@ impl Runner {
                     }
                     match failure {
                         None => {
-                            let reason = finish.unwrap_or_else(|| {
-                                if produced.calls.is_empty() {
-                                    "stop".into()
-                                } else {
-                                    "tool_calls".into()
-                                }
-                            });
+                            if self.announce_pending(tx, produced, started_at).await.is_err() {
+                                return Err(None);
+                            }
+                            let mut reason = finish.unwrap_or_default();
+                            // Clients loop on `tool_calls`; some upstreams say `stop` with calls.
+                            if !produced.calls.is_empty() && (reason.is_empty() || reason == "stop") {
+                                reason = "tool_calls".into();
+                            } else if reason.is_empty() {
+                                reason = "stop".into();
+                            }
                             return Ok((reason, model.to_string()));
                         }
                         Some(e) => e,
@@ -547,9 +609,39 @@ impl Runner {
                 return Err(Some(provider_error(attempt)));
             }
             tracing::warn!(model = %model, error = %attempt, "provider failed before the first token; trying the next model");
+            // Tool-call fragments held back for their name were never sent: forget them.
+            produced.calls.clear();
+            produced.call_index.clear();
+            produced.announced.clear();
+            produced.usage = None;
             last_err = Some(provider_error(attempt));
         }
         Err(Some(last_err.unwrap_or_else(|| AgentError::Upstream("no model could be tried".into()))))
+    }
+
+    /// Sends the calls still held back for want of a name (the upstream never
+    /// named them), so the client at least gets their id and arguments.
+    async fn announce_pending(
+        &self,
+        tx: &mpsc::Sender<Result<AgentRunEvent, Status>>,
+        produced: &mut Produced,
+        started_at: Instant,
+    ) -> Result<(), Gone> {
+        for i in 0..produced.calls.len() {
+            if produced.announced[i] {
+                continue;
+            }
+            produced.announced[i] = true;
+            let call = &produced.calls[i];
+            let delta = Event::ToolCall(ToolCallDelta {
+                index: i as u32,
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            });
+            self.send(tx, produced, delta, started_at).await?;
+        }
+        Ok(())
     }
 
     async fn forward(
@@ -573,6 +665,7 @@ impl Runner {
                     Some(pos) => pos,
                     None => {
                         produced.call_index.push(index);
+                        produced.announced.push(false);
                         let n = produced.calls.len();
                         produced.calls.push(ToolCall {
                             id: id.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("call_{n}")),
@@ -584,17 +677,25 @@ impl Runner {
                     }
                 };
                 let call = &mut produced.calls[ours];
-                let first_fragment = call.name.is_empty() && call.arguments.is_empty();
                 if let Some(n) = name.filter(|n| !n.is_empty()) {
                     call.name.push_str(&n);
                 }
                 call.arguments.push_str(&arguments);
-                Event::ToolCall(ToolCallDelta {
-                    index: ours as u32,
-                    id: if first_fragment { call.id.clone() } else { String::new() },
-                    name: if first_fragment { call.name.clone() } else { String::new() },
-                    arguments,
-                })
+                if produced.announced[ours] {
+                    Event::ToolCall(ToolCallDelta { index: ours as u32, arguments, ..Default::default() })
+                } else if call.name.is_empty() {
+                    // The first fragment must carry the name (clients take it from
+                    // there only), so hold the call back until the name is known.
+                    return Ok(());
+                } else {
+                    produced.announced[ours] = true;
+                    Event::ToolCall(ToolCallDelta {
+                        index: ours as u32,
+                        id: call.id.clone(),
+                        name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    })
+                }
             }
             ProviderEvent::Finish(reason) => {
                 *finish = Some(reason);
@@ -609,6 +710,17 @@ impl Runner {
                 return Ok(());
             }
         };
+        self.send(tx, produced, out, started_at).await
+    }
+
+    /// Sends one content or tool-call delta, noting the first token.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<AgentRunEvent, Status>>,
+        produced: &mut Produced,
+        out: Event,
+        started_at: Instant,
+    ) -> Result<(), Gone> {
         if !produced.first_token {
             produced.first_token = true;
             metrics::histogram!("openclaw_agent_time_to_first_token_seconds")

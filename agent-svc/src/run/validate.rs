@@ -200,7 +200,7 @@ pub fn validate_images(new_turn: &[Message]) -> Result<(), AgentError> {
 
 /// Decoded size of a `data:<mime>;base64,<payload>` URI, or `None` when it is not one.
 pub fn data_uri_decoded_len(url: &str) -> Option<usize> {
-    let rest = url.strip_prefix("data:")?;
+    let rest = url.strip_prefix("data:image/")?;
     let (meta, payload) = rest.split_once(',')?;
     if !meta.ends_with(";base64") || payload.is_empty() {
         return None;
@@ -354,6 +354,7 @@ mod tests {
         assert_eq!(data_uri_decoded_len("data:image/png;base64,AAA="), Some(2));
         assert_eq!(data_uri_decoded_len("data:image/png;base64,AA=="), Some(1));
         assert_eq!(data_uri_decoded_len("data:image/png,AAAA"), None);
+        assert_eq!(data_uri_decoded_len("data:text/plain;base64,AAAA"), None);
         assert_eq!(data_uri_decoded_len("data:image/png;base64,"), None);
     }
 
