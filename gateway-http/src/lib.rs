@@ -39,7 +39,6 @@ pub use error::{ApiError, GatewayError};
 pub use routes::router;
 pub use state::AppState;
 
-use axum::serve::ListenerExt;
 use services::config::{parse_bind, LoadedConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -69,6 +68,8 @@ pub struct GatewayOptions {
     pub agent_svc_url: Option<String>,
     /// A pre-bound listener (tests pass `127.0.0.1:0`), used instead of binding.
     pub listener: Option<TcpListener>,
+    /// How long a client may take to send a request head; default [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// A running gateway. Dropping it leaves the server running until the runtime
@@ -198,14 +199,9 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     };
 
     let state = AppState::new(&config, client);
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop_accepting = CancellationToken::new();
-    let listener = listener.tap_io(|tcp| {
-        // Small SSE frames and JSON answers must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-    });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let server = tokio::spawn(async move { serve.await });
+    let header_timeout = opts.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT);
+    let server = tokio::spawn(serve(listener, router(state.clone()), stop_accepting.clone(), header_timeout));
 
     let upkeep_state = state.clone();
     let upkeep_stop = stop_accepting.clone();
@@ -221,4 +217,56 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
 
     tracing::info!(%addr, agent_svc = %agent_svc_url, embedded = embedded.is_some(), "gateway-http started");
     Ok(GatewayHandle { addr, agent_svc_url, state, stop_accepting, server, embedded })
+}
+
+/// A client must send a request's whole head within this time (slow-header
+/// clients would otherwise hold connections open for free).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Accepts connections until `stop` fires, then waits for open requests and
+/// streams (graceful). HTTP/1.1 (with WebSocket upgrades) and h2c share the port;
+/// every request carries the peer address as `ConnectInfo`.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::Service;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        // Small SSE frames and JSON answers must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            app.clone().call(req)
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are the peer's (reset, timeout, bad request line).
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -69,7 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = cli.config.filter(|p| !p.as_os_str().is_empty());
     let config = services::config::load(config_path.as_deref()).map_err(GatewayError::from)?;
     let opts =
-        GatewayOptions { port: cli.port, bind: cli.bind, agent_svc_url: cli.agent_svc, listener: None };
+        GatewayOptions { port: cli.port, bind: cli.bind, agent_svc_url: cli.agent_svc, ..Default::default() };
     let gateway = gateway_http::start(config, opts).await?;
 
     // Tests and the benchmark wait for exactly this line.

@@ -404,3 +404,44 @@ async fn h2c_prior_knowledge_serves_json_and_sse() {
     let r = send(h2.get(format!("{}/v1/chat/completions", s.gw.url()))).await;
     assert_eq!(r.status, 405);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = harness::parse_config(
+        r#"{gateway: {auth: {mode: "token", token: "t"}, http: {endpoints: {chatCompletions: {enabled: true}}}},
+            session: {store: "memory"}}"#,
+    )
+    .expect("config");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let opts = gateway_http::GatewayOptions {
+        listener: Some(listener),
+        header_read_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let gw = gateway_http::start(config, opts).await.expect("gateway");
+    let addr = gw.local_addr();
+
+    // Half a request head, then silence: the server must hang up on its own.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {} // a 408-style answer before the close is fine
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "the slow client was not disconnected");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A normal client on the same listener is served.
+    let r = reqwest::Client::new().get(format!("http://{addr}/healthz")).send().await.expect("healthz");
+    assert_eq!(r.status(), 200);
+    gw.shutdown().await.expect("shutdown");
+}
