@@ -26,6 +26,8 @@ use tonic_health::pb::HealthCheckRequest;
 pub const HEALTH_SERVICE: &str = "openclaw.agent.v1.AgentService";
 /// TCP connect timeout to agent-svc: a dead address must fail fast (→ 503).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `AgentRun` may take to open its stream.
+const RUN_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a readiness check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline for unary calls (`ListAgents`, `ListSessions`, `GetSessionHistory`, `AbortRun`).
@@ -104,7 +106,11 @@ impl AgentClient {
     ) -> Result<Streaming<AgentRunEvent>, ApiError> {
         let mut req = tonic::Request::new(request);
         ctx.apply(req.metadata_mut());
-        let resp = self.agents.clone().agent_run(req).await?;
+        // agent-svc answers at once (it sends `started` before any queueing), so a
+        // call that does not open in time means agent-svc is stuck, not busy.
+        let resp = tokio::time::timeout(RUN_OPEN_TIMEOUT, self.agents.clone().agent_run(req))
+            .await
+            .map_err(|_| ApiError::AgentUnavailable("agent-svc did not start the run in time.".into()))??;
         Ok(resp.into_inner())
     }
 

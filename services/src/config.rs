@@ -378,11 +378,28 @@ pub struct ProviderModel {
 }
 
 /// `session.*`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SessionConfig {
     /// `memory`, `sqlite:PATH` or `postgres://…`.
     pub store: String,
+}
+
+// A postgres URL may carry a password: Debug shows it redacted.
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfig").field("store", &redact_userinfo(&self.store)).finish()
+    }
+}
+
+/// `scheme://user:pass@host/…` → `scheme://<redacted>@host/…`; other strings unchanged.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 impl Default for SessionConfig {
@@ -1005,5 +1022,10 @@ mod tests {
     fn secrets_are_redacted_in_debug() {
         let c = load_str(r#"{gateway: {auth: {token: "supersecret"}}}"#).unwrap();
         assert!(!format!("{:?}", c.config).contains("supersecret"));
+        let c = load_str(r#"{session: {store: "postgres://u:pgsecret@db:5432/x"}}"#).unwrap();
+        let shown = format!("{:?}", c.config);
+        assert!(!shown.contains("pgsecret") && shown.contains("db:5432/x"), "{shown}");
+        assert_eq!(redact_userinfo("sqlite:./data/s.db"), "sqlite:./data/s.db");
+        assert_eq!(redact_userinfo("postgres://db/x?a=b@c"), "postgres://db/x?a=b@c");
     }
 }
