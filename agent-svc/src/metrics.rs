@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 /// Installs the global recorder and serves `GET /metrics` on `addr`.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let handle = install().map_err(std::io::Error::other)?;
+    let handle = global().ok_or_else(|| std::io::Error::other("another metrics recorder is installed"))?;
     // Fold histogram samples into buckets even when nobody scrapes (bounded memory).
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -30,6 +30,18 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The process-wide recorder that agent-svc's metrics go to, installed on first
+/// use (also by an embedding gateway, which renders it on its own `/metrics`).
+/// `None` when some other global recorder was installed first.
+pub fn global() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            install().map_err(|e| tracing::warn!(error = %e, "agent-svc metrics not recorded")).ok()
+        })
+        .clone()
 }
 
 fn install() -> Result<PrometheusHandle, String> {

@@ -203,13 +203,22 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     let header_timeout = opts.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT);
     let server = tokio::spawn(serve(listener, router(state.clone()), stop_accepting.clone(), header_timeout));
 
+    if embedded.is_some() {
+        if let Some(handle) = agent_svc::metrics::global() {
+            state.metrics().include_embedded(handle);
+        }
+    }
     let upkeep_state = state.clone();
     let upkeep_stop = stop_accepting.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(METRICS_UPKEEP);
         loop {
             tokio::select! {
-                _ = tick.tick() => upkeep_state.metrics().upkeep(),
+                _ = tick.tick() => {
+                    upkeep_state.metrics().upkeep();
+                    let up = upkeep_state.client().health().await;
+                    upkeep_state.metrics().agent_svc_up(up);
+                }
                 () = upkeep_stop.cancelled() => break,
             }
         }

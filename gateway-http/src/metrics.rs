@@ -71,7 +71,10 @@ pub struct Metrics {
     latency: [Histogram; Route::ALL.len()],
     ttft: Histogram,
     overhead: Histogram,
+    agent_svc_up: Gauge,
     in_flight: Gauge,
+    /// The embedded agent-svc's own metrics, rendered after the gateway's.
+    embedded: std::sync::OnceLock<PrometheusHandle>,
     stream_errors: Counter,
 }
 
@@ -109,6 +112,7 @@ impl Metrics {
             .register_histogram(&Key::from_name("openclaw_gateway_time_to_first_token_seconds"), &META);
         let overhead =
             recorder.register_histogram(&Key::from_name("openclaw_gateway_overhead_seconds"), &META);
+        let agent_svc_up = recorder.register_gauge(&Key::from_name("openclaw_gateway_agent_svc_up"), &META);
         let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
         let stream_errors =
             recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
@@ -119,7 +123,9 @@ impl Metrics {
             latency,
             ttft,
             overhead,
+            agent_svc_up,
             in_flight,
+            embedded: std::sync::OnceLock::new(),
             stream_errors,
         }
     }
@@ -164,14 +170,31 @@ impl Metrics {
         RunGuard(self.in_flight.clone())
     }
 
-    /// The Prometheus text exposition.
+    /// Records whether agent-svc passed its health check.
+    pub fn agent_svc_up(&self, up: bool) {
+        self.agent_svc_up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Adds an embedded agent-svc's metrics to [`Metrics::render`].
+    pub fn include_embedded(&self, handle: PrometheusHandle) {
+        let _ = self.embedded.set(handle);
+    }
+
+    /// The Prometheus text exposition (with the embedded agent-svc's, if any).
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut out = self.handle.render();
+        if let Some(embedded) = self.embedded.get() {
+            out.push_str(&embedded.render());
+        }
+        out
     }
 
     /// Moves recorded histogram samples into their buckets (bounds memory between scrapes).
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+        if let Some(embedded) = self.embedded.get() {
+            embedded.run_upkeep();
+        }
     }
 }
 
@@ -196,6 +219,11 @@ fn describe(r: &PrometheusRecorder) {
         "openclaw_gateway_overhead_seconds".into(),
         Some(Unit::Seconds),
         "Request time minus time spent waiting on the provider (gateway + agent-svc overhead).".into(),
+    );
+    r.describe_gauge(
+        "openclaw_gateway_agent_svc_up".into(),
+        None,
+        "1 when agent-svc passed its last health check (every 5 s and on /readyz), else 0.".into(),
     );
     r.describe_gauge("openclaw_gateway_runs_in_flight".into(), None, "Agent runs being served.".into());
     r.describe_counter(

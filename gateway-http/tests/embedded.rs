@@ -92,6 +92,9 @@ async fn echo_round_trip() {
     // The two finished runs (JSON and SSE) recorded the gateway's own overhead.
     let m = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("openclaw_gateway_overhead_seconds_count 2"), "{m}");
+    // /readyz above recorded agent-svc as up; the embedded agent-svc's own series are included.
+    assert!(m.contains("openclaw_gateway_agent_svc_up 1"), "{m}");
+    assert!(m.contains("openclaw_agent_runs_total"), "{m}");
 
     gw.shutdown().await.unwrap();
 }

@@ -21,7 +21,9 @@ pub async fn healthz() -> Response {
 
 /// Ready: agent-svc passes its gRPC health check (200), else 503.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let (status, body) = if state.client().health().await {
+    let up = state.client().health().await;
+    state.metrics().agent_svc_up(up);
+    let (status, body) = if up {
         (StatusCode::OK, r#"{"status":"ready"}"#)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"unavailable"}"#)
