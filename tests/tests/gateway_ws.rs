@@ -653,6 +653,46 @@ async fn two_runs_stream_at_once_with_one_increasing_seq() {
     assert!(first_b < last_a, "runs did not overlap: {all:?}");
 }
 
+#[tokio::test]
+async fn back_to_back_sends_of_one_session_run_in_arrival_order() {
+    let p = pair(|c| c).await;
+    p.mock.set_default(Behavior::echo_slow(Duration::from_millis(15)));
+    let mut ws = p.client().await;
+    let texts: Vec<String> = (0..10).map(|i| format!("m{i} a b")).collect();
+    // All ten frames go out before any reply is read.
+    let mut ids = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        ids.push(ws.send_request("chat.send", send_params("ordered", text, &format!("k-order-{i}"))).await);
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        let res = ws.reply(id).await;
+        assert_eq!(res["ok"], true, "{res}");
+        assert_eq!(res["payload"]["status"], "started", "{res}");
+        runs.push(res["payload"]["runId"].as_str().expect("runId").to_string());
+    }
+    let finals = tokio::time::timeout(T * 3, async {
+        let mut out = Vec::new();
+        for run in &runs {
+            out.push(ws.chat_run(run).await.pop().unwrap());
+        }
+        out
+    })
+    .await
+    .expect("all ten runs end");
+    for (last, text) in finals.iter().zip(&texts) {
+        assert_eq!(last["state"], "final", "{last}");
+        assert_eq!(&message_text(last), text);
+    }
+    let h = p.history_with("agent:main:ordered", 20).await;
+    let got: Vec<_> = h.iter().map(entry_text).collect();
+    let want: Vec<_> = texts
+        .iter()
+        .flat_map(|t| [("user".to_string(), t.clone(), false), ("assistant".to_string(), t.clone(), false)])
+        .collect();
+    assert_eq!(got, want);
+}
+
 // ---------------------------------------------------------------------------
 // Abort, disconnect, idempotency
 

@@ -25,9 +25,10 @@ use serde::Serialize;
 use services::proto::agent_run_event::Event;
 use services::proto::{AgentRunEvent, AgentRunRequest, RunFinished, ToolCall};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tonic::Streaming;
 
@@ -310,12 +311,82 @@ impl Drop for ActiveRun {
     }
 }
 
-/// Starts `run` in its own task, independent of any connection.
-pub(crate) fn spawn(state: AppState, run: Arc<ChatRun>, request: AgentRunRequest, active: ActiveRun) {
+/// A connection's order of `chat.send` runs per session (SPEC §4: turns of one
+/// session run in arrival order). Each run calls agent-svc only once the
+/// previous run of its session has been started there (agent-svc then holds
+/// its place in the session queue) or has failed to start. Runs of different
+/// sessions do not wait on each other.
+#[derive(Debug, Default)]
+pub(crate) struct TurnOrder {
+    /// Per session key: the generation of its latest run and the signal that
+    /// run gives once started. Removed by that run when it starts, unless a
+    /// later run has replaced it.
+    last: Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
+    next_gen: AtomicU64,
+}
+
+impl TurnOrder {
+    /// Queues a new run of session `key` behind the previous one (if any).
+    pub(crate) fn enqueue(self: &Arc<Self>, key: String) -> Turn {
+        let (tx, rx) = oneshot::channel();
+        let generation = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        let after = lock(&self.last).insert(key.clone(), (generation, rx)).map(|(_, rx)| rx);
+        Turn { after, started: Some(tx), order: self.clone(), key, generation }
+    }
+}
+
+/// One run's place in its connection's [`TurnOrder`].
+#[derive(Debug)]
+pub(crate) struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    started: Option<oneshot::Sender<()>>,
+    order: Arc<TurnOrder>,
+    key: String,
+    generation: u64,
+}
+
+impl Turn {
+    /// Waits until the previous run of the session has started (or ended).
+    async fn wait(&mut self) {
+        if let Some(rx) = self.after.take() {
+            // A dropped sender means the previous run is over: go on.
+            let _ = rx.await;
+        }
+    }
+
+    /// This run has started (or ended): the next run of the session may go.
+    fn started(&mut self) {
+        let Some(tx) = self.started.take() else { return };
+        let mut last = lock(&self.order.last);
+        if last.get(&self.key).is_some_and(|(g, _)| *g == self.generation) {
+            last.remove(&self.key);
+        }
+        drop(last);
+        let _ = tx.send(());
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.started();
+    }
+}
+
+/// Starts `run` in its own task, independent of any connection; it calls
+/// agent-svc when `turn` lets it.
+pub(crate) fn spawn(
+    state: AppState,
+    run: Arc<ChatRun>,
+    request: AgentRunRequest,
+    active: ActiveRun,
+    mut turn: Turn,
+) {
     let tasks = state.ws_runs().tasks.clone();
     tasks.spawn(async move {
         let _active = active;
-        drive(&state, &run, request).await;
+        turn.wait().await;
+        drive(&state, &run, request, &mut turn).await;
+        drop(turn);
         state.ws_runs().finished(&run.run_id);
     });
 }
@@ -373,7 +444,7 @@ fn flush_delta(run: &ChatRun, fold: &mut Fold) {
     fold.sent = fold.text.len();
 }
 
-async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest) {
+async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest, turn: &mut Turn) {
     let started_at = Instant::now();
     let _in_flight = state.metrics().run_guard();
     let ctx = CallContext { request_id: run.run_id.clone(), traceparent: None };
@@ -382,10 +453,11 @@ async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest) {
         Outcome::Aborted
     } else {
         match state.client().run(request, &ctx).await {
-            Ok(events) => consume(state, run, events, &mut fold, started_at, &ctx).await,
+            Ok(events) => consume(state, run, events, &mut fold, started_at, &ctx, turn).await,
             Err(e) => e.into(),
         }
     };
+    turn.started();
     flush_delta(run, &mut fold);
     let calls = fold.calls_json();
     let partial = (!fold.text.is_empty() || !calls.is_empty()).then(|| fold.message(&calls));
@@ -426,6 +498,7 @@ async fn consume(
     fold: &mut Fold,
     started_at: Instant,
     ctx: &CallContext,
+    turn: &mut Turn,
 ) -> Outcome {
     let mut first_token = true;
     // When the next delta may go out, and whether a flush is scheduled for then.
@@ -445,6 +518,9 @@ async fn consume(
                 if first_token && is_token(&event) {
                     first_token = false;
                     state.metrics().first_token(started_at.elapsed());
+                }
+                if matches!(event.event, Some(Event::Started(_))) {
+                    turn.started();
                 }
                 match event.event {
                     Some(Event::Started(_)) if run.abort_requested() => {

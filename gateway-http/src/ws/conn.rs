@@ -48,8 +48,13 @@ pub(crate) async fn serve(socket: WebSocket, state: AppState, ip: IpAddr) {
     if state.force_close().is_cancelled() {
         outbox.close(Closing::with(close::RESTART, "service restart"));
     } else if handshake(&state, &settings, &mut stream, &outbox, ip, &conn_id).await {
-        let conn =
-            Conn { state, outbox: outbox.clone(), active_runs: Arc::new(AtomicUsize::new(0)), conn_id };
+        let conn = Conn {
+            state,
+            outbox: outbox.clone(),
+            active_runs: Arc::new(AtomicUsize::new(0)),
+            turns: Arc::default(),
+            conn_id,
+        };
         serve_requests(&conn, &settings, &mut stream).await;
     }
     finish(writer, stream, &outbox).await;

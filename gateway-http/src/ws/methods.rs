@@ -6,7 +6,7 @@
 //! (agent-svc's own rules): `agent:<id>:<rest>` as is, anything else
 //! `agent:<agentId>:<key>` with the request's `agentId` or the default agent.
 
-use super::chat::{self, ActiveRun, Begin, ChatRun, RunState, ToolCallJson};
+use super::chat::{self, ActiveRun, Begin, ChatRun, RunState, ToolCallJson, TurnOrder};
 use super::outbox::Outbox;
 use super::protocol::{self, code, ErrorShape, Request};
 use crate::client::CallContext;
@@ -41,6 +41,8 @@ pub(crate) struct Conn {
     pub outbox: Arc<Outbox>,
     /// `chat.send` runs started by this connection and still going.
     pub active_runs: Arc<AtomicUsize>,
+    /// The order of this connection's `chat.send` runs, per session.
+    pub turns: Arc<TurnOrder>,
     /// Forwarded to agent-svc as `x-request-id` prefix material.
     pub conn_id: Arc<str>,
 }
@@ -381,7 +383,7 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
     check_agent_id(p.agent_id.as_deref())?;
     // The same rules agent-svc applies (reserved namespaces, length, control
     // characters); the agent id does not change them.
-    resolve_with(&p.session_key, p.agent_id.as_deref().unwrap_or("main"))?;
+    let key = resolve_with(&p.session_key, p.agent_id.as_deref().unwrap_or("main"))?;
     if p.message.trim().is_empty() {
         return Err(ErrorShape::invalid("`message` must not be empty."));
     }
@@ -436,7 +438,8 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
                 run_id: run.run_id.clone(),
                 ..Default::default()
             };
-            chat::spawn(conn.state.clone(), run, request, active);
+            let turn = conn.turns.enqueue(key);
+            chat::spawn(conn.state.clone(), run, request, active, turn);
         }
     }
     Ok(())
