@@ -224,6 +224,23 @@ impl Drop for RunCleanup<'_> {
     }
 }
 
+/// Waits for a stable session's turn: the in-process FIFO place first, then the
+/// store's cross-replica lock (Postgres). Stateless runs have no turn to wait for.
+async fn wait_turn(
+    store: &dyn SessionStore,
+    key: &str,
+    place: Option<QueuePlace>,
+) -> Result<Option<(SessionTurn, TurnLock)>, AgentError> {
+    match place {
+        Some(place) => {
+            let queued = place.await?;
+            let locked = store.lock_turn(key).await?;
+            Ok(Some((queued, locked)))
+        }
+        None => Ok(None),
+    }
+}
+
 impl Runner {
     /// A runner over these agents and this store.
     pub fn new(registry: Arc<AgentRegistry>, store: Arc<dyn SessionStore>) -> Arc<Self> {
@@ -407,15 +424,24 @@ impl Runner {
         );
         // Waiting for the session's turn is cancellable like the rest of the run;
         // a turn cancelled while queued stores nothing.
-        let begun = tokio::select! {
+        let waited = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            r = tokio::time::timeout_at(deadline, self.begin_turn(&mut p, place)) => Some(r.unwrap_or_else(|_| {
-                Err(AgentError::Timeout(format!(
-                    "Run timed out after {}s waiting for the session's turn.",
-                    p.agent.timeout.as_secs_f64()
-                )))
-            })),
+            r = tokio::time::timeout_at(deadline, wait_turn(&*self.store, &p.session_key, place)) => {
+                Some(r.unwrap_or_else(|_| {
+                    Err(AgentError::Timeout(format!(
+                        "Run timed out after {}s waiting for the session's turn.",
+                        p.agent.timeout.as_secs_f64()
+                    )))
+                }))
+            }
+        };
+        // Committing the user turn is not cancelled half-way: once it is stored, a
+        // cancel is seen by `drive`, which stores the interrupted assistant message.
+        let begun = match waited {
+            Some(Ok(turn)) => Some(self.begin_turn(&mut p).await.map(|()| turn)),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
         };
         match begun {
             Some(Ok(turn)) => self.drive(&p, turn, &tx, &cancel, &reason, deadline).await,
@@ -434,22 +460,9 @@ impl Runner {
         }
     }
 
-    /// Waits for the session's turn, loads the transcript, commits the user turn
-    /// (before any provider is called) and assembles the upstream messages.
-    async fn begin_turn(
-        &self,
-        p: &mut Prepared,
-        place: Option<QueuePlace>,
-    ) -> Result<Option<(SessionTurn, TurnLock)>, AgentError> {
-        // In-process FIFO first, then the store's cross-replica lock (Postgres).
-        let turn = match place {
-            Some(place) => {
-                let queued = place.await?;
-                let locked = self.store.lock_turn(&p.session_key).await?;
-                Some((queued, locked))
-            }
-            None => None,
-        };
+    /// Loads the transcript, commits the user turn (before any provider is
+    /// called) and assembles the upstream messages.
+    async fn begin_turn(&self, p: &mut Prepared) -> Result<(), AgentError> {
         let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
         if p.stable {
             let now = now_ms();
@@ -472,7 +485,7 @@ impl Runner {
             &p.client_history,
             &p.new_turn,
         );
-        Ok(turn)
+        Ok(())
     }
 
     async fn drive(
