@@ -124,21 +124,7 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use services::proto::{content_part, ContentPart, Message};
-
-    fn msg(role: &str, text: &str) -> StoredMessage {
-        StoredMessage {
-            message: Message {
-                role: role.into(),
-                parts: vec![ContentPart { part: Some(content_part::Part::Text(text.into())) }],
-                text_only: true,
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 1,
-            run_id: "run".into(),
-        }
-    }
+    use crate::sessions::fixtures::text as msg;
 
     #[tokio::test]
     async fn append_history_and_limit() {

@@ -300,7 +300,7 @@ impl SessionStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use services::proto::{content_part, ContentPart, ImageUrl, ToolCall};
+    use crate::sessions::fixtures::{rich_turn, text};
     use std::sync::Arc;
 
     async fn store() -> Option<PostgresStore> {
@@ -315,71 +315,6 @@ mod tests {
     /// A key no other test run uses, since the database is shared.
     fn key(name: &str) -> String {
         format!("agent:main:{name}-{}", uuid::Uuid::new_v4())
-    }
-
-    fn text(role: &str, text: &str) -> StoredMessage {
-        StoredMessage {
-            message: Message {
-                role: role.into(),
-                parts: vec![ContentPart { part: Some(content_part::Part::Text(text.into())) }],
-                text_only: true,
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 1,
-            run_id: "run-1".into(),
-        }
-    }
-
-    fn rich_turn() -> Vec<StoredMessage> {
-        vec![
-            StoredMessage {
-                message: Message {
-                    role: "user".into(),
-                    parts: vec![
-                        ContentPart { part: Some(content_part::Part::Text("look".into())) },
-                        ContentPart {
-                            part: Some(content_part::Part::ImageUrl(ImageUrl {
-                                url: "data:image/png;base64,AAAA".into(),
-                                detail: None,
-                            })),
-                        },
-                    ],
-                    name: Some("alice".into()),
-                    ..Default::default()
-                },
-                interrupted: false,
-                created_at_ms: 10,
-                run_id: "r1".into(),
-            },
-            StoredMessage {
-                message: Message {
-                    role: "assistant".into(),
-                    tool_calls: vec![ToolCall {
-                        id: "call_1".into(),
-                        r#type: "function".into(),
-                        name: "f".into(),
-                        arguments: "{\"a\":1}".into(),
-                    }],
-                    ..Default::default()
-                },
-                interrupted: false,
-                created_at_ms: 11,
-                run_id: "r1".into(),
-            },
-            StoredMessage {
-                message: Message {
-                    role: "tool".into(),
-                    parts: vec![ContentPart { part: Some(content_part::Part::Text("ok".into())) }],
-                    text_only: true,
-                    tool_call_id: Some("call_1".into()),
-                    ..Default::default()
-                },
-                interrupted: true,
-                created_at_ms: 12,
-                run_id: "r2".into(),
-            },
-        ]
     }
 
     #[tokio::test]

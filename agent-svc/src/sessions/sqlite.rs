@@ -264,7 +264,7 @@ impl SessionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use services::proto::{content_part, ContentPart, ImageUrl, ToolCall};
+    use crate::sessions::fixtures::{rich_turn, text};
     use std::path::PathBuf;
     use std::sync::Arc;
 
@@ -288,80 +288,6 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-
-    fn text(role: &str, text: &str) -> StoredMessage {
-        StoredMessage {
-            message: Message {
-                role: role.into(),
-                parts: vec![ContentPart { part: Some(content_part::Part::Text(text.into())) }],
-                text_only: true,
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 1_700_000_000_000,
-            run_id: "run-1".into(),
-        }
-    }
-
-    fn rich_turn() -> Vec<StoredMessage> {
-        let user = StoredMessage {
-            message: Message {
-                role: "user".into(),
-                parts: vec![
-                    ContentPart { part: Some(content_part::Part::Text("what is this?".into())) },
-                    ContentPart {
-                        part: Some(content_part::Part::ImageUrl(ImageUrl {
-                            url: "data:image/png;base64,iVBORw0KGgo=".into(),
-                            detail: Some("low".into()),
-                        })),
-                    },
-                ],
-                text_only: false,
-                name: Some("alice".into()),
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 10,
-            run_id: "run-a".into(),
-        };
-        let assistant = StoredMessage {
-            message: Message {
-                role: "assistant".into(),
-                parts: Vec::new(),
-                tool_calls: vec![
-                    ToolCall {
-                        id: "call_1".into(),
-                        r#type: "function".into(),
-                        name: "lookup".into(),
-                        arguments: r#"{"q":"png"}"#.into(),
-                    },
-                    ToolCall {
-                        id: "call_2".into(),
-                        r#type: "function".into(),
-                        name: "weather".into(),
-                        arguments: "{}".into(),
-                    },
-                ],
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 11,
-            run_id: "run-a".into(),
-        };
-        let tool = StoredMessage {
-            message: Message {
-                role: "tool".into(),
-                parts: vec![ContentPart { part: Some(content_part::Part::Text("a logo".into())) }],
-                text_only: true,
-                tool_call_id: Some("call_1".into()),
-                ..Default::default()
-            },
-            interrupted: true,
-            created_at_ms: 12,
-            run_id: "run-b".into(),
-        };
-        vec![user, assistant, tool]
     }
 
     #[tokio::test]
