@@ -692,3 +692,25 @@ where
         tokio::time::sleep(interval).await;
     }
 }
+
+/// The session's history once it has at least `n` entries, polled for up to
+/// `timeout` (the assistant message of a cancelled run is stored after its
+/// stream is gone, so there is no signal to wait on). Panics when it never does.
+pub async fn history_with(
+    client: &AgentServiceClient<Channel>,
+    key: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<services::proto::HistoryEntry> {
+    let found = eventually(timeout, Duration::from_millis(10), || {
+        let mut c = client.clone();
+        let key = key.to_string();
+        async move {
+            let req = services::proto::GetSessionHistoryRequest { session_key: key, limit: 0 };
+            let msgs = c.get_session_history(req).await.ok()?.into_inner().messages;
+            (msgs.len() >= n).then_some(msgs)
+        }
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("session {key} never reached {n} history entries"))
+}

@@ -4,9 +4,9 @@
 //! Each test asserts on the gRPC events/statuses AND on what the mock received.
 
 use e2e::harness::{
-    self, assistant, assistant_tool_calls, developer, error_code, error_param, error_type, eventually,
-    for_user, run_outcome, stateless, summarize, system, text_of, tool_call, tool_result, user,
-    with_session_key, AgentSvc, ConfigBuilder, TempDir,
+    self, assistant, assistant_tool_calls, developer, error_code, error_param, error_type, for_user,
+    run_outcome, stateless, summarize, system, text_of, tool_call, tool_result, user, with_session_key,
+    AgentSvc, ConfigBuilder, TempDir,
 };
 use e2e::mock::{Behavior, Gate, MockToolCall, MockUpstream, RecordedRequest};
 use serde_json::{json, Value};
@@ -94,21 +94,9 @@ async fn history(client: &mut Client, key: &str) -> Vec<HistoryEntry> {
         .messages
 }
 
-/// History polled until it has `n` entries (the assistant message of a
-/// cancelled run is stored after the stream is gone, with no signal to wait on).
+/// History polled until it has `n` entries.
 async fn history_with(client: &Client, key: &str, n: usize) -> Vec<HistoryEntry> {
-    let found = eventually(T, Duration::from_millis(10), || {
-        let mut c = client.clone();
-        let key = key.to_string();
-        async move {
-            let h =
-                c.get_session_history(GetSessionHistoryRequest { session_key: key, limit: 0 }).await.ok()?;
-            let msgs = h.into_inner().messages;
-            (msgs.len() >= n).then_some(msgs)
-        }
-    })
-    .await;
-    found.unwrap_or_else(|| panic!("session {key} never reached {n} history entries"))
+    harness::history_with(client, key, n, T).await
 }
 
 fn entry_role_text(e: &HistoryEntry) -> (String, String) {

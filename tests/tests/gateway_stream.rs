@@ -3,10 +3,10 @@
 //! real gateway in front of a real agent-svc whose provider is the mock upstream.
 
 use e2e::gateway::{open, read_stream, send, Gateway, SseReader, SseReply, Stack};
-use e2e::harness::{self, eventually, ConfigBuilder};
+use e2e::harness::{self, ConfigBuilder};
 use e2e::mock::{Behavior, Gate, MockToolCall, MockUpstream};
 use serde_json::{json, Value};
-use services::proto::{GetSessionHistoryRequest, HistoryEntry};
+use services::proto::HistoryEntry;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -133,19 +133,7 @@ fn content(chunks: &[Value]) -> String {
 }
 
 async fn history_with(s: &Stack, key: &str, n: usize) -> Vec<HistoryEntry> {
-    let client = s.svc.client().await;
-    let found = eventually(T, Duration::from_millis(10), || {
-        let mut c = client.clone();
-        let key = key.to_string();
-        async move {
-            let h =
-                c.get_session_history(GetSessionHistoryRequest { session_key: key, limit: 0 }).await.ok()?;
-            let msgs = h.into_inner().messages;
-            (msgs.len() >= n).then_some(msgs)
-        }
-    })
-    .await;
-    found.unwrap_or_else(|| panic!("session {key} never reached {n} history entries"))
+    harness::history_with(&s.svc.client().await, key, n, T).await
 }
 
 fn entry(e: &HistoryEntry) -> (String, String) {
