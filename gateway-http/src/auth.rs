@@ -8,11 +8,11 @@
 
 use crate::error::ApiError;
 use http::HeaderValue;
+use parking_lot::Mutex;
 use services::config::{AuthMode, LoadedConfig, RateLimitConfig};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
@@ -180,17 +180,12 @@ impl Limiter {
         self.max_attempts > 0 && !(self.exempt_loopback && ip.to_canonical().is_loopback())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
-        // The map holds plain data; a panic elsewhere cannot leave it inconsistent.
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Time left on `ip`'s lockout, if it is locked out.
     fn locked_for(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         if self.tracked.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let map = self.lock();
+        let map = self.entries.lock();
         let until = map.get(&ip)?.locked_until?;
         (until > now).then(|| until - now)
     }
@@ -199,13 +194,13 @@ impl Limiter {
         if self.tracked.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let mut map = self.lock();
+        let mut map = self.entries.lock();
         map.remove(&ip);
         self.tracked.store(map.len(), Ordering::Relaxed);
     }
 
     fn record_failure(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.lock();
+        let mut map = self.entries.lock();
         if !map.contains_key(&ip) && map.len() >= MAX_TRACKED_IPS {
             self.make_room(&mut map, now);
         }
@@ -240,7 +235,7 @@ impl Limiter {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.entries.lock().len()
     }
 }
 

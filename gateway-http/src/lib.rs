@@ -8,11 +8,11 @@
 //! without a listener.
 //!
 //! Modules, one concern each: [`routes`] (thin handlers, order of checks),
-//! [`openai`] (OpenAI JSON ↔ `AgentRun`, the only place that knows the wire
-//! shapes), [`ws`] (the WebSocket protocol), [`sse`] (streaming a run), [`run`]
-//! (folding a run), [`client`] (the only gRPC caller), [`auth`] (bearer secret +
-//! lockout), [`error`] (one error type, one HTTP mapping, one gRPC-status
-//! mapping), [`metrics`], [`state`].
+//! [`openai`] (OpenAI JSON ↔ `AgentRun`: the request translation, the
+//! non-streaming answer and the SSE stream; the only place that knows the wire
+//! shapes), [`ws`] (the WebSocket protocol), [`client`] (the only gRPC caller:
+//! typed run events out, statuses mapped once), [`auth`] (bearer secret +
+//! lockout), [`error`] (one error type, one HTTP mapping), [`metrics`], [`state`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), gateway_http::GatewayError> {
@@ -29,8 +29,6 @@ pub mod error;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
-pub mod run;
-pub mod sse;
 pub mod state;
 pub mod ws;
 

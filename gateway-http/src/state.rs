@@ -37,7 +37,7 @@ impl ChatSettings {
             enabled: c.enabled,
             max_body_bytes: c.max_body_bytes,
             images: ImagePolicy { allow_url: c.images.allow_url, max_bytes: c.images.max_bytes },
-            keep_alive: crate::sse::KEEP_ALIVE,
+            keep_alive: crate::openai::sse::KEEP_ALIVE,
         }
     }
 }

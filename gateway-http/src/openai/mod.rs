@@ -2,17 +2,20 @@
 //! else in the crate knows OpenAI JSON:
 //!
 //! - [`request`]: request JSON (+ the OpenClaw headers) → [`services::proto::AgentRunRequest`];
-//! - [`response`]: run events folded into one `chat.completion` body;
+//! - [`response`]: run events collected into one `chat.completion` body;
 //! - [`stream`]: run events → `chat.completion.chunk` SSE frames;
+//! - [`sse`]: a run streamed to one client as those frames (the response body);
 //! - [`models`]: the `/v1/models` list.
 
 pub mod models;
 pub mod request;
 pub mod response;
+pub mod sse;
 pub mod stream;
 
 pub use request::{parse_chat_request, ChatRequest, ImagePolicy, Overrides};
-pub use response::CompletionFold;
+pub use response::{collect, CompletionFold};
+pub use sse::SseRun;
 pub use stream::ChunkWriter;
 
 use services::proto::Usage;

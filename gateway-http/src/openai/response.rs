@@ -1,8 +1,40 @@
-//! Run events folded into one non-streaming `chat.completion` body.
+//! Run events collected into one non-streaming `chat.completion` body.
 
+use crate::client::{is_token, RunEvent, RunEvents};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::openai::{fallback_call_id, finish_reason, UsageJson};
+use futures::StreamExt;
 use serde::Serialize;
-use services::proto::{agent_run_event::Event, AgentRunEvent, RunFinished, ToolCallDelta};
+use services::proto::{RunFinished, ToolCallDelta};
+use std::time::Instant;
+
+/// Collects a whole run for a non-streaming answer. An error at any point
+/// before `finished` becomes the HTTP error.
+pub async fn collect(
+    mut events: RunEvents,
+    metrics: &Metrics,
+    started_at: Instant,
+) -> Result<CompletionFold, ApiError> {
+    let mut fold = CompletionFold::default();
+    let mut first_token = true;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if first_token && is_token(&event) {
+            first_token = false;
+            metrics.first_token(started_at.elapsed());
+        }
+        if let RunEvent::Finished(f) = &event {
+            metrics.run_finished(started_at, f);
+        }
+        fold.push(event);
+        if fold.is_finished() {
+            return Ok(fold);
+        }
+    }
+    // `RunEvents` ends with `finished` or an error; this is unreachable in practice.
+    Err(crate::client::ended_early())
+}
 
 /// Accumulates a run's events: text concatenated, tool calls by index
 /// (arguments concatenated), the finish reason and usage.
@@ -26,13 +58,12 @@ struct ToolCallAcc {
 
 impl CompletionFold {
     /// Adds one event.
-    pub fn push(&mut self, event: AgentRunEvent) {
-        match event.event {
-            Some(Event::Started(s)) => self.session_key = Some(s.session_key),
-            Some(Event::Text(t)) => self.text.push_str(&t.text),
-            Some(Event::ToolCall(d)) => self.push_tool_call(d),
-            Some(Event::Finished(f)) => self.finished = Some(f),
-            None => {}
+    pub fn push(&mut self, event: RunEvent) {
+        match event {
+            RunEvent::Started(s) => self.session_key = Some(s.session_key),
+            RunEvent::Text(t) => self.text.push_str(&t.text),
+            RunEvent::ToolCall(d) => self.push_tool_call(d),
+            RunEvent::Finished(f) => self.finished = Some(f),
         }
     }
 
@@ -143,37 +174,33 @@ mod tests {
     use serde_json::{json, Value};
     use services::proto::{RunStarted, TextDelta, Usage};
 
-    fn ev(e: Event) -> AgentRunEvent {
-        AgentRunEvent { event: Some(e) }
-    }
-
-    fn started() -> AgentRunEvent {
-        ev(Event::Started(RunStarted {
+    fn started() -> RunEvent {
+        RunEvent::Started(RunStarted {
             run_id: "r1".into(),
             agent_id: "main".into(),
             session_key: "agent:main:openai:abc".into(),
             model: "echo/echo".into(),
-        }))
+        })
     }
 
-    fn text(t: &str) -> AgentRunEvent {
-        ev(Event::Text(TextDelta { text: t.into() }))
+    fn text(t: &str) -> RunEvent {
+        RunEvent::Text(TextDelta { text: t.into() })
     }
 
-    fn call(index: u32, id: &str, name: &str, args: &str) -> AgentRunEvent {
-        ev(Event::ToolCall(ToolCallDelta { index, id: id.into(), name: name.into(), arguments: args.into() }))
+    fn call(index: u32, id: &str, name: &str, args: &str) -> RunEvent {
+        RunEvent::ToolCall(ToolCallDelta { index, id: id.into(), name: name.into(), arguments: args.into() })
     }
 
-    fn finished(reason: &str, usage: Option<Usage>) -> AgentRunEvent {
-        ev(Event::Finished(RunFinished {
+    fn finished(reason: &str, usage: Option<Usage>) -> RunEvent {
+        RunEvent::Finished(RunFinished {
             finish_reason: reason.into(),
             usage,
             model: "echo/echo".into(),
             ..Default::default()
-        }))
+        })
     }
 
-    fn fold(events: Vec<AgentRunEvent>) -> (CompletionFold, Value) {
+    fn fold(events: Vec<RunEvent>) -> (CompletionFold, Value) {
         let mut f = CompletionFold::default();
         for e in events {
             f.push(e);

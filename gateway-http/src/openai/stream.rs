@@ -10,11 +10,11 @@
 //! Frames are serialized from borrowed structs straight into one reused
 //! [`BytesMut`]; [`ChunkWriter::take`] hands out what was written so far.
 
+use crate::client::RunEvent;
 use crate::error::ApiError;
 use crate::openai::{fallback_call_id, finish_reason, UsageJson};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
-use services::proto::{agent_run_event::Event, AgentRunEvent};
 
 /// The terminating frame.
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -63,13 +63,13 @@ impl ChunkWriter {
     }
 
     /// Writes the frames for one run event.
-    pub fn event(&mut self, event: &AgentRunEvent) -> Written {
-        match &event.event {
-            Some(Event::Text(t)) if !t.text.is_empty() => {
+    pub fn event(&mut self, event: &RunEvent) -> Written {
+        match event {
+            RunEvent::Text(t) if !t.text.is_empty() => {
                 self.choice(Delta { content: Some(&t.text), ..Delta::default() }, None);
                 Written::Delta
             }
-            Some(Event::ToolCall(d)) => {
+            RunEvent::ToolCall(d) => {
                 let first = !self.seen_calls.contains(&d.index);
                 let generated;
                 let call = if first {
@@ -99,7 +99,7 @@ impl ChunkWriter {
                 self.choice(Delta { tool_calls: Some([call]), ..Delta::default() }, None);
                 Written::Delta
             }
-            Some(Event::Finished(f)) => {
+            RunEvent::Finished(f) => {
                 self.choice(Delta::default(), Some(finish_reason(&f.finish_reason)));
                 if self.include_usage {
                     let chunk = Chunk {
@@ -114,7 +114,7 @@ impl ChunkWriter {
                 }
                 Written::Finished
             }
-            Some(Event::Started(_) | Event::Text(_)) | None => Written::Nothing,
+            RunEvent::Started(_) | RunEvent::Text(_) => Written::Nothing,
         }
     }
 
@@ -215,26 +215,22 @@ mod tests {
     use serde_json::{json, Value};
     use services::proto::{RunFinished, RunStarted, TextDelta, ToolCallDelta, Usage};
 
-    fn ev(e: Event) -> AgentRunEvent {
-        AgentRunEvent { event: Some(e) }
+    fn text(t: &str) -> RunEvent {
+        RunEvent::Text(TextDelta { text: t.into() })
     }
 
-    fn text(t: &str) -> AgentRunEvent {
-        ev(Event::Text(TextDelta { text: t.into() }))
+    fn call(index: u32, id: &str, name: &str, args: &str) -> RunEvent {
+        RunEvent::ToolCall(ToolCallDelta { index, id: id.into(), name: name.into(), arguments: args.into() })
     }
 
-    fn call(index: u32, id: &str, name: &str, args: &str) -> AgentRunEvent {
-        ev(Event::ToolCall(ToolCallDelta { index, id: id.into(), name: name.into(), arguments: args.into() }))
-    }
-
-    fn finished(reason: &str) -> AgentRunEvent {
+    fn finished(reason: &str) -> RunEvent {
         let usage = Some(Usage { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 });
-        ev(Event::Finished(RunFinished {
+        RunEvent::Finished(RunFinished {
             finish_reason: reason.into(),
             usage,
             model: "echo/echo".into(),
             ..Default::default()
-        }))
+        })
     }
 
     /// Splits written bytes into frames: JSON values, or `None` for `[DONE]`.
@@ -249,7 +245,7 @@ mod tests {
             .collect()
     }
 
-    fn run(events: &[AgentRunEvent], include_usage: bool) -> Vec<Option<Value>> {
+    fn run(events: &[RunEvent], include_usage: bool) -> Vec<Option<Value>> {
         let mut w = ChunkWriter::new("chatcmpl_1".into(), 42, "openclaw".into(), include_usage);
         w.role();
         for e in events {
@@ -288,7 +284,7 @@ mod tests {
     #[test]
     fn text_stream_shape() {
         let f = run(
-            &[ev(Event::Started(RunStarted::default())), text("Hel"), text(""), text("lo"), finished("stop")],
+            &[RunEvent::Started(RunStarted::default()), text("Hel"), text(""), text("lo"), finished("stop")],
             false,
         );
         check_common(&f);

@@ -2,10 +2,8 @@
 
 use crate::client::CallContext;
 use crate::error::ApiError;
-use crate::openai::{self, ChunkWriter, Overrides};
+use crate::openai::{self, ChunkWriter, Overrides, SseRun};
 use crate::routes::Authorized;
-use crate::run;
-use crate::sse::SseRun;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -69,7 +67,7 @@ pub async fn completions(
         *resp.body_mut() = sse.into_body();
         Ok(resp)
     } else {
-        let mut fold = run::collect(events, state.metrics(), started_at).await?;
+        let mut fold = openai::collect(events, state.metrics(), started_at).await?;
         drop(in_flight);
         let json = fold.to_json(&id, created, &chat.model);
         let mut resp = Response::new(Body::from(json));

@@ -16,8 +16,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures::stream::SplitSink;
 use futures::SinkExt;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -129,7 +130,7 @@ impl Outbox {
             // Not worth serializing (a run keeps emitting after its client left).
             return false;
         }
-        let mut seq = lock(&self.seq);
+        let mut seq = self.seq.lock();
         let next = seq.saturating_add(1);
         let queued = self.enqueue(Out::Text(build(next)), droppable);
         if queued {
@@ -170,7 +171,7 @@ impl Outbox {
 
     /// Starts closing the connection (the first reason wins; later calls are no-ops).
     pub fn close(&self, how: Closing) {
-        let mut closing = lock(&self.closing);
+        let mut closing = self.closing.lock();
         if closing.is_none() {
             *closing = Some(how);
             self.closed.cancel();
@@ -179,7 +180,7 @@ impl Outbox {
 
     /// Why the connection is closing, once it is.
     pub fn closing(&self) -> Option<Closing> {
-        *lock(&self.closing)
+        *self.closing.lock()
     }
 
     /// Whether the connection is closing.
@@ -197,11 +198,6 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain data behind the locks: a panic elsewhere cannot leave it inconsistent.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The writer task: drains `rx` into the socket until the connection closes.

@@ -1,23 +1,27 @@
 //! The agent-svc client: the only place in gateway-http that speaks gRPC.
 //!
-//! One lazily connected [`Channel`] to one address for now. Spreading calls over
-//! several replicas (DNS re-resolution, rendezvous hashing on the session key,
-//! retry before the first event, ejection) is a later issue and belongs behind
-//! this same type, as tower layers (discovery → balance → retry) around the
-//! channel, so nothing else in the crate changes.
+//! The rest of the gateway sees [`AgentClient`]'s methods, the typed run
+//! stream [`RunEvents`] and [`ApiError`]; statuses are mapped once, in
+//! `status`. One lazily connected [`Channel`] to one address for now. Spreading
+//! calls over several replicas (DNS re-resolution, rendezvous hashing on the
+//! session key, retry before the first event, ejection) belongs behind this
+//! same type, so nothing else in the crate changes.
+
+mod events;
+mod status;
+
+pub use events::{ended_early, is_token, RunEvent, RunEvents};
 
 use crate::error::{ApiError, GatewayError};
 use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
-    AbortRunRequest, AbortRunResponse, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
-    GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
-    ListSessionsResponse,
+    AbortRunRequest, AbortRunResponse, AgentRunRequest, GetSessionHistoryRequest, GetSessionHistoryResponse,
+    ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse,
 };
 use std::future::Future;
 use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -97,13 +101,9 @@ impl AgentClient {
 
     /// Starts a run. An error status before the stream opens (validation,
     /// unknown agent, session queue full, unreachable) comes back as the mapped
-    /// [`ApiError`]; later failures arrive as `Err` items of the stream.
+    /// [`ApiError`]; later failures arrive as the stream's `Err` item.
     /// Dropping the stream cancels the run in agent-svc.
-    pub async fn run(
-        &self,
-        request: AgentRunRequest,
-        ctx: &CallContext,
-    ) -> Result<Streaming<AgentRunEvent>, ApiError> {
+    pub async fn run(&self, request: AgentRunRequest, ctx: &CallContext) -> Result<RunEvents, ApiError> {
         let mut req = tonic::Request::new(request);
         ctx.apply(req.metadata_mut());
         // agent-svc answers at once (it sends `started` before any queueing), so a
@@ -111,7 +111,7 @@ impl AgentClient {
         let resp = tokio::time::timeout(RUN_OPEN_TIMEOUT, self.agents.clone().agent_run(req))
             .await
             .map_err(|_| ApiError::AgentUnavailable("agent-svc did not start the run in time.".into()))??;
-        Ok(resp.into_inner())
+        Ok(RunEvents::new(resp.into_inner()))
     }
 
     /// The configured agents and the default one.

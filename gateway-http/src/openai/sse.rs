@@ -8,25 +8,31 @@
 //! comment goes out after 15 s of silence, and an error becomes
 //! `data: {"error":…}` + `data: [DONE]`.
 //!
-//! The body stream owns the gRPC stream: when the client disconnects hyper drops
-//! the body, which drops the `Streaming`, which cancels the run in agent-svc.
+//! The body stream owns the run's event stream: when the client disconnects
+//! hyper drops the body, which drops the [`RunEvents`], which cancels the run
+//! in agent-svc.
+//!
+//! Why not axum's `Sse` + `KeepAlive`: the `200` must not be committed before
+//! the first meaningful event (so early errors keep their status), which
+//! [`SseRun::begin`] does before the body exists; and frames are serialized
+//! straight into one reused buffer by [`ChunkWriter`], where `Sse` would copy
+//! each payload into an `Event` of its own. The keep-alive is the one timer
+//! here, reset whenever bytes go out.
 
+use crate::client::{RunEvent, RunEvents};
 use crate::error::ApiError;
 use crate::metrics::RunGuard;
 use crate::openai::stream::Written;
 use crate::openai::ChunkWriter;
-use crate::run::ended_early;
 use crate::state::AppState;
 use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
-use services::proto::{agent_run_event::Event, AgentRunEvent};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use tonic::Streaming;
 
 /// Silence after which a keep-alive comment is sent (SPEC: 15 s); the default
 /// of [`crate::state::ChatSettings::keep_alive`].
@@ -42,7 +48,7 @@ enum Phase {
 
 /// A run being streamed to one client.
 pub struct SseRun {
-    events: Streaming<AgentRunEvent>,
+    events: RunEvents,
     writer: ChunkWriter,
     phase: Phase,
     session_key: Option<String>,
@@ -57,11 +63,10 @@ pub struct SseRun {
 
 impl SseRun {
     /// Writes the role chunk and waits for the first meaningful event, at most
-    /// the keep-alive interval. An error status (or a stream that ends) before
-    /// it is returned as the HTTP error. If the run stays silent that long, the
+    /// the keep-alive interval. An error before it is returned as the HTTP error. If the run stays silent that long, the
     /// stream is committed with the role chunk and a `: keep-alive` comment.
     pub async fn begin(
-        events: Streaming<AgentRunEvent>,
+        events: RunEvents,
         writer: ChunkWriter,
         state: AppState,
         started_at: Instant,
@@ -91,8 +96,8 @@ impl SseRun {
                             return Ok(run);
                         }
                     }
-                    Some(Err(status)) => return Err(status.into()),
-                    None => return Err(ended_early()),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(crate::client::ended_early()),
                 },
                 () = run.keep_alive.as_mut() => {
                     run.writer.keep_alive();
@@ -139,23 +144,23 @@ impl SseRun {
         }
     }
 
-    fn on_item(&mut self, item: Option<Result<AgentRunEvent, tonic::Status>>) {
+    fn on_item(&mut self, item: Option<Result<RunEvent, ApiError>>) {
         match item {
             Some(Ok(event)) => {
                 self.on_event(&event);
             }
-            Some(Err(status)) => self.fail(&status.into()),
-            None => self.fail(&ended_early()),
+            Some(Err(e)) => self.fail(&e),
+            None => self.fail(&crate::client::ended_early()),
         }
     }
 
     /// Writes one event's frames and tracks what it means for the run.
-    fn on_event(&mut self, event: &AgentRunEvent) -> Written {
-        if let Some(Event::Started(s)) = &event.event {
+    fn on_event(&mut self, event: &RunEvent) -> Written {
+        if let RunEvent::Started(s) = event {
             self.session_key.get_or_insert_with(|| s.session_key.clone());
             return Written::Nothing;
         }
-        if let Some(Event::Finished(f)) = &event.event {
+        if let RunEvent::Finished(f) = event {
             self.state.metrics().run_finished(self.started_at, f);
         }
         let written = self.writer.event(event);

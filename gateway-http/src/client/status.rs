@@ -1,0 +1,198 @@
+//! The one mapping from an agent-svc gRPC status to an [`ApiError`].
+
+use crate::error::ApiError;
+use http::StatusCode;
+use services::error_meta;
+use tonic::Code;
+
+/// Maps an agent-svc status to the SPEC error table.
+///
+/// With `openclaw-error-type` metadata (the status came from agent-svc):
+/// INVALID_ARGUMENT/FAILED_PRECONDITION/OUT_OF_RANGE → 400, NOT_FOUND → 404,
+/// RESOURCE_EXHAUSTED → 429, UNAVAILABLE → 502 (503 + `Retry-After` when the code
+/// is `agent_unavailable`, i.e. agent-svc is shutting down), DEADLINE_EXCEEDED → 504,
+/// CANCELLED (the run was aborted through `AbortRun`, e.g. by a WebSocket
+/// `chat.abort`) → 502 `api_error` code `aborted` (OpenAI has no status for "someone
+/// else cancelled your request", and 499 is not a status clients understand),
+/// UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, INTERNAL and anything else →
+/// 500/502 (a server-side fault, never caused by what the client sent).
+///
+/// Without it the call failed in transport (refused, reset, unreachable):
+/// 503 `agent_unavailable` + `Retry-After: 1`, except a transport deadline → 504
+/// and a message over agent-svc's gRPC size limit → 413.
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        let md = s.metadata();
+        let get = |key: &str| {
+            md.get(key).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
+        };
+        let Some(kind) = get(error_meta::TYPE) else {
+            return match s.code() {
+                Code::DeadlineExceeded => ApiError::Agent {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    kind: "api_error".into(),
+                    code: Some("timeout".into()),
+                    param: None,
+                    message: "agent-svc did not answer in time".into(),
+                    retry_after: None,
+                },
+                Code::OutOfRange => ApiError::PayloadTooLarge,
+                _ => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "agent-svc unreachable");
+                    ApiError::AgentUnavailable("agent-svc is unavailable".into())
+                }
+            };
+        };
+        let code = get(error_meta::CODE);
+        let status = match s.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable if code.as_deref() == Some("agent_unavailable") => {
+                return ApiError::AgentUnavailable(s.message().to_owned());
+            }
+            Code::Unavailable | Code::Cancelled | Code::Aborted => StatusCode::BAD_GATEWAY,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::Agent {
+            status,
+            kind,
+            code,
+            param: get(error_meta::PARAM),
+            message: s.message().to_owned(),
+            retry_after: get(error_meta::RETRY_AFTER).and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use http::header;
+    use tonic::metadata::MetadataValue;
+
+    fn status(code: Code, msg: &str, meta: &[(&'static str, &'static str)]) -> tonic::Status {
+        let mut s = tonic::Status::new(code, msg);
+        for (k, v) in meta {
+            s.metadata_mut().insert(*k, MetadataValue::from_static(v));
+        }
+        s
+    }
+
+    fn body(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.to_json()).unwrap()
+    }
+
+    #[test]
+    fn invalid_argument_keeps_type_and_param() {
+        let e: ApiError = status(
+            Code::InvalidArgument,
+            "`temperature` must be between 0 and 2.",
+            &[(error_meta::TYPE, "invalid_request_error"), (error_meta::PARAM, "temperature")],
+        )
+        .into();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let b = body(&e);
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "temperature");
+        assert_eq!(b["error"]["message"], "`temperature` must be between 0 and 2.");
+        assert!(b["error"].get("code").is_none());
+    }
+
+    #[test]
+    fn code_table() {
+        let cases = [
+            (Code::NotFound, "invalid_request_error", Some("not_found"), 404),
+            (Code::ResourceExhausted, "rate_limit_error", Some("session_busy"), 429),
+            (Code::Unavailable, "api_error", Some("upstream_error"), 502),
+            (Code::DeadlineExceeded, "api_error", Some("timeout"), 504),
+            (Code::Cancelled, "api_error", Some("aborted"), 502),
+            (Code::Internal, "api_error", Some("internal_error"), 500),
+        ];
+        for (code, ty, c, want) in cases {
+            let mut meta = vec![(error_meta::TYPE, ty)];
+            if let Some(c) = c {
+                meta.push((error_meta::CODE, c));
+            }
+            let e: ApiError = status(code, "x", &meta).into();
+            assert_eq!(e.status().as_u16(), want, "{code:?}");
+            let b = body(&e);
+            assert_eq!(b["error"]["type"], ty);
+            assert_eq!(b["error"]["code"].as_str(), c);
+        }
+    }
+
+    #[test]
+    fn transport_failures_are_503_with_retry_after() {
+        for code in [Code::Unavailable, Code::Unknown, Code::Cancelled, Code::Internal] {
+            let e: ApiError = tonic::Status::new(code, "tcp connect error").into();
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.retry_after(), Some(1));
+            let b = body(&e);
+            assert_eq!(b["error"]["type"], "api_error");
+            assert_eq!(b["error"]["code"], "agent_unavailable");
+        }
+        // agent-svc shutting down says so explicitly.
+        let e: ApiError = status(
+            Code::Unavailable,
+            "agent-svc is shutting down",
+            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "agent_unavailable")],
+        )
+        .into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after(), Some(1));
+        let e: ApiError = tonic::Status::new(Code::DeadlineExceeded, "timeout").into();
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn retry_after_metadata_is_carried() {
+        let e: ApiError = status(
+            Code::ResourceExhausted,
+            "busy",
+            &[(error_meta::TYPE, "rate_limit_error"), (error_meta::RETRY_AFTER, "3")],
+        )
+        .into();
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn ws_codes_follow_the_http_status() {
+        let meta =
+            |ty: &'static str, code: &'static str| vec![(error_meta::TYPE, ty), (error_meta::CODE, code)];
+        let cases: Vec<(ApiError, &str, bool)> = vec![
+            (ApiError::invalid("x", "bad"), "INVALID_REQUEST", false),
+            (ApiError::PayloadTooLarge, "INVALID_REQUEST", false),
+            (ApiError::Unauthorized, "UNAUTHORIZED", false),
+            (ApiError::AuthLockedOut { retry_after_secs: 3 }, "RATE_LIMITED", true),
+            (ApiError::NotFound, "NOT_FOUND", false),
+            (ApiError::AgentUnavailable("down".into()), "UNAVAILABLE", true),
+            (
+                status(Code::ResourceExhausted, "busy", &meta("rate_limit_error", "session_busy")).into(),
+                "RATE_LIMITED",
+                true,
+            ),
+            (
+                status(Code::DeadlineExceeded, "slow", &meta("api_error", "timeout")).into(),
+                "UNAVAILABLE",
+                true,
+            ),
+            (status(Code::Internal, "x", &meta("api_error", "internal_error")).into(), "INTERNAL", false),
+            (tonic::Status::new(Code::Unavailable, "refused").into(), "UNAVAILABLE", true),
+        ];
+        for (e, code, retryable) in cases {
+            assert_eq!(e.ws_code(), code, "{e:?}");
+            assert_eq!(e.ws_retryable(), retryable, "{e:?}");
+        }
+        let aborted: ApiError = status(Code::Cancelled, "Run aborted.", &meta("api_error", "aborted")).into();
+        assert!(aborted.is_aborted());
+        assert!(!ApiError::upstream("x").is_aborted());
+    }
+}
