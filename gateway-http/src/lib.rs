@@ -37,8 +37,10 @@ pub use error::{ApiError, GatewayError};
 pub use routes::router;
 pub use state::AppState;
 
+use metrics::Metrics;
 use services::config::{parse_bind, LoadedConfig};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -164,12 +166,15 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     let gw = &config.config.gateway;
     let bind = opts.bind.clone().unwrap_or_else(|| gw.bind.clone());
     config.validate_gateway(&bind)?;
-    config.resolve_agents()?;
+    let default_agent = config.resolve_agents()?.default_agent().id.clone();
 
+    let metrics = Arc::new(Metrics::new());
     let remote_url =
         opts.agent_svc_url.or_else(|| gw.agent_service.url.clone()).filter(|u| !u.trim().is_empty());
     // Checked before binding, so a bad URL fails without side effects.
-    let remote = remote_url.map(|u| AgentClient::connect_lazy(&u).map(|c| (u, c))).transpose()?;
+    let remote = remote_url
+        .map(|u| AgentClient::connect(&u, &default_agent, metrics.clone()).map(|c| (u, c)))
+        .transpose()?;
 
     let listener = match opts.listener {
         Some(l) => l,
@@ -191,7 +196,7 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
             let l = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
             let handle = agent_svc::start(&config, l).await?;
             let url = format!("http://{}", handle.local_addr());
-            let client = AgentClient::connect_lazy(&url)?;
+            let client = AgentClient::connect(&url, &default_agent, metrics.clone())?;
             (url, client, Some(handle))
         }
     };
@@ -212,11 +217,7 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
         let mut tick = tokio::time::interval(METRICS_UPKEEP);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    upkeep_state.metrics().upkeep();
-                    let up = upkeep_state.client().health().await;
-                    upkeep_state.metrics().agent_svc_up(up);
-                }
+                _ = tick.tick() => upkeep_state.metrics().upkeep(),
                 () = upkeep_stop.cancelled() => break,
             }
         }

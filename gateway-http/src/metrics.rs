@@ -5,6 +5,7 @@
 //! install the global recorder for its own metrics. Handles are registered once
 //! and cached, so recording on the hot path is a few atomic operations.
 
+pub use crate::client::ReplicaMetrics;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::sync::OnceLock;
@@ -72,6 +73,8 @@ pub struct Metrics {
     ttft: Histogram,
     overhead: Histogram,
     agent_svc_up: Gauge,
+    replicas_total: Gauge,
+    replicas_up: Gauge,
     in_flight: Gauge,
     /// The embedded agent-svc's own metrics, rendered after the gateway's.
     embedded: std::sync::OnceLock<PrometheusHandle>,
@@ -113,6 +116,10 @@ impl Metrics {
         let overhead =
             recorder.register_histogram(&Key::from_name("openclaw_gateway_overhead_seconds"), &META);
         let agent_svc_up = recorder.register_gauge(&Key::from_name("openclaw_gateway_agent_svc_up"), &META);
+        let replicas_total =
+            recorder.register_gauge(&Key::from_name("openclaw_gateway_agent_svc_replicas"), &META);
+        let replicas_up =
+            recorder.register_gauge(&Key::from_name("openclaw_gateway_agent_svc_replicas_up"), &META);
         let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
         let stream_errors =
             recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
@@ -124,6 +131,8 @@ impl Metrics {
             ttft,
             overhead,
             agent_svc_up,
+            replicas_total,
+            replicas_up,
             in_flight,
             embedded: std::sync::OnceLock::new(),
             stream_errors,
@@ -170,9 +179,26 @@ impl Metrics {
         RunGuard(self.in_flight.clone())
     }
 
-    /// Records whether agent-svc passed its health check.
-    pub fn agent_svc_up(&self, up: bool) {
-        self.agent_svc_up.set(if up { 1.0 } else { 0.0 });
+    /// Records how many agent-svc replicas there are and how many take new
+    /// calls (`openclaw_gateway_agent_svc_up` is 1 while any does).
+    pub fn replicas(&self, total: usize, up: usize) {
+        self.replicas_total.set(total as f64);
+        self.replicas_up.set(up as f64);
+        self.agent_svc_up.set(if up > 0 { 1.0 } else { 0.0 });
+    }
+
+    /// The per-replica handles of the replica at `addr`.
+    pub fn replica(&self, addr: std::net::SocketAddr) -> ReplicaMetrics {
+        let key = |name: &'static str| Key::from_parts(name, vec![Label::new("replica", addr.to_string())]);
+        ReplicaMetrics {
+            in_flight: self.recorder.register_gauge(&key("openclaw_gateway_replica_in_flight"), &META),
+            up: self.recorder.register_gauge(&key("openclaw_gateway_replica_up"), &META),
+            errors: self.recorder.register_counter(&key("openclaw_gateway_replica_errors_total"), &META),
+            ejections: self
+                .recorder
+                .register_counter(&key("openclaw_gateway_replica_ejections_total"), &META),
+            retries: self.recorder.register_counter(&key("openclaw_gateway_replica_retries_total"), &META),
+        }
     }
 
     /// Adds an embedded agent-svc's metrics to [`Metrics::render`].
@@ -223,7 +249,38 @@ fn describe(r: &PrometheusRecorder) {
     r.describe_gauge(
         "openclaw_gateway_agent_svc_up".into(),
         None,
-        "1 when agent-svc passed its last health check (every 5 s and on /readyz), else 0.".into(),
+        "1 while at least one agent-svc replica takes new calls (probed every 2 s), else 0.".into(),
+    );
+    r.describe_gauge("openclaw_gateway_agent_svc_replicas".into(), None, "Known agent-svc replicas.".into());
+    r.describe_gauge(
+        "openclaw_gateway_agent_svc_replicas_up".into(),
+        None,
+        "agent-svc replicas taking new calls (serving, not ejected, not draining).".into(),
+    );
+    r.describe_gauge(
+        "openclaw_gateway_replica_in_flight".into(),
+        None,
+        "Runs and calls in flight per replica.".into(),
+    );
+    r.describe_gauge(
+        "openclaw_gateway_replica_up".into(),
+        None,
+        "1 while the replica takes new calls.".into(),
+    );
+    r.describe_counter(
+        "openclaw_gateway_replica_errors_total".into(),
+        Some(Unit::Count),
+        "Transport failures of calls to the replica.".into(),
+    );
+    r.describe_counter(
+        "openclaw_gateway_replica_ejections_total".into(),
+        Some(Unit::Count),
+        "Times the replica was ejected after consecutive failures.".into(),
+    );
+    r.describe_counter(
+        "openclaw_gateway_replica_retries_total".into(),
+        Some(Unit::Count),
+        "Calls that failed on the replica before it started them and were retried on another.".into(),
     );
     r.describe_gauge("openclaw_gateway_runs_in_flight".into(), None, "Agent runs being served.".into());
     r.describe_counter(

@@ -51,7 +51,7 @@ struct Inner {
     client: AgentClient,
     auth: Auth,
     chat: ChatSettings,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Cancelled when a shutdown's grace period is over: open SSE streams end
     /// with an error event instead of holding the server open, and WebSocket
     /// connections close with 1012.
@@ -70,7 +70,7 @@ impl AppState {
         AppState::with_ws(client, Auth::from_config(config), chat, WsSettings::from_config(config))
     }
 
-    /// State from its parts (fresh metrics, default WebSocket settings).
+    /// State from its parts (the client's metrics, default WebSocket settings).
     pub fn from_parts(client: AgentClient, auth: Auth, chat: ChatSettings) -> AppState {
         AppState::with_ws(client, auth, chat, WsSettings::default())
     }
@@ -78,10 +78,10 @@ impl AppState {
     /// State from its parts, with these WebSocket settings.
     pub fn with_ws(client: AgentClient, auth: Auth, chat: ChatSettings, ws: WsSettings) -> AppState {
         AppState(Arc::new(Inner {
+            metrics: client.metrics().clone(),
             client,
             auth,
             chat,
-            metrics: Metrics::new(),
             force_close: CancellationToken::new(),
             ws,
             ws_runs: ChatRuns::default(),

@@ -5,6 +5,37 @@ use http::StatusCode;
 use services::error_meta;
 use tonic::Code;
 
+/// Who a failed call's status comes from, for retries and replica health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The transport: refused, reset, unreachable, no answer. The replica may be
+    /// gone; another one may do.
+    Transport,
+    /// agent-svc itself, saying that it is shutting down.
+    Draining,
+    /// agent-svc's answer to this request (or a limit of the gRPC layer that
+    /// another replica would hit too).
+    Answer,
+}
+
+/// Classifies a status (see [`Kind`]).
+pub fn kind(s: &tonic::Status) -> Kind {
+    let md = s.metadata();
+    if md.get(error_meta::TYPE).is_none() {
+        return match s.code() {
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument => Kind::Answer,
+            _ => Kind::Transport,
+        };
+    }
+    let draining = s.code() == Code::Unavailable
+        && md.get(error_meta::CODE).is_some_and(|c| c.as_bytes() == b"agent_unavailable");
+    if draining {
+        Kind::Draining
+    } else {
+        Kind::Answer
+    }
+}
+
 /// Maps an agent-svc status to the SPEC error table.
 ///
 /// With `openclaw-error-type` metadata (the status came from agent-svc):
@@ -86,6 +117,25 @@ mod tests {
 
     fn body(e: &ApiError) -> serde_json::Value {
         serde_json::from_slice(&e.to_json()).unwrap()
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind(&tonic::Status::unavailable("tcp connect error")), Kind::Transport);
+        assert_eq!(kind(&tonic::Status::unknown("h2 protocol error")), Kind::Transport);
+        assert_eq!(kind(&tonic::Status::out_of_range("message too large")), Kind::Answer);
+        let draining = status(
+            Code::Unavailable,
+            "agent-svc is shutting down",
+            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "agent_unavailable")],
+        );
+        assert_eq!(kind(&draining), Kind::Draining);
+        let upstream = status(
+            Code::Unavailable,
+            "boom",
+            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "upstream_error")],
+        );
+        assert_eq!(kind(&upstream), Kind::Answer);
     }
 
     #[test]

@@ -19,15 +19,13 @@ pub async fn healthz() -> Response {
     ([no_store(), json()], r#"{"status":"ok"}"#).into_response()
 }
 
-/// Ready: agent-svc passes its gRPC health check (200), else 503.
+/// Ready while at least one agent-svc replica passes its gRPC health check
+/// (200), else 503; the body says how many are up.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let up = state.client().health().await;
-    state.metrics().agent_svc_up(up);
-    let (status, body) = if up {
-        (StatusCode::OK, r#"{"status":"ready"}"#)
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"unavailable"}"#)
-    };
+    let r = state.client().readiness().await;
+    let (status, word) =
+        if r.up > 0 { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "unavailable") };
+    let body = format!(r#"{{"status":"{word}","agentService":{{"replicas":{},"up":{}}}}}"#, r.total, r.up);
     (status, [no_store(), json()], body).into_response()
 }
 

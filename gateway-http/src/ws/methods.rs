@@ -122,9 +122,15 @@ enum Payload {
 async fn call(conn: &Conn, method: &str, p: Value) -> Result<Payload, ErrorShape> {
     let value = match method {
         "health" => {
-            let ok = conn.state.client().health().await;
+            let r = conn.state.client().readiness().await;
+            let ok = r.up > 0;
             let status = if ok { "serving" } else { "unavailable" };
-            serde_json::json!({"ok": ok, "agentService": status, "ts": protocol::now_ms()})
+            serde_json::json!({
+                "ok": ok,
+                "agentService": status,
+                "replicas": {"total": r.total, "up": r.up},
+                "ts": protocol::now_ms(),
+            })
         }
         "models.list" => {
             let agents = conn.state.client().list_agents(&conn.ctx()).await.map_err(api)?;
