@@ -5,8 +5,9 @@
 //!   that sees the same replicas picks the same one, so a session's turns (its
 //!   FIFO order) stay on one replica, and when a replica leaves only its own
 //!   sessions move.
-//! - A call without one goes to the less loaded of two replicas drawn at random
-//!   (power of two choices over calls in flight, scaled by warm-up weight).
+//! - A call without one goes to the less loaded (calls in flight) of two
+//!   replicas drawn at random in proportion to their warm-up weight (power of
+//!   two choices).
 //! - A retry excludes the replicas already tried.
 //!
 //! When no replica is available (all ejected, draining or failing their
@@ -108,27 +109,48 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Two replicas drawn at random in proportion to their weight (so one that is
+/// warming up is drawn less often), and the one with fewer calls in flight.
 fn least_loaded_of_two<'a>(candidates: &[&'a Arc<Replica>], now: Instant) -> Option<&'a Arc<Replica>> {
     match candidates.len() {
         0 => None,
         1 => Some(candidates[0]),
-        n => {
-            let i = random_below(n);
-            let mut j = random_below(n - 1);
-            if j >= i {
-                j += 1;
-            }
+        _ => {
+            let weights: Vec<f64> = candidates.iter().map(|r| r.weight(now)).collect();
+            let i = weighted_draw(&weights, None);
+            let j = weighted_draw(&weights, Some(i));
             let (a, b) = (candidates[i], candidates[j]);
-            // +1: an idle replica that is still warming up is not free.
-            let load = |r: &Replica| (r.in_flight() as f64 + 1.0) / r.weight(now);
-            Some(if load(b) < load(a) { b } else { a })
+            Some(if b.in_flight() < a.in_flight() { b } else { a })
         }
     }
 }
 
-/// A uniform draw in `0..n` from a per-thread xorshift generator (seeded from
-/// the clock and the thread): cheap, and good enough to spread load.
-fn random_below(n: usize) -> usize {
+/// An index drawn with probability proportional to `weights[i]`, never `skip`.
+fn weighted_draw(weights: &[f64], skip: Option<usize>) -> usize {
+    let total: f64 = weights.iter().enumerate().filter(|(i, _)| Some(*i) != skip).map(|(_, w)| w).sum();
+    let mut x = random_unit() * total;
+    let mut last = 0;
+    for (i, w) in weights.iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        last = i;
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    last
+}
+
+/// A uniform draw in [0, 1).
+fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// 64 random bits from a per-thread xorshift generator (seeded from the clock
+/// and the thread): cheap, and good enough to spread load.
+fn random_u64() -> u64 {
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
             let t = std::time::SystemTime::now()
@@ -144,8 +166,7 @@ fn random_below(n: usize) -> usize {
         x ^= x >> 7;
         x ^= x << 17;
         s.set(x);
-        // Multiply-shift: unbiased enough for load spreading.
-        ((u128::from(x) * n as u128) >> 64) as usize
+        x
     })
 }
 
@@ -228,10 +249,17 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(p.pick(None, &[]).unwrap().addr(), replicas[1].addr());
         }
-        let mut seen = [0usize; 64];
-        for _ in 0..6400 {
-            seen[random_below(64)] += 1;
+    }
+
+    #[test]
+    fn draws_follow_the_weights() {
+        let mut seen = [0usize; 4];
+        for _ in 0..40_000 {
+            seen[weighted_draw(&[1.0, 1.0, 0.1, 1.0], Some(3))] += 1;
         }
-        assert!(seen.iter().all(|n| (50..150).contains(n)), "{seen:?}");
+        // 1 : 1 : 0.1, and never the skipped one.
+        assert_eq!(seen[3], 0);
+        assert!((17_000..21_000).contains(&seen[0]) && (17_000..21_000).contains(&seen[1]), "{seen:?}");
+        assert!((1_300..2_600).contains(&seen[2]), "{seen:?}");
     }
 }

@@ -9,7 +9,7 @@
 //! probe says `SERVING` again. Gradual return: a replica that joins or comes
 //! back has a weight that grows from [`MIN_WEIGHT`] to 1 over [`WARMUP`], which
 //! scales its share of new sessions (weighted rendezvous) and of stateless
-//! calls (its load counts for more), so a replica that is not quite well yet
+//! calls (it is drawn less often), so a replica that is not quite well yet
 //! takes a trickle, not everything at once.
 
 use metrics::{Counter, Gauge};
