@@ -73,7 +73,8 @@ async fn ask(gw: &Gateway, text: &str, user: Option<&str>) -> (u16, Value) {
 async fn stateless_runs_reach_every_replica_and_a_session_stays_on_one() {
     let c = Cluster::start(3).await;
     let gw = &c.gw;
-    let runs: Vec<_> = (0..60).map(|i| async move { ask(gw, &format!("stateless {i}"), None).await }).collect();
+    let runs: Vec<_> =
+        (0..60).map(|i| async move { ask(gw, &format!("stateless {i}"), None).await }).collect();
     for (status, v) in futures::future::join_all(runs).await {
         assert_eq!(status, 200, "{v}");
     }
@@ -98,7 +99,8 @@ async fn stateless_runs_reach_every_replica_and_a_session_stays_on_one() {
         let (status, _) = ask(&c.gw, &format!("hello from u{u}"), Some(&format!("u{u}"))).await;
         assert_eq!(status, 200);
     }
-    let used: std::collections::BTreeSet<usize> = (0..30).flat_map(|u| c.served_by(&format!("hello from u{u}"))).collect();
+    let used: std::collections::BTreeSet<usize> =
+        (0..30).flat_map(|u| c.served_by(&format!("hello from u{u}"))).collect();
     assert!(used.len() >= 2, "sessions spread over replicas: {used:?}");
 
     let ready = send(c.gw.get("/readyz")).await;
@@ -133,12 +135,18 @@ async fn a_lost_replica_costs_nothing_new_its_sessions_move_with_their_history_a
     assert_ne!(moved[0], home);
     let texts: Vec<String> =
         c.mocks[moved[0]].last_request().unwrap().message_texts().into_iter().map(|(_, t)| t).collect();
-    assert!(texts.contains(&"bob turn 0".to_string()) && texts.contains(&"bob turn 1".to_string()), "{texts:?}");
+    assert!(
+        texts.contains(&"bob turn 0".to_string()) && texts.contains(&"bob turn 1".to_string()),
+        "{texts:?}"
+    );
 
     let ready = send(c.gw.get("/readyz")).await;
     assert_eq!(ready.json()["agentService"], json!({"replicas": 3, "up": 2}));
     let metrics = send(c.gw.get("/metrics")).await.text;
-    assert!(metrics.contains(&format!("openclaw_gateway_replica_up{{replica=\"{lost_addr}\"}} 0")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("openclaw_gateway_replica_up{{replica=\"{lost_addr}\"}} 0")),
+        "{metrics}"
+    );
 
     // Back on the same address: in rotation again within a few probe intervals.
     c.svcs[home].restart().await;
@@ -176,7 +184,8 @@ async fn a_draining_replica_under_load_loses_no_request() {
                     let user = (w % 2 == 0).then(|| format!("drain-user-{w}"));
                     let mut body = chat(&format!("w{w} run {i}"), user.as_deref());
                     body["stream"] = json!(w % 3 == 0);
-                    let rb = json_body(http.post(format!("{url}/v1/chat/completions")), &body).bearer_auth(TOKEN);
+                    let rb =
+                        json_body(http.post(format!("{url}/v1/chat/completions")), &body).bearer_auth(TOKEN);
                     let outcome = match rb.send().await {
                         Ok(r) if r.status() == 200 => match r.text().await {
                             Ok(t) if !t.contains("\"error\"") => Ok(()),

@@ -149,3 +149,133 @@ impl Stream for RunEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{AgentClient, CallContext};
+    use services::proto::agent_service_server::{AgentService, AgentServiceServer};
+    use services::proto::{
+        AbortRunRequest, AbortRunResponse, AgentRunRequest, GetSessionHistoryRequest,
+        GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
+        ListSessionsResponse, RunFinished, RunStarted,
+    };
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, oneshot, Notify};
+    use tonic::{Request, Response, Status};
+
+    /// How a served stream ended: read to its end, or dropped by a reset.
+    #[derive(Debug, PartialEq, Eq)]
+    enum End {
+        Completed,
+        Reset,
+    }
+
+    struct Stream {
+        rx: mpsc::Receiver<Result<AgentRunEvent, Status>>,
+        ended: Option<oneshot::Sender<End>>,
+        done: bool,
+    }
+
+    impl futures::Stream for Stream {
+        type Item = Result<AgentRunEvent, Status>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let item = ready!(self.rx.poll_recv(cx));
+            if item.is_none() {
+                self.done = true;
+            }
+            Poll::Ready(item)
+        }
+    }
+
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            if let Some(tx) = self.ended.take() {
+                let _ = tx.send(if self.done { End::Completed } else { End::Reset });
+            }
+        }
+    }
+
+    /// An agent-svc that answers `started` and `finished` at once and ends the
+    /// stream only when `gate` is notified.
+    struct Slow {
+        gate: Arc<Notify>,
+        ended: parking_lot::Mutex<Option<oneshot::Sender<End>>>,
+    }
+
+    #[tonic::async_trait]
+    impl AgentService for Slow {
+        type AgentRunStream = Stream;
+        async fn agent_run(&self, _: Request<AgentRunRequest>) -> Result<Response<Stream>, Status> {
+            let (tx, rx) = mpsc::channel(4);
+            let ev = |e| Ok(AgentRunEvent { event: Some(e) });
+            let _ = tx.try_send(ev(RunEvent::Started(RunStarted::default())));
+            let _ = tx.try_send(ev(RunEvent::Finished(RunFinished {
+                finish_reason: "stop".into(),
+                ..Default::default()
+            })));
+            let gate = self.gate.clone();
+            tokio::spawn(async move {
+                gate.notified().await;
+                drop(tx);
+            });
+            // Only the first run reports how it ended.
+            Ok(Response::new(Stream { rx, ended: self.ended.lock().take(), done: false }))
+        }
+        async fn list_agents(
+            &self,
+            _: Request<ListAgentsRequest>,
+        ) -> Result<Response<ListAgentsResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn list_sessions(
+            &self,
+            _: Request<ListSessionsRequest>,
+        ) -> Result<Response<ListSessionsResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn get_session_history(
+            &self,
+            _: Request<GetSessionHistoryRequest>,
+        ) -> Result<Response<GetSessionHistoryResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+        async fn abort_run(&self, _: Request<AbortRunRequest>) -> Result<Response<AbortRunResponse>, Status> {
+            Err(Status::unimplemented(""))
+        }
+    }
+
+    /// The root of the error bursts under load: a finished run's stream must be
+    /// read to its end, not reset (every reset is a step towards a GOAWAY).
+    #[tokio::test]
+    async fn a_finished_run_is_read_to_its_end_not_reset() {
+        let gate = Arc::new(Notify::new());
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let svc = Slow { gate: gate.clone(), ended: parking_lot::Mutex::new(Some(ended_tx)) };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServiceServer::new(svc))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = AgentClient::connect_lazy(&addr.to_string()).unwrap();
+        let mut events = client.run(AgentRunRequest::default(), &CallContext::default()).await.unwrap();
+        assert!(matches!(events.next().await, Some(Ok(RunEvent::Started(_)))));
+        assert!(matches!(events.next().await, Some(Ok(RunEvent::Finished(_)))));
+        assert!(events.next().await.is_none(), "nothing after `finished`");
+        // The consumer is done with the run before agent-svc has closed the stream.
+        drop(events);
+        // A reset would reach agent-svc before a later call on the same connection
+        // (frames are in order): make one, then give the reset a moment to show.
+        let second = client.run(AgentRunRequest::default(), &CallContext::default()).await;
+        assert!(second.is_ok());
+        let mut ended_rx = ended_rx;
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut ended_rx).await;
+        assert!(early.is_err(), "the gateway reset a run that had finished: {early:?}");
+        gate.notify_waiters();
+        let end =
+            tokio::time::timeout(Duration::from_secs(5), ended_rx).await.expect("stream ended").unwrap();
+        assert_eq!(end, End::Completed);
+    }
+}
