@@ -1,7 +1,11 @@
 //! Shared pieces of the OpenClaw gateway pair: the generated `AgentService` gRPC
-//! code ([`proto`]) and the config schema and loader ([`config`]).
+//! code ([`proto`]), the config schema and loader ([`config`]), and the rules
+//! both services apply, each once: session keys ([`session_key`]), with their
+//! error ([`rules::RuleError`]).
 
 pub mod config;
+pub mod rules;
+pub mod session_key;
 pub mod signal;
 
 /// Generated code for package `openclaw.agent.v1`.

@@ -14,7 +14,6 @@ pub mod validate;
 use crate::agents::AgentRegistry;
 use crate::error::AgentError;
 use crate::providers::{ProviderError, ProviderEvent, ProviderRequest};
-use crate::sessions::keys::{self, SessionSelector};
 use crate::sessions::queue::{SessionQueues, SessionTurn};
 use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
 use futures::{Stream, StreamExt};
@@ -23,6 +22,7 @@ use services::proto::{
     agent_run_event::Event, agent_run_request::Session, AgentRunEvent, AgentRunRequest, Message, RunFinished,
     RunStarted, TextDelta, ToolCall, ToolCallDelta, Usage,
 };
+use services::session_key::{self, SessionSelector};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -293,7 +293,7 @@ impl Runner {
             None => SessionSelector::Stateless,
         };
         let channel = if req.channel.is_empty() { "openai" } else { &req.channel };
-        let session = keys::resolve(selector, requested, channel)?;
+        let session = session_key::resolve(selector, requested, channel)?;
         let agent = self
             .registry
             .agent(&session.agent_id)

@@ -153,7 +153,7 @@ mod tests {
     async fn list_orders_filters_and_limits() {
         let store = MemoryStore::default();
         for key in ["agent:main:a", "agent:beta:b", "agent:main:c"] {
-            let agent = super::super::keys::split_agent_key(key).unwrap().0;
+            let agent = services::session_key::split_agent_key(key).unwrap().0;
             store.append(key, agent, vec![msg("user", key)]).await.unwrap();
         }
         // Give each session a distinct, known update time.

@@ -1,7 +1,7 @@
-//! Sessions: key rules ([`keys`]), per-session turn serialization ([`queue`]) and
-//! the transcript stores, one file per store behind [`SessionStore`].
+//! Sessions: per-session turn serialization ([`queue`]) and the transcript
+//! stores, one file per store behind [`SessionStore`]. The key rules are
+//! shared with the gateway: [`services::session_key`].
 
-pub mod keys;
 pub mod memory;
 pub mod postgres;
 pub mod queue;

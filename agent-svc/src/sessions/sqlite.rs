@@ -350,7 +350,7 @@ mod tests {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.path()).await.unwrap();
         for key in ["agent:main:a", "agent:beta:b", "agent:main:c"] {
-            let agent = super::super::keys::split_agent_key(key).unwrap().0;
+            let agent = services::session_key::split_agent_key(key).unwrap().0;
             store.append(key, agent, vec![text("user", key)]).await.unwrap();
         }
         // Pin update times so the order does not depend on the clock.
