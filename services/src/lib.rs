@@ -1,9 +1,10 @@
 //! Shared pieces of the OpenClaw gateway pair: the generated `AgentService` gRPC
 //! code ([`proto`]), the config schema and loader ([`config`]), and the rules
-//! both services apply, each once: session keys ([`session_key`]), with their
-//! error ([`rules::RuleError`]).
+//! both services apply, each once: session keys ([`session_key`]), the new turn
+//! and image limits ([`messages`]), with their error ([`rules::RuleError`]).
 
 pub mod config;
+pub mod messages;
 pub mod rules;
 pub mod session_key;
 pub mod signal;

@@ -18,6 +18,7 @@ use crate::sessions::queue::{SessionQueues, SessionTurn};
 use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
 use futures::{Stream, StreamExt};
 use services::config::{ModelRef, ResolvedAgent};
+use services::messages;
 use services::proto::{
     agent_run_event::Event, agent_run_request::Session, AgentRunEvent, AgentRunRequest, Message, RunFinished,
     RunStarted, TextDelta, ToolCall, ToolCallDelta, Usage,
@@ -282,8 +283,8 @@ impl Runner {
 
     fn prepare(&self, mut req: AgentRunRequest) -> Result<Prepared, AgentError> {
         validate::validate(&req)?;
-        let split = assemble::split(std::mem::take(&mut req.messages))?;
-        validate::validate_images(&split.new_turn)?;
+        let split = messages::split(std::mem::take(&mut req.messages))?;
+        messages::check_new_turn_images(&split.new_turn)?;
 
         let requested =
             if req.agent_id.is_empty() { self.registry.default_agent().id.as_str() } else { &req.agent_id };
