@@ -1,11 +1,13 @@
 //! Shared pieces of the OpenClaw gateway pair: the generated `AgentService` gRPC
 //! code ([`proto`]), the config schema and loader ([`config`]), and the rules
 //! both services apply, each once: session keys ([`session_key`]), the new turn
-//! and image limits ([`messages`]), with their error ([`rules::RuleError`]).
+//! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
+//! the rules over a run's events ([`run_events`]).
 
 pub mod config;
 pub mod messages;
 pub mod rules;
+pub mod run_events;
 pub mod session_key;
 pub mod signal;
 

@@ -16,6 +16,7 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 use services::config::ProviderConfig;
 use services::proto::{content_part, tool_choice, ContentPart, Message, Tool, ToolChoice};
+use services::run_events::finish_reason_with_calls;
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
@@ -683,7 +684,7 @@ impl ChunkState {
             // `[DONE]` without a finish reason (seen from some local servers):
             // still end with exactly one `Finish`, as the trait promises.
             self.finished = true;
-            let reason = if self.saw_tool_calls { "tool_calls" } else { "stop" };
+            let reason = finish_reason_with_calls("", self.saw_tool_calls);
             out.push_back(ProviderEvent::Finish(reason.into()));
         }
         if let Some(u) = self.usage.take() {
@@ -908,7 +909,7 @@ fn parse_completion(body: &[u8]) -> Result<Vec<ProviderEvent>, ProviderError> {
     let reason = choice
         .finish_reason
         .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| if had_calls { "tool_calls" } else { "stop" }.into());
+        .unwrap_or_else(|| finish_reason_with_calls("", had_calls).into());
     events.push(ProviderEvent::Finish(reason));
     if let Some(u) = c.usage {
         events.push(u.event());

@@ -21,8 +21,9 @@ use services::config::{ModelRef, ResolvedAgent};
 use services::messages;
 use services::proto::{
     agent_run_event::Event, agent_run_request::Session, AgentRunEvent, AgentRunRequest, Message, RunFinished,
-    RunStarted, TextDelta, ToolCall, ToolCallDelta, Usage,
+    RunStarted, TextDelta, ToolCallDelta, Usage,
 };
+use services::run_events::{self, fallback_call_id, ToolCallFold};
 use services::session_key::{self, SessionSelector};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -151,8 +152,9 @@ enum Outcome {
 #[derive(Default)]
 struct Produced {
     text: String,
-    calls: Vec<ToolCall>,
-    /// Upstream index → our contiguous index.
+    /// Tool calls by our contiguous index.
+    calls: ToolCallFold,
+    /// Our index → the upstream's index.
     call_index: Vec<u32>,
     /// Whether each call's first fragment (id, name) has been sent.
     announced: Vec<bool>,
@@ -167,7 +169,7 @@ impl Produced {
         } else {
             assemble::text_message("assistant", self.text.clone())
         };
-        m.tool_calls = self.calls.clone();
+        m.tool_calls = self.calls.calls();
         m
     }
 }
@@ -601,14 +603,11 @@ impl Runner {
                             if self.announce_pending(tx, produced, started_at).await.is_err() {
                                 return Err(None);
                             }
-                            let mut reason = finish.unwrap_or_default();
-                            // Clients loop on `tool_calls`; some upstreams say `stop` with calls.
-                            if !produced.calls.is_empty() && (reason.is_empty() || reason == "stop") {
-                                reason = "tool_calls".into();
-                            } else if reason.is_empty() {
-                                reason = "stop".into();
-                            }
-                            return Ok((reason, model.to_string()));
+                            let reason = run_events::finish_reason_with_calls(
+                                finish.as_deref().unwrap_or_default(),
+                                !produced.calls.is_empty(),
+                            );
+                            return Ok((reason.to_string(), model.to_string()));
                         }
                         Some(e) => e,
                     }
@@ -646,7 +645,7 @@ impl Runner {
                 continue;
             }
             produced.announced[i] = true;
-            let call = &produced.calls[i];
+            let Some(call) = produced.calls.get(i as u32) else { continue };
             let delta = Event::ToolCall(ToolCallDelta {
                 index: i as u32,
                 id: call.id.clone(),
@@ -675,26 +674,19 @@ impl Runner {
                 Event::Text(TextDelta { text })
             }
             ProviderEvent::ToolCall { index, id, name, arguments } => {
-                let ours = match produced.call_index.iter().position(|u| *u == index) {
-                    Some(pos) => pos,
+                let (ours, id) = match produced.call_index.iter().position(|u| *u == index) {
+                    Some(pos) => (pos, String::new()),
                     None => {
                         produced.call_index.push(index);
                         produced.announced.push(false);
                         let n = produced.calls.len();
-                        produced.calls.push(ToolCall {
-                            id: id.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("call_{n}")),
-                            r#type: "function".into(),
-                            name: String::new(),
-                            arguments: String::new(),
-                        });
-                        n
+                        // The id is settled by the first fragment: clients take it from there.
+                        let id = id.filter(|s| !s.is_empty()).unwrap_or_else(|| fallback_call_id(n as u32));
+                        (n, id)
                     }
                 };
-                let call = &mut produced.calls[ours];
-                if let Some(n) = name.filter(|n| !n.is_empty()) {
-                    call.name.push_str(&n);
-                }
-                call.arguments.push_str(&arguments);
+                let call =
+                    produced.calls.push(ours as u32, &id, name.as_deref().unwrap_or_default(), &arguments);
                 if produced.announced[ours] {
                     Event::ToolCall(ToolCallDelta { index: ours as u32, arguments, ..Default::default() })
                 } else if call.name.is_empty() {
@@ -716,11 +708,7 @@ impl Runner {
                 return Ok(());
             }
             ProviderEvent::Usage { prompt_tokens, completion_tokens } => {
-                produced.usage = Some(Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    total_tokens: prompt_tokens.saturating_add(completion_tokens),
-                });
+                produced.usage = Some(run_events::usage(prompt_tokens, completion_tokens));
                 return Ok(());
             }
         };
