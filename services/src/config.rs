@@ -6,6 +6,7 @@
 //! [`ResolvedAgents`] and check the cross-field rules. Every error is one line
 //! that names the key and the file.
 
+use crate::redact::redact_url;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -388,17 +389,7 @@ pub struct SessionConfig {
 // A postgres URL may carry a password: Debug shows it redacted.
 impl fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionConfig").field("store", &redact_userinfo(&self.store)).finish()
-    }
-}
-
-/// `scheme://user:pass@host/…` → `scheme://<redacted>@host/…`; other strings unchanged.
-pub fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-        None => url.to_string(),
+        f.debug_struct("SessionConfig").field("store", &redact_url(&self.store)).finish()
     }
 }
 
@@ -1025,7 +1016,8 @@ mod tests {
         let c = load_str(r#"{session: {store: "postgres://u:pgsecret@db:5432/x"}}"#).unwrap();
         let shown = format!("{:?}", c.config);
         assert!(!shown.contains("pgsecret") && shown.contains("db:5432/x"), "{shown}");
-        assert_eq!(redact_userinfo("sqlite:./data/s.db"), "sqlite:./data/s.db");
-        assert_eq!(redact_userinfo("postgres://db/x?a=b@c"), "postgres://db/x?a=b@c");
+        let c = load_str(r#"{session: {store: "postgres://db:5432/x?password=pgsecret"}}"#).unwrap();
+        let shown = format!("{:?}", c.config);
+        assert!(!shown.contains("pgsecret") && shown.contains("db:5432/x"), "{shown}");
     }
 }

@@ -2,10 +2,12 @@
 //! code ([`proto`]), the config schema and loader ([`config`]), and the rules
 //! both services apply, each once: session keys ([`session_key`]), the new turn
 //! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
-//! the rules over a run's events ([`run_events`]).
+//! the rules over a run's events ([`run_events`]); and hiding the credentials of
+//! a URL ([`redact`]).
 
 pub mod config;
 pub mod messages;
+pub mod redact;
 pub mod rules;
 pub mod run_events;
 pub mod session_key;

@@ -115,19 +115,9 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn SessionStore>, AgentE
     }
     Err(AgentError::Startup(format!(
         "session.store: unsupported store {:?} (memory, sqlite:PATH, postgres://…)",
-        redact_userinfo(spec)
+        // A mistyped database URL must not put its password into logs.
+        services::redact::redact_url(spec)
     )))
-}
-
-/// `scheme://user:pass@host…` → `scheme://***@host…`, so a mistyped database
-/// URL never puts a password into logs.
-fn redact_userinfo(spec: &str) -> std::borrow::Cow<'_, str> {
-    let Some((scheme, rest)) = spec.split_once("://") else { return spec.into() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]).into(),
-        None => spec.into(),
-    }
 }
 
 /// Current Unix time in milliseconds.
@@ -236,16 +226,9 @@ mod tests {
         match open("mysql://user:secret@db/x").await {
             Err(AgentError::Startup(msg)) => {
                 assert!(!msg.contains("secret"), "{msg}");
-                assert!(msg.contains("mysql://***@db/x"), "{msg}");
+                assert!(msg.contains("mysql://<redacted>@db/x"), "{msg}");
             }
             _ => panic!("expected a startup error"),
         }
-    }
-
-    #[test]
-    fn userinfo_is_redacted() {
-        assert_eq!(redact_userinfo("pg://u:p@h:5/db"), "pg://***@h:5/db");
-        assert_eq!(redact_userinfo("pg://h/db?x=a@b"), "pg://h/db?x=a@b");
-        assert_eq!(redact_userinfo("sqlite:/tmp/a@b"), "sqlite:/tmp/a@b");
     }
 }
