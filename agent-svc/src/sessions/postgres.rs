@@ -2,11 +2,9 @@
 //! [`SessionStore::lock_turn`] keeps turns of one session serialized across
 //! them with a PostgreSQL advisory lock.
 
+use super::rows::{self, HistoryRow, SummaryRow};
 use super::{now_ms, SessionStore, SessionSummary, StoredMessage, TurnLock};
 use crate::error::AgentError;
-use futures::future::BoxFuture;
-use prost::Message as _;
-use services::proto::Message;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
@@ -85,9 +83,6 @@ const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM sessions WHERE key = $1)";
 
 const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 
-type HistoryRow = (i64, String, bool, i64, Vec<u8>);
-type SummaryRow = (String, String, i64, i64, i64);
-
 /// PostgreSQL-backed transcript store, shareable between replicas.
 pub struct PostgresStore {
     data: PgPool,
@@ -158,8 +153,20 @@ impl PostgresStore {
         self.locks.close().await;
         self.data.close().await;
     }
+}
 
-    async fn append_impl(
+async fn create_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK_ID).execute(&mut *tx).await?;
+    for stmt in SCHEMA {
+        sqlx::query(stmt).persistent(false).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+#[async_trait::async_trait]
+impl SessionStore for PostgresStore {
+    async fn append(
         &self,
         key: &str,
         agent_id: &str,
@@ -168,16 +175,15 @@ impl PostgresStore {
         if messages.is_empty() {
             return Ok(());
         }
-        let count =
-            i64::try_from(messages.len()).map_err(|_| AgentError::Store("too many messages".into()))?;
-        let n = messages.len();
+        let (count, new_rows) = rows::encode(messages)?;
+        let n = new_rows.len();
         let (mut run_ids, mut interrupted, mut created, mut bodies) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for m in messages {
-            bodies.push(m.message.encode_to_vec());
-            run_ids.push(m.run_id);
-            interrupted.push(m.interrupted);
-            created.push(m.created_at_ms);
+        for row in new_rows {
+            run_ids.push(row.run_id);
+            interrupted.push(row.interrupted);
+            created.push(row.created_at_ms);
+            bodies.push(row.body);
         }
         sqlx::query(APPEND)
             .bind(key)
@@ -193,45 +199,28 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn history_impl(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
-        let rows: Vec<HistoryRow> =
+    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        let newest_first: Vec<HistoryRow> =
             sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit.map(i64::from)).fetch_all(&self.data).await?;
-        rows.into_iter()
-            .rev()
-            .map(|(seq, run_id, interrupted, created_at_ms, body)| {
-                let message = Message::decode(body.as_slice()).map_err(|e| {
-                    AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}"))
-                })?;
-                Ok(StoredMessage { message, interrupted, created_at_ms, run_id })
-            })
-            .collect()
+        rows::history(key, newest_first)
     }
 
-    async fn list_impl(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
-        let rows: Vec<SummaryRow> = match agent_id {
+    async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
+        let found: Vec<SummaryRow> = match agent_id {
             Some(agent) => {
                 sqlx::query_as(LIST_AGENT).bind(agent).bind(i64::from(limit)).fetch_all(&self.data).await?
             }
             None => sqlx::query_as(LIST_ALL).bind(i64::from(limit)).fetch_all(&self.data).await?,
         };
-        Ok(rows
-            .into_iter()
-            .map(|(key, agent_id, created_at_ms, updated_at_ms, count)| SessionSummary {
-                key,
-                agent_id,
-                created_at_ms,
-                updated_at_ms,
-                message_count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
-            })
-            .collect())
+        Ok(found.into_iter().map(rows::summary).collect())
     }
 
-    async fn exists_impl(&self, key: &str) -> Result<bool, AgentError> {
+    async fn exists(&self, key: &str) -> Result<bool, AgentError> {
         let (found,): (bool,) = sqlx::query_as(EXISTS).bind(key).fetch_one(&self.data).await?;
         Ok(found)
     }
 
-    async fn lock_turn_impl(&self, key: &str) -> Result<TurnLock, AgentError> {
+    async fn lock_turn(&self, key: &str) -> Result<TurnLock, AgentError> {
         // Polling with try-lock instead of a blocking pg_advisory_lock: a
         // waiting turn holds no connection, and dropping this future never
         // leaves a server-side wait behind.
@@ -247,50 +236,6 @@ impl PostgresStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LOCK_POLL_MAX);
         }
-    }
-}
-
-async fn create_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK_ID).execute(&mut *tx).await?;
-    for stmt in SCHEMA {
-        sqlx::query(stmt).persistent(false).execute(&mut *tx).await?;
-    }
-    tx.commit().await
-}
-
-impl SessionStore for PostgresStore {
-    fn append<'a>(
-        &'a self,
-        key: &'a str,
-        agent_id: &'a str,
-        messages: Vec<StoredMessage>,
-    ) -> BoxFuture<'a, Result<(), AgentError>> {
-        Box::pin(self.append_impl(key, agent_id, messages))
-    }
-
-    fn history<'a>(
-        &'a self,
-        key: &'a str,
-        limit: Option<u32>,
-    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>> {
-        Box::pin(self.history_impl(key, limit))
-    }
-
-    fn list<'a>(
-        &'a self,
-        agent_id: Option<&'a str>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>> {
-        Box::pin(self.list_impl(agent_id, limit))
-    }
-
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>> {
-        Box::pin(self.exists_impl(key))
-    }
-
-    fn lock_turn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<TurnLock, AgentError>> {
-        Box::pin(self.lock_turn_impl(key))
     }
 }
 
