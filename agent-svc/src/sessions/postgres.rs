@@ -239,22 +239,26 @@ impl SessionStore for PostgresStore {
     }
 }
 
-/// These tests need a server: set `OPENCLAW_TEST_POSTGRES_URL` (a database
-/// the tests may create tables in; `scripts/test.sh` starts one). Without it they
-/// are skipped with a note, except under CI (`CI` set), where that is a failure.
+/// These tests need a server: `OPENCLAW_TEST_POSTGRES_URL` names a database
+/// the tests may create tables in. Without it they fail, saying how to get one:
+/// a test that passes without running would hide a broken store.
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sessions::fixtures::{rich_turn, text};
     use std::sync::Arc;
 
-    async fn store() -> Option<PostgresStore> {
-        let Ok(url) = std::env::var("OPENCLAW_TEST_POSTGRES_URL") else {
-            assert!(std::env::var_os("CI").is_none(), "CI must provide OPENCLAW_TEST_POSTGRES_URL");
-            eprintln!("skipped: OPENCLAW_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        Some(PostgresStore::open(&url).await.unwrap())
+    const URL_ENV: &str = "OPENCLAW_TEST_POSTGRES_URL";
+
+    async fn store() -> PostgresStore {
+        let url = std::env::var(URL_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{URL_ENV} is not set. Run the tests with `scripts/test.sh`, which starts a throwaway \
+                 PostgreSQL, or start one with `eval \"$(scripts/start-test-postgres.sh)\"` in the shell \
+                 that runs cargo, or point {URL_ENV} at a database the tests may create tables in."
+            )
+        });
+        PostgresStore::open(&url).await.unwrap_or_else(|e| panic!("{URL_ENV}: {e}"))
     }
 
     /// A key no other test run uses, since the database is shared.
@@ -277,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn pg_round_trip_history_and_list() {
-        let Some(store) = store().await else { return };
+        let store = store().await;
         let k = key("rt");
         assert!(!store.exists(&k).await.unwrap());
         store.append(&k, "main", rich_turn()).await.unwrap();
@@ -306,9 +310,9 @@ mod tests {
 
     #[tokio::test]
     async fn pg_concurrent_appends_across_stores_all_land() {
-        let Some(a) = store().await else { return };
+        let a = store().await;
         // A second store stands in for a second replica.
-        let Some(b) = store().await else { return };
+        let b = store().await;
         let (a, b) = (Arc::new(a), Arc::new(b));
         let shared = key("shared");
         let mut tasks = Vec::new();
@@ -331,8 +335,8 @@ mod tests {
 
     #[tokio::test]
     async fn pg_turn_lock_serializes_across_stores() {
-        let Some(a) = store().await else { return };
-        let Some(b) = store().await else { return };
+        let a = store().await;
+        let b = store().await;
         let k = key("lock");
         let held = a.lock_turn(&k).await.unwrap();
         let mut waiting = Box::pin(b.lock_turn(&k));
