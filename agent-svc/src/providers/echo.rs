@@ -161,15 +161,8 @@ fn text_events(reply: &str, max_tokens: Option<u32>, prompt_tokens: u32) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::test_support::{msg, text_part};
     use services::proto::{ContentPart, ImageUrl, Tool, ToolChoice};
-
-    fn text_part(t: &str) -> ContentPart {
-        ContentPart { part: Some(content_part::Part::Text(t.into())) }
-    }
-
-    fn msg(role: &str, text: &str) -> Message {
-        Message { role: role.into(), parts: vec![text_part(text)], text_only: true, ..Default::default() }
-    }
 
     fn req(messages: Vec<Message>) -> ProviderRequest {
         ProviderRequest { model: "echo".into(), messages, ..Default::default() }

@@ -87,3 +87,19 @@ pub trait Provider: Send + Sync + 'static {
     /// come from the future; errors mid-stream come as stream items.
     fn stream(&self, req: ProviderRequest) -> ProviderFuture;
 }
+
+/// Message builders the provider tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use services::proto::{content_part, ContentPart, Message};
+
+    /// A text part.
+    pub(crate) fn text_part(t: &str) -> ContentPart {
+        ContentPart { part: Some(content_part::Part::Text(t.into())) }
+    }
+
+    /// A plain text message (sent as a string `content`).
+    pub(crate) fn msg(role: &str, text: &str) -> Message {
+        Message { role: role.into(), parts: vec![text_part(text)], text_only: true, ..Default::default() }
+    }
+}

@@ -1,11 +1,11 @@
 //! Runs: one agent turn from request to stored transcript.
 //!
-//! [`Runner::start`] prepares the request ([`prepare`]: validation, agent,
+//! [`Runner::start`] prepares the request (`prepare.rs`: validation, agent,
 //! session, model chain), reserves the session's place in line, registers the
-//! run ([`registry`]) and returns a [`RunStream`] whose first event is
-//! `started`. A task then drives the run ([`drive`]): it waits for the
+//! run (`registry.rs`) and returns a [`RunStream`] whose first event is
+//! `started`. A task then drives the run (`drive.rs`): it waits for the
 //! session's turn, commits the user turn, tries the models (fallbacks before
-//! the first token), forwards deltas ([`produced`]) through a bounded channel
+//! the first token), forwards deltas (`produced.rs`) through a bounded channel
 //! and stores the assistant message when the run ends. Dropping the stream,
 //! `AbortRun`, the run timeout or a forced shutdown cancel the task at once,
 //! which drops the provider stream and so closes the upstream connection.

@@ -1,6 +1,6 @@
 //! Sessions: per-session turn serialization ([`queue`]) and the transcript
 //! stores, one file per store behind [`SessionStore`]; the two SQL stores
-//! share their row layout ([`rows`]). The key rules are shared with the
+//! share their row layout (`rows.rs`). The key rules are shared with the
 //! gateway: [`services::session_key`].
 
 pub mod memory;
