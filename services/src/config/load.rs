@@ -126,6 +126,26 @@ mod tests {
     }
 
     #[test]
+    fn syntax_errors_are_one_line_with_the_position() {
+        for (text, at) in
+            [("{", "line 1 column 1"), ("{a: 1,,}", "line 1 column 7"), ("{a: 1}\n x", "line 2 column 2")]
+        {
+            let e = load_str(text).unwrap_err();
+            assert_eq!((e.file.as_str(), e.key.as_str()), ("/etc/oc.json5", "<file>"));
+            let line = e.to_string();
+            assert!(line.starts_with("config error in /etc/oc.json5: <file>: invalid JSON5: "), "{line}");
+            assert!(line.contains(at) && !line.contains('\n'), "{line}");
+        }
+        // JSON5 itself: hex, a leading '+', a leading '.', single quotes, comments.
+        let c = load_str(
+            "{gateway: {port: +0x10, bind: 'lan'}, // c\n agents: {defaults: {timeoutSeconds: .5}}}",
+        )
+        .unwrap();
+        assert_eq!((c.config.gateway.port, c.config.gateway.bind.as_str()), (16, "lan"));
+        assert_eq!(c.config.agents.defaults.timeout_seconds, 0.5);
+    }
+
+    #[test]
     fn missing_env_var_names_key() {
         let e =
             load_str(r#"{models: {providers: {o: {baseUrl: "x", apiKey: "${NOPE_NOT_SET}"}}}}"#).unwrap_err();
