@@ -1,4 +1,6 @@
-//! Model providers: one file per provider behind the [`Provider`] trait.
+//! Model providers: one module per provider behind the [`Provider`] trait
+//! (`echo.rs`, the built-in offline one; `openai/`, any OpenAI-compatible
+//! upstream).
 //!
 //! A provider turns a [`ProviderRequest`] (neutral, proto-typed messages) into a
 //! stream of [`ProviderEvent`]s. Dropping the stream must abort the upstream
@@ -91,7 +93,13 @@ pub trait Provider: Send + Sync + 'static {
 /// Message builders the provider tests share.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use services::proto::{content_part, ContentPart, Message};
+    use services::proto::{content_part, ContentPart, ImageUrl, Message};
+
+    /// An image part.
+    pub(crate) fn image_part(url: &str, detail: Option<&str>) -> ContentPart {
+        let image = ImageUrl { url: url.into(), detail: detail.map(Into::into) };
+        ContentPart { part: Some(content_part::Part::ImageUrl(image)) }
+    }
 
     /// A text part.
     pub(crate) fn text_part(t: &str) -> ContentPart {

@@ -388,9 +388,9 @@ pub(super) struct CompletionFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::test_support::{msg, text_part};
+    use crate::providers::test_support::{image_part, msg, text_part};
     use serde_json::{json, Value};
-    use services::proto::{ImageUrl, SamplingParams};
+    use services::proto::SamplingParams;
 
     fn to_json(m: &Message) -> Value {
         serde_json::to_value(WireMessage::from(m)).unwrap()
@@ -413,18 +413,8 @@ mod tests {
             role: "user".into(),
             parts: vec![
                 text_part("what is this?"),
-                ContentPart {
-                    part: Some(content_part::Part::ImageUrl(ImageUrl {
-                        url: "data:image/png;base64,AAAA".into(),
-                        detail: Some("low".into()),
-                    })),
-                },
-                ContentPart {
-                    part: Some(content_part::Part::ImageUrl(ImageUrl {
-                        url: "https://x/y.png".into(),
-                        detail: None,
-                    })),
-                },
+                image_part("data:image/png;base64,AAAA", Some("low")),
+                image_part("https://x/y.png", None),
             ],
             ..Default::default()
         };
@@ -483,9 +473,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn body_with_every_param() {
-        let req = ProviderRequest {
+    fn tool(name: &str, description: Option<&str>, parameters_json: Option<&str>) -> Tool {
+        Tool {
+            r#type: "function".into(),
+            name: name.into(),
+            description: description.map(Into::into),
+            parameters_json: parameters_json.map(Into::into),
+        }
+    }
+
+    fn function_choice(name: &str) -> Option<ToolChoice> {
+        Some(ToolChoice { choice: Some(tool_choice::Choice::Function(name.into())) })
+    }
+
+    /// One user message and every parameter, tool and format set.
+    fn every_param_request() -> ProviderRequest {
+        ProviderRequest {
             model: "m".into(),
             messages: vec![msg("user", "hi")],
             params: SamplingParams {
@@ -501,26 +504,21 @@ mod tests {
             },
             max_tokens: Some(64),
             tools: vec![
-                Tool {
-                    r#type: "function".into(),
-                    name: "get_weather".into(),
-                    description: Some("Weather".into()),
-                    parameters_json: Some(
-                        r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into(),
-                    ),
-                },
-                Tool {
-                    r#type: "function".into(),
-                    name: "now".into(),
-                    description: None,
-                    parameters_json: None,
-                },
+                tool(
+                    "get_weather",
+                    Some("Weather"),
+                    Some(r#"{"type":"object","properties":{"city":{"type":"string"}}}"#),
+                ),
+                tool("now", None, None),
             ],
-            tool_choice: Some(ToolChoice {
-                choice: Some(tool_choice::Choice::Function("get_weather".into())),
-            }),
+            tool_choice: function_choice("get_weather"),
             response_format_json: Some(r#"{"type":"json_object"}"#.into()),
-        };
+        }
+    }
+
+    #[test]
+    fn body_with_every_param() {
+        let req = every_param_request();
         let b = body_json(&req);
         assert_eq!(b["temperature"], json!(0.5));
         assert_eq!(b["top_p"], json!(0.9));
@@ -568,20 +566,14 @@ mod tests {
 
     /// A request with every shape the body can take.
     fn exact_body_request() -> ProviderRequest {
-        let image = |url: &str, detail: Option<&str>| ContentPart {
-            part: Some(content_part::Part::ImageUrl(ImageUrl {
-                url: url.into(),
-                detail: detail.map(Into::into),
-            })),
-        };
         let mut named = msg("user", "hi \"there\"\n");
         named.name = Some("bob".into());
         let parts = Message {
             role: "user".into(),
             parts: vec![
                 text_part("what is this?"),
-                image("data:image/png;base64,AAAA", Some("low")),
-                image("https://x/y.png", None),
+                image_part("data:image/png;base64,AAAA", Some("low")),
+                image_part("https://x/y.png", None),
                 ContentPart { part: None },
             ],
             ..Default::default()
@@ -604,42 +596,29 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut tool = msg("tool", "42");
-        tool.tool_call_id = Some("call_1".into());
+        let mut tool_msg = msg("tool", "42");
+        tool_msg.tool_call_id = Some("call_1".into());
         let one_part = Message { role: "user".into(), parts: vec![text_part("a")], ..Default::default() };
+        let base = every_param_request();
         ProviderRequest {
             model: "m/x".into(),
-            messages: vec![msg("system", "be brief"), named, parts, calls, tool, one_part],
+            messages: vec![msg("system", "be brief"), named, parts, calls, tool_msg, one_part],
             params: SamplingParams {
-                temperature: Some(0.5),
                 top_p: Some(1.0),
-                frequency_penalty: Some(-1.0),
                 presence_penalty: Some(0.25),
                 seed: Some(7.0),
                 stop: vec!["END".into()],
-                max_completion_tokens: Some(99),
-                max_tokens: Some(98),
-                n: Some(1),
+                ..base.params
             },
-            max_tokens: Some(64),
             tools: vec![
-                Tool {
-                    r#type: "function".into(),
-                    name: "f".into(),
-                    description: Some("F".into()),
-                    parameters_json: Some(r#"{"type":"object","properties":{}}"#.into()),
-                },
-                Tool {
-                    r#type: "function".into(),
-                    name: "g".into(),
-                    description: None,
-                    parameters_json: None,
-                },
+                tool("f", Some("F"), Some(r#"{"type":"object","properties":{}}"#)),
+                tool("g", None, None),
             ],
-            tool_choice: Some(ToolChoice { choice: Some(tool_choice::Choice::Function("f".into())) }),
+            tool_choice: function_choice("f"),
             response_format_json: Some(
                 r#"{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#.into(),
             ),
+            ..base
         }
     }
 
@@ -648,12 +627,7 @@ mod tests {
         let req = ProviderRequest {
             model: "m".into(),
             messages: vec![msg("user", "hi")],
-            tools: vec![Tool {
-                r#type: "function".into(),
-                name: "f".into(),
-                description: None,
-                parameters_json: Some("{nope".into()),
-            }],
+            tools: vec![tool("f", None, Some("{nope"))],
             ..Default::default()
         };
         assert!(matches!(build_body(&req), Err(ProviderError::Rejected(m)) if m.contains("tools[0]")));
