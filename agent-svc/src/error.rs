@@ -1,6 +1,7 @@
 //! The one error type of agent-svc and its single mapping to a gRPC status.
 
 use services::error_meta;
+use services::rules::RuleError;
 use tonic::{metadata::MetadataValue, Code, Status};
 
 /// Everything that can fail in agent-svc. Each variant maps to exactly one gRPC
@@ -105,6 +106,12 @@ impl From<AgentError> for Status {
             md.insert(error_meta::RETRY_AFTER, MetadataValue::from_static("1"));
         }
         status
+    }
+}
+
+impl From<RuleError> for AgentError {
+    fn from(e: RuleError) -> Self {
+        AgentError::InvalidRequest { message: e.message, param: e.param.map(String::from) }
     }
 }
 

@@ -3,6 +3,10 @@
 //!
 //! `main.rs` is a thin CLI over [`start`]; gateway-http calls the same function
 //! for its embedded mode, and the end-to-end tests start real servers with it.
+//!
+//! A run reads in one direction: [`service`] (gRPC in, statuses out) →
+//! [`run`] (prepare, queue, drive) → [`providers`] and [`sessions`]. Rules
+//! shared with the gateway live in the `services` crate.
 
 pub mod agents;
 pub mod error;

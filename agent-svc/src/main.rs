@@ -79,10 +79,13 @@ async fn run(cli: Cli, config: services::config::LoadedConfig) -> anyhow::Result
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let handle = agent_svc::start(&config, listener).await?;
+    // Listen before announcing readiness: a SIGTERM sent right after the line
+    // must stop the service gracefully, not kill it.
+    let stop = services::signal::shutdown_signal();
     // Readiness line: tests and scripts wait for it.
     println!("agent-svc listening on {}", handle.local_addr());
     tracing::info!(addr = %handle.local_addr(), config = %config.source, "agent-svc ready");
-    services::signal::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: refusing new runs, letting running turns finish");
     handle.shutdown(Duration::from_secs(cli.shutdown_grace_seconds)).await?;
     Ok(())

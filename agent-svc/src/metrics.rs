@@ -1,7 +1,8 @@
 //! Prometheus metrics for agent-svc, served on an optional separate listener
 //! (the gRPC port speaks only gRPC).
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
+use services::telemetry;
 use std::net::SocketAddr;
 
 /// Installs the global recorder and serves `GET /metrics` on `addr`.
@@ -10,7 +11,7 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     // Fold histogram samples into buckets even when nobody scrapes (bounded memory).
     let upkeep = handle.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut every = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
         loop {
             every.tick().await;
             upkeep.run_upkeep();
@@ -45,11 +46,5 @@ pub fn global() -> Option<PrometheusHandle> {
 }
 
 fn install() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ])
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())
+    telemetry::prometheus_builder().install_recorder().map_err(|e| e.to_string())
 }

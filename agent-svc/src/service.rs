@@ -1,9 +1,11 @@
 //! The `AgentService` gRPC implementation: a thin layer over [`Runner`] and the
-//! session store.
+//! session store, and the one place where an [`AgentError`] becomes a gRPC
+//! [`Status`] (through its `From` in `error.rs`), a run's stream included.
 
 use crate::error::AgentError;
 use crate::run::{RunStream, Runner};
 use crate::sessions::StoredMessage;
+use futures::stream::{MapErr, TryStreamExt};
 use services::proto::agent_service_server::AgentService;
 use services::proto::{
     AbortRunRequest, AbortRunResponse, AgentRunRequest, GetSessionHistoryRequest, GetSessionHistoryResponse,
@@ -17,6 +19,9 @@ use tonic::{Request, Response, Status};
 /// Default and maximum `ListSessions` page.
 const DEFAULT_LIST_LIMIT: u32 = 100;
 const MAX_LIST_LIMIT: u32 = 1000;
+
+/// A run's events for gRPC: its failure mapped to a status.
+pub type AgentRunStatusStream = MapErr<RunStream, fn(AgentError) -> Status>;
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -43,9 +48,12 @@ fn history_entry(m: StoredMessage) -> HistoryEntry {
 
 #[tonic::async_trait]
 impl AgentService for AgentSvc {
-    type AgentRunStream = RunStream;
+    type AgentRunStream = AgentRunStatusStream;
 
-    async fn agent_run(&self, request: Request<AgentRunRequest>) -> Result<Response<RunStream>, Status> {
+    async fn agent_run(
+        &self,
+        request: Request<AgentRunRequest>,
+    ) -> Result<Response<AgentRunStatusStream>, Status> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(AgentError::ShuttingDown.into());
         }
@@ -54,10 +62,10 @@ impl AgentService for AgentSvc {
         let traceparent = md.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let req = request.into_inner();
         tracing::debug!(request_id = %request_id, traceparent = %traceparent, agent = %req.agent_id, "AgentRun");
-        let stream = self.runner.start(req).await.inspect_err(|e| {
+        let stream = self.runner.start(req).inspect_err(|e| {
             tracing::debug!(request_id = %request_id, error = %e, "AgentRun refused");
         })?;
-        Ok(Response::new(stream))
+        Ok(Response::new(stream.map_err(Status::from as fn(AgentError) -> Status)))
     }
 
     async fn list_agents(

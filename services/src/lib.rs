@@ -1,8 +1,18 @@
 //! Shared pieces of the OpenClaw gateway pair: the generated `AgentService` gRPC
-//! code ([`proto`]) and the config schema and loader ([`config`]).
+//! code ([`proto`]), the config schema and loader ([`config`]), and the rules
+//! both services apply, each once: session keys ([`session_key`]), the new turn
+//! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
+//! the rules over a run's events ([`run_events`]); hiding the credentials of a
+//! URL ([`redact`]) and the Prometheus setup ([`telemetry`]).
 
 pub mod config;
+pub mod messages;
+pub mod redact;
+pub mod rules;
+pub mod run_events;
+pub mod session_key;
 pub mod signal;
+pub mod telemetry;
 
 /// Generated code for package `openclaw.agent.v1`.
 pub mod proto {

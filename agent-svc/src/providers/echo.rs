@@ -161,15 +161,8 @@ fn text_events(reply: &str, max_tokens: Option<u32>, prompt_tokens: u32) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use services::proto::{ContentPart, ImageUrl, Tool, ToolChoice};
-
-    fn text_part(t: &str) -> ContentPart {
-        ContentPart { part: Some(content_part::Part::Text(t.into())) }
-    }
-
-    fn msg(role: &str, text: &str) -> Message {
-        Message { role: role.into(), parts: vec![text_part(text)], text_only: true, ..Default::default() }
-    }
+    use crate::providers::test_support::{image_part, msg, text_part};
+    use services::proto::{Tool, ToolChoice};
 
     fn req(messages: Vec<Message>) -> ProviderRequest {
         ProviderRequest { model: "echo".into(), messages, ..Default::default() }
@@ -225,25 +218,15 @@ mod tests {
             role: "user".into(),
             parts: vec![
                 text_part("line one"),
-                ContentPart {
-                    part: Some(content_part::Part::ImageUrl(ImageUrl {
-                        url: "data:image/png;base64,AA".into(),
-                        detail: None,
-                    })),
-                },
+                image_part("data:image/png;base64,AA", None),
                 text_part("line two"),
             ],
             ..Default::default()
         };
         assert_eq!(texts(&EchoProvider::events(&req(vec![m]))).concat(), "line one\nline two");
 
-        let image_only = Message {
-            role: "user".into(),
-            parts: vec![ContentPart {
-                part: Some(content_part::Part::ImageUrl(ImageUrl { url: "data:x".into(), detail: None })),
-            }],
-            ..Default::default()
-        };
+        let image_only =
+            Message { role: "user".into(), parts: vec![image_part("data:x", None)], ..Default::default() };
         let ev = EchoProvider::events(&req(vec![image_only]));
         assert_eq!(texts(&ev).concat(), "(no text)");
         // No text anywhere: the prompt still counts as one token.

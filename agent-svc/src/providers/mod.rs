@@ -1,4 +1,6 @@
-//! Model providers: one file per provider behind the [`Provider`] trait.
+//! Model providers: one module per provider behind the [`Provider`] trait
+//! (`echo.rs`, the built-in offline one; `openai/`, any OpenAI-compatible
+//! upstream).
 //!
 //! A provider turns a [`ProviderRequest`] (neutral, proto-typed messages) into a
 //! stream of [`ProviderEvent`]s. Dropping the stream must abort the upstream
@@ -86,4 +88,26 @@ pub trait Provider: Send + Sync + 'static {
     /// Starts one attempt. Errors before any event (including HTTP error statuses)
     /// come from the future; errors mid-stream come as stream items.
     fn stream(&self, req: ProviderRequest) -> ProviderFuture;
+}
+
+/// Message builders the provider tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use services::proto::{content_part, ContentPart, ImageUrl, Message};
+
+    /// An image part.
+    pub(crate) fn image_part(url: &str, detail: Option<&str>) -> ContentPart {
+        let image = ImageUrl { url: url.into(), detail: detail.map(Into::into) };
+        ContentPart { part: Some(content_part::Part::ImageUrl(image)) }
+    }
+
+    /// A text part.
+    pub(crate) fn text_part(t: &str) -> ContentPart {
+        ContentPart { part: Some(content_part::Part::Text(t.into())) }
+    }
+
+    /// A plain text message (sent as a string `content`).
+    pub(crate) fn msg(role: &str, text: &str) -> Message {
+        Message { role: role.into(), parts: vec![text_part(text)], text_only: true, ..Default::default() }
+    }
 }

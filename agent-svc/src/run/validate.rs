@@ -2,17 +2,15 @@
 //! whether the request came through gateway-http or straight over gRPC.
 
 use crate::error::AgentError;
+use services::messages::{data_uri_decoded_len, is_http_url, IMAGE_URL_NOT_ALLOWED};
 use services::proto::{content_part::Part, tool_choice::Choice, AgentRunRequest, Message};
 
-/// Most image parts allowed in the new turn.
-pub const MAX_IMAGES: usize = 8;
-/// Most decoded image bytes allowed in the new turn.
-pub const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 /// Roles a message may have.
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 /// Checks every sampling parameter, tool, tool choice, response format and the
-/// shape of each message. Image limits apply to the new turn: see [`validate_images`].
+/// shape of each message. Image limits apply to the new turn:
+/// [`services::messages::check_new_turn_images`].
 pub fn validate(req: &AgentRunRequest) -> Result<(), AgentError> {
     validate_params(req)?;
     validate_tools(req)?;
@@ -165,11 +163,9 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
                 return Err(invalid("Image parts are only allowed in `user` messages.".into()));
             }
             let url = img.url.as_str();
-            let is_http = url.starts_with("http://") || url.starts_with("https://");
+            let is_http = is_http_url(url);
             if is_http && !allow_urls {
-                return Err(invalid(
-                    "Image URLs are not allowed: send images as base64 `data:` URIs.".into(),
-                ));
+                return Err(invalid(IMAGE_URL_NOT_ALLOWED.into()));
             }
             if !is_http && data_uri_decoded_len(url).is_none() {
                 return Err(invalid("`image_url.url` must be a base64 `data:image/...` URI.".into()));
@@ -177,44 +173,6 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
         }
     }
     Ok(())
-}
-
-/// At most [`MAX_IMAGES`] image parts and [`MAX_IMAGE_BYTES`] decoded bytes in the new turn.
-pub fn validate_images(new_turn: &[Message]) -> Result<(), AgentError> {
-    let mut count = 0usize;
-    let mut bytes = 0usize;
-    for part in new_turn.iter().flat_map(|m| &m.parts) {
-        if let Some(Part::ImageUrl(img)) = &part.part {
-            count += 1;
-            bytes += data_uri_decoded_len(&img.url).unwrap_or(0);
-        }
-    }
-    if count > MAX_IMAGES {
-        return Err(AgentError::invalid("messages", format!("At most {MAX_IMAGES} images per request.")));
-    }
-    if bytes > MAX_IMAGE_BYTES {
-        return Err(AgentError::invalid("messages", "Images exceed 20 MiB in total."));
-    }
-    Ok(())
-}
-
-/// Decoded size of a `data:<mime>;base64,<payload>` URI, or `None` when it is not one.
-pub fn data_uri_decoded_len(url: &str) -> Option<usize> {
-    let rest = url.strip_prefix("data:image/")?;
-    let (meta, payload) = rest.split_once(',')?;
-    if !meta.ends_with(";base64") || payload.is_empty() {
-        return None;
-    }
-    let padding = payload.bytes().rev().take_while(|b| *b == b'=').count().min(2);
-    let valid =
-        payload.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'));
-    let full = payload.len() / 4 * 3
-        + match payload.len() % 4 {
-            2 => 1,
-            3 => 2,
-            _ => 0,
-        };
-    valid.then(|| full.saturating_sub(padding))
 }
 
 #[cfg(test)]
@@ -244,7 +202,7 @@ mod tests {
 
     fn check(req: &AgentRunRequest) -> Result<(), AgentError> {
         validate(req)?;
-        validate_images(&req.messages)
+        Ok(services::messages::check_new_turn_images(&req.messages)?)
     }
 
     #[test]
@@ -346,16 +304,6 @@ mod tests {
         assert!(check(&req).is_err());
         req.messages = vec![image("data:image/png;base64,AAAA"); 9];
         assert_eq!(param_of(check(&req).unwrap_err()).as_deref(), Some("messages"));
-    }
-
-    #[test]
-    fn data_uri_sizes() {
-        assert_eq!(data_uri_decoded_len("data:image/png;base64,AAAA"), Some(3));
-        assert_eq!(data_uri_decoded_len("data:image/png;base64,AAA="), Some(2));
-        assert_eq!(data_uri_decoded_len("data:image/png;base64,AA=="), Some(1));
-        assert_eq!(data_uri_decoded_len("data:image/png,AAAA"), None);
-        assert_eq!(data_uri_decoded_len("data:text/plain;base64,AAAA"), None);
-        assert_eq!(data_uri_decoded_len("data:image/png;base64,"), None);
     }
 
     #[test]

@@ -3,9 +3,8 @@
 
 use super::{now_ms, SessionStore, SessionSummary, StoredMessage};
 use crate::error::AgentError;
-use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 
 /// In-process transcript store.
 #[derive(Default)]
@@ -32,19 +31,20 @@ impl Session {
     }
 }
 
-impl MemoryStore {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
-        // Every critical section leaves the map consistent, so poisoning
-        // (a panic elsewhere while holding it) does not invalidate the data.
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn append_now(&self, key: &str, agent_id: &str, mut messages: Vec<StoredMessage>) {
+// Every method works under the lock without awaiting, so none holds it across an await.
+#[async_trait::async_trait]
+impl SessionStore for MemoryStore {
+    async fn append(
+        &self,
+        key: &str,
+        agent_id: &str,
+        mut messages: Vec<StoredMessage>,
+    ) -> Result<(), AgentError> {
         if messages.is_empty() {
-            return;
+            return Ok(());
         }
         let now = now_ms();
-        let mut sessions = self.lock();
+        let mut sessions = self.sessions.lock();
         if let Some(s) = sessions.get_mut(key) {
             s.updated_at_ms = s.updated_at_ms.max(now);
             s.messages.append(&mut messages);
@@ -54,24 +54,25 @@ impl MemoryStore {
                 Session { agent_id: agent_id.to_string(), created_at_ms: now, updated_at_ms: now, messages },
             );
         }
+        Ok(())
     }
 
-    fn history_now(&self, key: &str, limit: Option<u32>) -> Vec<StoredMessage> {
-        let sessions = self.lock();
-        let Some(s) = sessions.get(key) else { return Vec::new() };
+    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        let sessions = self.sessions.lock();
+        let Some(s) = sessions.get(key) else { return Ok(Vec::new()) };
         let skip = match limit {
             Some(n) => s.messages.len().saturating_sub(n as usize),
             None => 0,
         };
-        s.messages[skip..].to_vec()
+        Ok(s.messages[skip..].to_vec())
     }
 
-    fn list_now(&self, agent_id: Option<&str>, limit: u32) -> Vec<SessionSummary> {
+    async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
         let limit = limit as usize;
         if limit == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let sessions = self.lock();
+        let sessions = self.sessions.lock();
         // Order references first and build summaries only for the ones returned.
         let mut picked: Vec<(&String, &Session)> =
             sessions.iter().filter(|(_, s)| agent_id.is_none_or(|a| s.agent_id == a)).collect();
@@ -83,48 +84,18 @@ impl MemoryStore {
             picked.truncate(limit);
         }
         picked.sort_unstable_by(by_recency);
-        picked.into_iter().map(|(k, s)| s.summary(k)).collect()
-    }
-}
-
-impl SessionStore for MemoryStore {
-    fn append<'a>(
-        &'a self,
-        key: &'a str,
-        agent_id: &'a str,
-        messages: Vec<StoredMessage>,
-    ) -> BoxFuture<'a, Result<(), AgentError>> {
-        Box::pin(async move {
-            self.append_now(key, agent_id, messages);
-            Ok(())
-        })
+        Ok(picked.into_iter().map(|(k, s)| s.summary(k)).collect())
     }
 
-    fn history<'a>(
-        &'a self,
-        key: &'a str,
-        limit: Option<u32>,
-    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>> {
-        Box::pin(async move { Ok(self.history_now(key, limit)) })
-    }
-
-    fn list<'a>(
-        &'a self,
-        agent_id: Option<&'a str>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>> {
-        Box::pin(async move { Ok(self.list_now(agent_id, limit)) })
-    }
-
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>> {
-        Box::pin(async move { Ok(self.lock().contains_key(key)) })
+    async fn exists(&self, key: &str) -> Result<bool, AgentError> {
+        Ok(self.sessions.lock().contains_key(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::fixtures::text as msg;
+    use crate::sessions::fixtures::{self, text as msg};
 
     #[tokio::test]
     async fn append_history_and_limit() {
@@ -152,33 +123,11 @@ mod tests {
     #[tokio::test]
     async fn list_orders_filters_and_limits() {
         let store = MemoryStore::default();
-        for key in ["agent:main:a", "agent:beta:b", "agent:main:c"] {
-            let agent = super::super::keys::split_agent_key(key).unwrap().0;
-            store.append(key, agent, vec![msg("user", key)]).await.unwrap();
-        }
+        fixtures::append_listed(&store).await;
         // Give each session a distinct, known update time.
-        {
-            let mut s = store.lock();
-            for (key, t) in [("agent:main:a", 30), ("agent:beta:b", 20), ("agent:main:c", 10)] {
-                s.get_mut(key).unwrap().updated_at_ms = t;
-            }
+        for (key, t) in fixtures::LISTED {
+            store.sessions.lock().get_mut(key).unwrap().updated_at_ms = t;
         }
-        let keys = |v: Vec<SessionSummary>| v.into_iter().map(|s| s.key).collect::<Vec<_>>();
-        assert_eq!(
-            keys(store.list(None, 10).await.unwrap()),
-            ["agent:main:a", "agent:beta:b", "agent:main:c"]
-        );
-        assert_eq!(keys(store.list(None, 2).await.unwrap()), ["agent:main:a", "agent:beta:b"]);
-        assert_eq!(keys(store.list(Some("main"), 10).await.unwrap()), ["agent:main:a", "agent:main:c"]);
-        assert_eq!(keys(store.list(Some("nobody"), 10).await.unwrap()), Vec::<String>::new());
-        assert!(store.list(None, 0).await.unwrap().is_empty());
-
-        // Appending bumps a session to the top.
-        store.append("agent:main:c", "main", vec![msg("user", "again")]).await.unwrap();
-        let top = store.list(None, 1).await.unwrap();
-        assert_eq!(top[0].key, "agent:main:c");
-        assert_eq!(top[0].message_count, 2);
-        assert_eq!(top[0].agent_id, "main");
-        assert!(top[0].updated_at_ms >= top[0].created_at_ms);
+        fixtures::assert_listed(&store).await;
     }
 }

@@ -1,14 +1,15 @@
-//! Sessions: key rules ([`keys`]), per-session turn serialization ([`queue`]) and
-//! the transcript stores, one file per store behind [`SessionStore`].
+//! Sessions: per-session turn serialization ([`queue`]) and the transcript
+//! stores, one file per store behind [`SessionStore`]; the two SQL stores
+//! share their row layout (`rows.rs`). The key rules are shared with the
+//! gateway: [`services::session_key`].
 
-pub mod keys;
 pub mod memory;
 pub mod postgres;
 pub mod queue;
+mod rows;
 pub mod sqlite;
 
 use crate::error::AgentError;
-use futures::future::BoxFuture;
 use services::proto::Message;
 
 /// One stored transcript message.
@@ -41,38 +42,27 @@ pub struct SessionSummary {
 
 /// A transcript store. Appends are atomic per call; callers serialize turns of
 /// one session with [`queue::SessionQueues`].
+#[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Appends messages to a session, creating it (owned by `agent_id`) if needed.
-    fn append<'a>(
-        &'a self,
-        key: &'a str,
-        agent_id: &'a str,
-        messages: Vec<StoredMessage>,
-    ) -> BoxFuture<'a, Result<(), AgentError>>;
+    async fn append(&self, key: &str, agent_id: &str, messages: Vec<StoredMessage>)
+        -> Result<(), AgentError>;
 
     /// The last `limit` messages of a session in order (`None`: all). Unknown: empty.
-    fn history<'a>(
-        &'a self,
-        key: &'a str,
-        limit: Option<u32>,
-    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>>;
+    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError>;
 
     /// Sessions, most recently updated first, optionally of one agent.
-    fn list<'a>(
-        &'a self,
-        agent_id: Option<&'a str>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>>;
+    async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError>;
 
     /// Whether a session exists.
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>>;
+    async fn exists(&self, key: &str) -> Result<bool, AgentError>;
 
     /// Serializes turns of one session across replicas that share this store:
-    /// take it after [`queue::SessionQueues::acquire`] and hold it for the turn.
-    /// Stores private to one process need nothing beyond the in-process queue,
-    /// so the default is a no-op lock. Cancel-safe.
-    fn lock_turn<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<TurnLock, AgentError>> {
-        Box::pin(std::future::ready(Ok(TurnLock::none())))
+    /// take it once the session's place in [`queue::SessionQueues`] comes up and
+    /// hold it for the turn. Stores private to one process need nothing beyond
+    /// the in-process queue, so the default is a no-op lock. Cancel-safe.
+    async fn lock_turn(&self, _key: &str) -> Result<TurnLock, AgentError> {
+        Ok(TurnLock::none())
     }
 }
 
@@ -115,19 +105,9 @@ pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn SessionStore>, AgentE
     }
     Err(AgentError::Startup(format!(
         "session.store: unsupported store {:?} (memory, sqlite:PATH, postgres://…)",
-        redact_userinfo(spec)
+        // A mistyped database URL must not put its password into logs.
+        services::redact::redact_url(spec)
     )))
-}
-
-/// `scheme://user:pass@host…` → `scheme://***@host…`, so a mistyped database
-/// URL never puts a password into logs.
-fn redact_userinfo(spec: &str) -> std::borrow::Cow<'_, str> {
-    let Some((scheme, rest)) = spec.split_once("://") else { return spec.into() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]).into(),
-        None => spec.into(),
-    }
 }
 
 /// Current Unix time in milliseconds.
@@ -138,87 +118,101 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Messages the store tests share.
+/// Messages and checks the store tests share.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use super::StoredMessage;
+    use super::{SessionStore, SessionSummary, StoredMessage};
     use services::proto::{content_part, ContentPart, ImageUrl, Message, ToolCall};
+
+    fn stored(message: Message, interrupted: bool, created_at_ms: i64, run_id: &str) -> StoredMessage {
+        StoredMessage { message, interrupted, created_at_ms, run_id: run_id.into() }
+    }
+
+    fn text_part(text: &str) -> ContentPart {
+        ContentPart { part: Some(content_part::Part::Text(text.into())) }
+    }
+
+    fn call(id: &str, name: &str, arguments: &str) -> ToolCall {
+        ToolCall { id: id.into(), r#type: "function".into(), name: name.into(), arguments: arguments.into() }
+    }
 
     /// A plain text message.
     pub(crate) fn text(role: &str, text: &str) -> StoredMessage {
-        StoredMessage {
-            message: Message {
-                role: role.into(),
-                parts: vec![ContentPart { part: Some(content_part::Part::Text(text.into())) }],
-                text_only: true,
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 1_700_000_000_000,
-            run_id: "run-1".into(),
-        }
+        let message = Message {
+            role: role.into(),
+            parts: vec![text_part(text)],
+            text_only: true,
+            ..Default::default()
+        };
+        stored(message, false, 1_700_000_000_000, "run-1")
     }
 
     /// A user turn with text and an image, an assistant with two tool calls, and
     /// an interrupted tool result: every field a store must keep.
     pub(crate) fn rich_turn() -> Vec<StoredMessage> {
-        let user = StoredMessage {
-            message: Message {
-                role: "user".into(),
-                parts: vec![
-                    ContentPart { part: Some(content_part::Part::Text("what is this?".into())) },
-                    ContentPart {
-                        part: Some(content_part::Part::ImageUrl(ImageUrl {
-                            url: "data:image/png;base64,iVBORw0KGgo=".into(),
-                            detail: Some("low".into()),
-                        })),
-                    },
-                ],
-                text_only: false,
-                name: Some("alice".into()),
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 10,
-            run_id: "run-a".into(),
+        let image = ImageUrl { url: "data:image/png;base64,iVBORw0KGgo=".into(), detail: Some("low".into()) };
+        let user = Message {
+            role: "user".into(),
+            parts: vec![
+                text_part("what is this?"),
+                ContentPart { part: Some(content_part::Part::ImageUrl(image)) },
+            ],
+            text_only: false,
+            name: Some("alice".into()),
+            ..Default::default()
         };
-        let assistant = StoredMessage {
-            message: Message {
-                role: "assistant".into(),
-                parts: Vec::new(),
-                tool_calls: vec![
-                    ToolCall {
-                        id: "call_1".into(),
-                        r#type: "function".into(),
-                        name: "lookup".into(),
-                        arguments: r#"{"q":"png"}"#.into(),
-                    },
-                    ToolCall {
-                        id: "call_2".into(),
-                        r#type: "function".into(),
-                        name: "weather".into(),
-                        arguments: "{}".into(),
-                    },
-                ],
-                ..Default::default()
-            },
-            interrupted: false,
-            created_at_ms: 11,
-            run_id: "run-a".into(),
+        let assistant = Message {
+            role: "assistant".into(),
+            parts: Vec::new(),
+            tool_calls: vec![call("call_1", "lookup", r#"{"q":"png"}"#), call("call_2", "weather", "{}")],
+            ..Default::default()
         };
-        let tool = StoredMessage {
-            message: Message {
-                role: "tool".into(),
-                parts: vec![ContentPart { part: Some(content_part::Part::Text("a logo".into())) }],
-                text_only: true,
-                tool_call_id: Some("call_1".into()),
-                ..Default::default()
-            },
-            interrupted: true,
-            created_at_ms: 12,
-            run_id: "run-b".into(),
+        let tool = Message {
+            role: "tool".into(),
+            parts: vec![text_part("a logo")],
+            text_only: true,
+            tool_call_id: Some("call_1".into()),
+            ..Default::default()
         };
-        vec![user, assistant, tool]
+        vec![
+            stored(user, false, 10, "run-a"),
+            stored(assistant, false, 11, "run-a"),
+            stored(tool, true, 12, "run-b"),
+        ]
+    }
+
+    /// Sessions of [`append_listed`] and the update time each test pins on them.
+    pub(crate) const LISTED: [(&str, i64); 3] =
+        [("agent:main:a", 30), ("agent:beta:b", 20), ("agent:main:c", 10)];
+
+    /// Appends one message to each session of [`LISTED`].
+    pub(crate) async fn append_listed(store: &dyn SessionStore) {
+        for (key, _) in LISTED {
+            let agent = services::session_key::split_agent_key(key).unwrap().0;
+            store.append(key, agent, vec![text("user", key)]).await.unwrap();
+        }
+    }
+
+    /// With [`LISTED`]'s update times pinned: order, agent filter and limit of
+    /// `list`, then an append moves a session to the top (created_at stays).
+    pub(crate) async fn assert_listed(store: &dyn SessionStore) {
+        let keys = |v: Vec<SessionSummary>| v.into_iter().map(|s| s.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.list(None, 10).await.unwrap()),
+            ["agent:main:a", "agent:beta:b", "agent:main:c"]
+        );
+        assert_eq!(keys(store.list(None, 2).await.unwrap()), ["agent:main:a", "agent:beta:b"]);
+        assert_eq!(keys(store.list(Some("main"), 10).await.unwrap()), ["agent:main:a", "agent:main:c"]);
+        assert_eq!(keys(store.list(Some("main"), 1).await.unwrap()), ["agent:main:a"]);
+        assert!(store.list(Some("nobody"), 10).await.unwrap().is_empty());
+        assert!(store.list(None, 0).await.unwrap().is_empty());
+
+        store.append("agent:main:c", "main", vec![text("assistant", "x")]).await.unwrap();
+        let top = store.list(None, 1).await.unwrap().remove(0);
+        assert_eq!(top.key, "agent:main:c");
+        assert_eq!(top.agent_id, "main");
+        assert_eq!(top.message_count, 2);
+        assert!(top.updated_at_ms > 30 && top.created_at_ms <= top.updated_at_ms);
     }
 }
 
@@ -236,16 +230,9 @@ mod tests {
         match open("mysql://user:secret@db/x").await {
             Err(AgentError::Startup(msg)) => {
                 assert!(!msg.contains("secret"), "{msg}");
-                assert!(msg.contains("mysql://***@db/x"), "{msg}");
+                assert!(msg.contains("mysql://<redacted>@db/x"), "{msg}");
             }
             _ => panic!("expected a startup error"),
         }
-    }
-
-    #[test]
-    fn userinfo_is_redacted() {
-        assert_eq!(redact_userinfo("pg://u:p@h:5/db"), "pg://***@h:5/db");
-        assert_eq!(redact_userinfo("pg://h/db?x=a@b"), "pg://h/db?x=a@b");
-        assert_eq!(redact_userinfo("sqlite:/tmp/a@b"), "sqlite:/tmp/a@b");
     }
 }

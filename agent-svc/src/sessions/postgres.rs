@@ -2,11 +2,9 @@
 //! [`SessionStore::lock_turn`] keeps turns of one session serialized across
 //! them with a PostgreSQL advisory lock.
 
+use super::rows::{self, HistoryRow, SummaryRow};
 use super::{now_ms, SessionStore, SessionSummary, StoredMessage, TurnLock};
 use crate::error::AgentError;
-use futures::future::BoxFuture;
-use prost::Message as _;
-use services::proto::Message;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
@@ -85,9 +83,6 @@ const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM sessions WHERE key = $1)";
 
 const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 
-type HistoryRow = (i64, String, bool, i64, Vec<u8>);
-type SummaryRow = (String, String, i64, i64, i64);
-
 /// PostgreSQL-backed transcript store, shareable between replicas.
 pub struct PostgresStore {
     data: PgPool,
@@ -158,8 +153,20 @@ impl PostgresStore {
         self.locks.close().await;
         self.data.close().await;
     }
+}
 
-    async fn append_impl(
+async fn create_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK_ID).execute(&mut *tx).await?;
+    for stmt in SCHEMA {
+        sqlx::query(stmt).persistent(false).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+#[async_trait::async_trait]
+impl SessionStore for PostgresStore {
+    async fn append(
         &self,
         key: &str,
         agent_id: &str,
@@ -168,16 +175,15 @@ impl PostgresStore {
         if messages.is_empty() {
             return Ok(());
         }
-        let count =
-            i64::try_from(messages.len()).map_err(|_| AgentError::Store("too many messages".into()))?;
-        let n = messages.len();
+        let (count, new_rows) = rows::encode(messages)?;
+        let n = new_rows.len();
         let (mut run_ids, mut interrupted, mut created, mut bodies) =
             (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        for m in messages {
-            bodies.push(m.message.encode_to_vec());
-            run_ids.push(m.run_id);
-            interrupted.push(m.interrupted);
-            created.push(m.created_at_ms);
+        for row in new_rows {
+            run_ids.push(row.run_id);
+            interrupted.push(row.interrupted);
+            created.push(row.created_at_ms);
+            bodies.push(row.body);
         }
         sqlx::query(APPEND)
             .bind(key)
@@ -193,45 +199,28 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn history_impl(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
-        let rows: Vec<HistoryRow> =
+    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        let newest_first: Vec<HistoryRow> =
             sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit.map(i64::from)).fetch_all(&self.data).await?;
-        rows.into_iter()
-            .rev()
-            .map(|(seq, run_id, interrupted, created_at_ms, body)| {
-                let message = Message::decode(body.as_slice()).map_err(|e| {
-                    AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}"))
-                })?;
-                Ok(StoredMessage { message, interrupted, created_at_ms, run_id })
-            })
-            .collect()
+        rows::history(key, newest_first)
     }
 
-    async fn list_impl(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
-        let rows: Vec<SummaryRow> = match agent_id {
+    async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
+        let found: Vec<SummaryRow> = match agent_id {
             Some(agent) => {
                 sqlx::query_as(LIST_AGENT).bind(agent).bind(i64::from(limit)).fetch_all(&self.data).await?
             }
             None => sqlx::query_as(LIST_ALL).bind(i64::from(limit)).fetch_all(&self.data).await?,
         };
-        Ok(rows
-            .into_iter()
-            .map(|(key, agent_id, created_at_ms, updated_at_ms, count)| SessionSummary {
-                key,
-                agent_id,
-                created_at_ms,
-                updated_at_ms,
-                message_count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
-            })
-            .collect())
+        Ok(found.into_iter().map(rows::summary).collect())
     }
 
-    async fn exists_impl(&self, key: &str) -> Result<bool, AgentError> {
+    async fn exists(&self, key: &str) -> Result<bool, AgentError> {
         let (found,): (bool,) = sqlx::query_as(EXISTS).bind(key).fetch_one(&self.data).await?;
         Ok(found)
     }
 
-    async fn lock_turn_impl(&self, key: &str) -> Result<TurnLock, AgentError> {
+    async fn lock_turn(&self, key: &str) -> Result<TurnLock, AgentError> {
         // Polling with try-lock instead of a blocking pg_advisory_lock: a
         // waiting turn holds no connection, and dropping this future never
         // leaves a server-side wait behind.
@@ -250,66 +239,26 @@ impl PostgresStore {
     }
 }
 
-async fn create_schema(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK_ID).execute(&mut *tx).await?;
-    for stmt in SCHEMA {
-        sqlx::query(stmt).persistent(false).execute(&mut *tx).await?;
-    }
-    tx.commit().await
-}
-
-impl SessionStore for PostgresStore {
-    fn append<'a>(
-        &'a self,
-        key: &'a str,
-        agent_id: &'a str,
-        messages: Vec<StoredMessage>,
-    ) -> BoxFuture<'a, Result<(), AgentError>> {
-        Box::pin(self.append_impl(key, agent_id, messages))
-    }
-
-    fn history<'a>(
-        &'a self,
-        key: &'a str,
-        limit: Option<u32>,
-    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>> {
-        Box::pin(self.history_impl(key, limit))
-    }
-
-    fn list<'a>(
-        &'a self,
-        agent_id: Option<&'a str>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>> {
-        Box::pin(self.list_impl(agent_id, limit))
-    }
-
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>> {
-        Box::pin(self.exists_impl(key))
-    }
-
-    fn lock_turn<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<TurnLock, AgentError>> {
-        Box::pin(self.lock_turn_impl(key))
-    }
-}
-
-/// These tests need a server: set `OPENCLAW_TEST_POSTGRES_URL` (a database
-/// the tests may create tables in; `scripts/test.sh` starts one). Without it they
-/// are skipped with a note, except under CI (`CI` set), where that is a failure.
+/// These tests need a server: `OPENCLAW_TEST_POSTGRES_URL` names a database
+/// the tests may create tables in. Without it they fail, saying how to get one:
+/// a test that passes without running would hide a broken store.
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sessions::fixtures::{rich_turn, text};
     use std::sync::Arc;
 
-    async fn store() -> Option<PostgresStore> {
-        let Ok(url) = std::env::var("OPENCLAW_TEST_POSTGRES_URL") else {
-            assert!(std::env::var_os("CI").is_none(), "CI must provide OPENCLAW_TEST_POSTGRES_URL");
-            eprintln!("skipped: OPENCLAW_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        Some(PostgresStore::open(&url).await.unwrap())
+    const URL_ENV: &str = "OPENCLAW_TEST_POSTGRES_URL";
+
+    async fn store() -> PostgresStore {
+        let url = std::env::var(URL_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{URL_ENV} is not set. Run the tests with `scripts/test.sh`, which starts a throwaway \
+                 PostgreSQL, or start one with `eval \"$(scripts/start-test-postgres.sh)\"` in the shell \
+                 that runs cargo, or point {URL_ENV} at a database the tests may create tables in."
+            )
+        });
+        PostgresStore::open(&url).await.unwrap_or_else(|e| panic!("{URL_ENV}: {e}"))
     }
 
     /// A key no other test run uses, since the database is shared.
@@ -332,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn pg_round_trip_history_and_list() {
-        let Some(store) = store().await else { return };
+        let store = store().await;
         let k = key("rt");
         assert!(!store.exists(&k).await.unwrap());
         store.append(&k, "main", rich_turn()).await.unwrap();
@@ -361,9 +310,9 @@ mod tests {
 
     #[tokio::test]
     async fn pg_concurrent_appends_across_stores_all_land() {
-        let Some(a) = store().await else { return };
+        let a = store().await;
         // A second store stands in for a second replica.
-        let Some(b) = store().await else { return };
+        let b = store().await;
         let (a, b) = (Arc::new(a), Arc::new(b));
         let shared = key("shared");
         let mut tasks = Vec::new();
@@ -386,8 +335,8 @@ mod tests {
 
     #[tokio::test]
     async fn pg_turn_lock_serializes_across_stores() {
-        let Some(a) = store().await else { return };
-        let Some(b) = store().await else { return };
+        let a = store().await;
+        let b = store().await;
         let k = key("lock");
         let held = a.lock_turn(&k).await.unwrap();
         let mut waiting = Box::pin(b.lock_turn(&k));

@@ -2,25 +2,40 @@
 //! arrival order, with a bounded number of waiters (SPEC §4: 16 may wait, the
 //! 17th is refused).
 //!
-//! Each active key owns a one-permit [`Semaphore`] (tokio's semaphore is FIFO
-//! fair). The map entry lives exactly as long as some turn holds or waits on
-//! it, so millions of distinct keys over time do not accumulate.
+//! [`SessionQueues::reserve`] takes a place in the session's line at once,
+//! without waiting, so turns keep the order in which their calls arrived even
+//! when each then waits in its own task; [`QueuePlace::turn`] waits until that
+//! place comes up. Each active key has a slot holding its waiting places in
+//! order; the slot lives exactly as long as some turn runs or waits on it, so
+//! millions of distinct keys over time do not accumulate.
 
 use crate::error::AgentError;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// Turn queues of all active sessions.
 pub struct SessionQueues {
     max_waiting: usize,
+    /// A key has a slot exactly while one of its turns runs (or has just been
+    /// handed the turn and not yet taken it).
     slots: Mutex<HashMap<Arc<str>, Slot>>,
 }
 
 struct Slot {
-    turn: Arc<Semaphore>,
-    /// Turns that hold or wait on `turn`; the slot is removed when it drops to 0.
-    users: usize,
+    /// The map's key, shared by the slot's places and turns.
+    key: Arc<str>,
+    /// Places waiting for the running turn to end, in reservation order.
+    waiting: VecDeque<Waiter>,
+    /// Id of the next place, unique within the slot.
+    next_id: u64,
+}
+
+struct Waiter {
+    id: u64,
+    /// Fired when the turn is handed to this place.
+    wake: oneshot::Sender<()>,
 }
 
 impl SessionQueues {
@@ -29,85 +44,147 @@ impl SessionQueues {
         Arc::new(SessionQueues { max_waiting, slots: Mutex::new(HashMap::new()) })
     }
 
-    /// Waits for the turn of session `key`. Fails with
-    /// [`AgentError::SessionBusy`] when `max_waiting` turns already wait.
-    ///
-    /// Cancel-safe: dropping the returned future gives up the place in the queue.
-    pub async fn acquire(self: &Arc<Self>, key: &str) -> Result<SessionTurn, AgentError> {
-        let (turn, user) = {
-            let mut slots = self.lock();
-            // Reuse the stored key so an existing session costs no allocation.
-            let key: Arc<str> = match slots.get_key_value(key) {
-                Some((k, _)) => Arc::clone(k),
-                None => Arc::from(key),
-            };
-            let slot = slots
-                .entry(Arc::clone(&key))
-                .or_insert_with(|| Slot { turn: Arc::new(Semaphore::new(1)), users: 0 });
-            // Everyone but the current holder is waiting.
-            if slot.users > self.max_waiting {
-                return Err(AgentError::SessionBusy(key.to_string()));
+    /// Takes the next place in the line of session `key`, at once: the session's
+    /// turn when it is free, else a place behind the turns reserved before.
+    /// Fails with [`AgentError::SessionBusy`] when `max_waiting` places already
+    /// wait. Dropping the place gives it up (or, once its turn has come, passes
+    /// the turn on).
+    pub fn reserve(self: &Arc<Self>, key: &str) -> Result<QueuePlace, AgentError> {
+        let mut slots = self.slots.lock();
+        let (key, state) = match slots.get_mut(key) {
+            Some(slot) => {
+                if slot.waiting.len() >= self.max_waiting {
+                    return Err(AgentError::SessionBusy(key.to_string()));
+                }
+                let id = slot.next_id;
+                slot.next_id += 1;
+                let (wake, woken) = oneshot::channel();
+                slot.waiting.push_back(Waiter { id, wake });
+                // The stored key: a busy session costs no allocation.
+                (Arc::clone(&slot.key), PlaceState::Waiting { id, woken })
             }
-            slot.users += 1;
-            (Arc::clone(&slot.turn), UserGuard { queues: Arc::clone(self), key })
+            None => {
+                let key: Arc<str> = Arc::from(key);
+                let slot = Slot { key: Arc::clone(&key), waiting: VecDeque::new(), next_id: 0 };
+                slots.insert(Arc::clone(&key), slot);
+                (key, PlaceState::Granted)
+            }
         };
-        // If this future is dropped while waiting, `user` drops with it and
-        // releases the place.
-        let permit = turn.acquire_owned().await.map_err(|_| internal(&user.key))?;
-        Ok(SessionTurn { _permit: permit, _user: user })
+        Ok(QueuePlace { queues: Arc::clone(self), key, state })
+    }
+
+    /// Reserves a place and waits for its turn: [`SessionQueues::reserve`] then
+    /// [`QueuePlace::turn`]. Nothing is reserved until the future is first
+    /// polled; dropping it gives the place up.
+    pub async fn acquire(self: &Arc<Self>, key: &str) -> Result<SessionTurn, AgentError> {
+        self.reserve(key)?.turn().await
     }
 
     /// Number of sessions with a running or waiting turn.
     pub fn active_keys(&self) -> usize {
-        self.lock().len()
+        self.slots.lock().len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Slot>> {
-        // The critical sections only adjust counters and cannot leave the map
-        // half-updated, so a poisoned lock is still consistent.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+    /// Ends the running turn of `key`: hands it to the first waiting place, or
+    /// frees the slot when none waits.
     fn release(&self, key: &str) {
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(key) {
-            slot.users = slot.users.saturating_sub(1);
-            if slot.users == 0 {
-                slots.remove(key);
+        let mut slots = self.slots.lock();
+        let Some(slot) = slots.get_mut(key) else { return };
+        while let Some(next) = slot.waiting.pop_front() {
+            if next.wake.send(()).is_ok() {
+                return;
+            }
+        }
+        slots.remove(key);
+    }
+
+    /// Removes a waiting place from the line; `false` when it is no longer in
+    /// it (the turn was handed to it).
+    fn withdraw(&self, key: &str, id: u64) -> bool {
+        let mut slots = self.slots.lock();
+        let Some(slot) = slots.get_mut(key) else { return false };
+        match slot.waiting.iter().position(|w| w.id == id) {
+            Some(pos) => {
+                slot.waiting.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+enum PlaceState {
+    /// The turn is this place's (nobody ran, or it was handed over).
+    Granted,
+    /// In the line; `woken` fires when the turn is handed over.
+    Waiting { id: u64, woken: oneshot::Receiver<()> },
+    /// Turned into a [`SessionTurn`], or never granted: nothing to give back.
+    Done,
+}
+
+/// A place in a session's line (see [`SessionQueues::reserve`]).
+pub struct QueuePlace {
+    queues: Arc<SessionQueues>,
+    key: Arc<str>,
+    state: PlaceState,
+}
+
+impl QueuePlace {
+    /// Waits until this place's turn comes. Cancel-safe: dropping the future
+    /// gives the place up.
+    pub async fn turn(mut self) -> Result<SessionTurn, AgentError> {
+        if let PlaceState::Waiting { woken, .. } = &mut self.state {
+            if woken.await.is_err() {
+                // Only a removed slot drops its waiters, and slots with waiters
+                // are never removed: unreachable in practice.
+                self.state = PlaceState::Done;
+                return Err(AgentError::Store(format!("session queue for '{}' is closed", self.key)));
+            }
+        }
+        self.state = PlaceState::Done;
+        Ok(SessionTurn { queues: Arc::clone(&self.queues), key: Arc::clone(&self.key) })
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, PlaceState::Done) {
+            PlaceState::Done => {}
+            PlaceState::Granted => self.queues.release(&self.key),
+            PlaceState::Waiting { id, mut woken } => {
+                // Out of the line already, and woken: the turn was handed over
+                // just now, so pass it on.
+                if !self.queues.withdraw(&self.key, id) && woken.try_recv().is_ok() {
+                    self.queues.release(&self.key);
+                }
             }
         }
     }
 }
 
-fn internal(key: &str) -> AgentError {
-    // The semaphores are never closed; this is unreachable in practice.
-    AgentError::Store(format!("session queue for '{key}' is closed"))
-}
-
-/// Counts one user of a slot until dropped.
-struct UserGuard {
-    queues: Arc<SessionQueues>,
-    key: Arc<str>,
-}
-
-impl Drop for UserGuard {
-    fn drop(&mut self) {
-        self.queues.release(&self.key);
+impl std::fmt::Debug for QueuePlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let granted = matches!(self.state, PlaceState::Granted);
+        f.debug_struct("QueuePlace").field("key", &self.key).field("granted", &granted).finish()
     }
 }
 
 /// The running turn of one session; dropping it lets the next one run.
 pub struct SessionTurn {
-    // Field order matters: the permit is released before the slot's user
-    // count, so a slot is never removed while its permit is still held.
-    _permit: OwnedSemaphorePermit,
-    _user: UserGuard,
+    queues: Arc<SessionQueues>,
+    key: Arc<str>,
 }
 
 impl SessionTurn {
     /// The session key this turn belongs to.
     pub fn key(&self) -> &str {
-        &self._user.key
+        &self.key
+    }
+}
+
+impl Drop for SessionTurn {
+    fn drop(&mut self) {
+        self.queues.release(&self.key);
     }
 }
 
@@ -277,5 +354,50 @@ mod tests {
         assert!(matches!(q.acquire("s").await, Err(AgentError::SessionBusy(_))));
         drop(t);
         drop(q.acquire("s").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn reserved_places_keep_their_order_whatever_order_they_are_awaited_in() {
+        let q = SessionQueues::new(16);
+        let running = q.reserve("s").unwrap().turn().await.unwrap();
+        let first = q.reserve("s").unwrap();
+        let second = q.reserve("s").unwrap();
+        // The later place is awaited first: it still waits for the earlier one.
+        let mut second = Box::pin(second.turn());
+        assert!(poll_once(&mut second).await.is_pending());
+        drop(running);
+        let mut first = Box::pin(first.turn());
+        let Poll::Ready(Ok(turn)) = poll_once(&mut first).await else { panic!("first place not served") };
+        assert!(poll_once(&mut second).await.is_pending());
+        drop(turn);
+        drop(second.await.unwrap());
+        assert_eq!(q.active_keys(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_line_is_refused_at_reservation() {
+        let q = SessionQueues::new(2);
+        let running = q.reserve("s").unwrap();
+        let places = [q.reserve("s").unwrap(), q.reserve("s").unwrap()];
+        assert!(matches!(q.reserve("s"), Err(AgentError::SessionBusy(k)) if k == "s"));
+        drop(places);
+        drop(running);
+        assert_eq!(q.active_keys(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_place_dropped_after_its_turn_came_passes_it_on() {
+        let q = SessionQueues::new(16);
+        let running = q.reserve("s").unwrap();
+        let skipped = q.reserve("s").unwrap();
+        let next = q.reserve("s").unwrap();
+        // The turn is handed to `skipped`, which is dropped without taking it.
+        drop(running);
+        drop(skipped);
+        let mut next = Box::pin(next.turn());
+        let Poll::Ready(Ok(turn)) = poll_once(&mut next).await else { panic!("turn not passed on") };
+        assert_eq!(turn.key(), "s");
+        drop(turn);
+        assert_eq!(q.active_keys(), 0);
     }
 }

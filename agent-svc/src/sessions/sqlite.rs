@@ -6,11 +6,9 @@
 //! small pool; with WAL they never wait on the writer. sqlx runs every
 //! connection on its own worker thread, so no SQLite call blocks the runtime.
 
+use super::rows::{self, HistoryRow, SummaryRow};
 use super::{now_ms, SessionStore, SessionSummary, StoredMessage};
 use crate::error::AgentError;
-use futures::future::BoxFuture;
-use prost::Message as _;
-use services::proto::Message;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -70,9 +68,6 @@ SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
 WHERE agent_id = ?1 ORDER BY updated_at_ms DESC, key LIMIT ?2";
 
 const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM sessions WHERE key = ?1)";
-
-type HistoryRow = (i64, String, i64, i64, Vec<u8>);
-type SummaryRow = (String, String, i64, i64, i64);
 
 /// SQLite-backed transcript store.
 pub struct SqliteStore {
@@ -146,8 +141,11 @@ impl SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+}
 
-    async fn append_impl(
+#[async_trait::async_trait]
+impl SessionStore for SqliteStore {
+    async fn append(
         &self,
         key: &str,
         agent_id: &str,
@@ -156,14 +154,7 @@ impl SqliteStore {
         if messages.is_empty() {
             return Ok(());
         }
-        let count =
-            i64::try_from(messages.len()).map_err(|_| AgentError::Store("too many messages".into()))?;
-        // Encode before taking the write lock so it is held only for the inserts.
-        let rows: Vec<(String, bool, i64, Vec<u8>)> = messages
-            .into_iter()
-            .map(|m| (m.run_id, m.interrupted, m.created_at_ms, m.message.encode_to_vec()))
-            .collect();
-
+        let (count, new_rows) = rows::encode(messages)?;
         // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let (total,): (i64,) = sqlx::query_as(UPSERT_SESSION)
@@ -175,14 +166,14 @@ impl SqliteStore {
             .await?;
         // message_count is bumped in the same transaction, so it is the next seq.
         let first_seq = total - count;
-        for (seq, (run_id, interrupted, created_at_ms, body)) in (first_seq..).zip(rows) {
+        for (seq, row) in (first_seq..).zip(new_rows) {
             sqlx::query(INSERT_MESSAGE)
                 .bind(key)
                 .bind(seq)
-                .bind(run_id)
-                .bind(interrupted)
-                .bind(created_at_ms)
-                .bind(body)
+                .bind(row.run_id)
+                .bind(row.interrupted)
+                .bind(row.created_at_ms)
+                .bind(row.body)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -190,81 +181,33 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn history_impl(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
         let limit = limit.map_or(-1, i64::from);
-        let rows: Vec<HistoryRow> =
+        let newest_first: Vec<HistoryRow> =
             sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit).fetch_all(&self.reader).await?;
-        rows.into_iter()
-            .rev()
-            .map(|(seq, run_id, interrupted, created_at_ms, body)| {
-                let message = Message::decode(body.as_slice()).map_err(|e| {
-                    AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}"))
-                })?;
-                Ok(StoredMessage { message, interrupted: interrupted != 0, created_at_ms, run_id })
-            })
-            .collect()
+        rows::history(key, newest_first)
     }
 
-    async fn list_impl(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
-        let rows: Vec<SummaryRow> = match agent_id {
+    async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
+        let found: Vec<SummaryRow> = match agent_id {
             Some(agent) => {
                 sqlx::query_as(LIST_AGENT).bind(agent).bind(i64::from(limit)).fetch_all(&self.reader).await?
             }
             None => sqlx::query_as(LIST_ALL).bind(i64::from(limit)).fetch_all(&self.reader).await?,
         };
-        Ok(rows
-            .into_iter()
-            .map(|(key, agent_id, created_at_ms, updated_at_ms, count)| SessionSummary {
-                key,
-                agent_id,
-                created_at_ms,
-                updated_at_ms,
-                message_count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
-            })
-            .collect())
+        Ok(found.into_iter().map(rows::summary).collect())
     }
 
-    async fn exists_impl(&self, key: &str) -> Result<bool, AgentError> {
+    async fn exists(&self, key: &str) -> Result<bool, AgentError> {
         let (found,): (i64,) = sqlx::query_as(EXISTS).bind(key).fetch_one(&self.reader).await?;
         Ok(found != 0)
-    }
-}
-
-impl SessionStore for SqliteStore {
-    fn append<'a>(
-        &'a self,
-        key: &'a str,
-        agent_id: &'a str,
-        messages: Vec<StoredMessage>,
-    ) -> BoxFuture<'a, Result<(), AgentError>> {
-        Box::pin(self.append_impl(key, agent_id, messages))
-    }
-
-    fn history<'a>(
-        &'a self,
-        key: &'a str,
-        limit: Option<u32>,
-    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, AgentError>> {
-        Box::pin(self.history_impl(key, limit))
-    }
-
-    fn list<'a>(
-        &'a self,
-        agent_id: Option<&'a str>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<SessionSummary>, AgentError>> {
-        Box::pin(self.list_impl(agent_id, limit))
-    }
-
-    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, AgentError>> {
-        Box::pin(self.exists_impl(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::fixtures::{rich_turn, text};
+    use crate::sessions::fixtures::{self, rich_turn, text};
     use std::path::PathBuf;
     use std::sync::Arc;
 
@@ -349,12 +292,9 @@ mod tests {
     async fn list_orders_by_update_and_filters_by_agent() {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.path()).await.unwrap();
-        for key in ["agent:main:a", "agent:beta:b", "agent:main:c"] {
-            let agent = super::super::keys::split_agent_key(key).unwrap().0;
-            store.append(key, agent, vec![text("user", key)]).await.unwrap();
-        }
+        fixtures::append_listed(&store).await;
         // Pin update times so the order does not depend on the clock.
-        for (key, t) in [("agent:main:a", 30_i64), ("agent:beta:b", 20), ("agent:main:c", 10)] {
+        for (key, t) in fixtures::LISTED {
             sqlx::query("UPDATE sessions SET updated_at_ms = ?1 WHERE key = ?2")
                 .bind(t)
                 .bind(key)
@@ -362,23 +302,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let keys = |v: Vec<SessionSummary>| v.into_iter().map(|s| s.key).collect::<Vec<_>>();
-        assert_eq!(
-            keys(store.list(None, 10).await.unwrap()),
-            ["agent:main:a", "agent:beta:b", "agent:main:c"]
-        );
-        assert_eq!(keys(store.list(None, 2).await.unwrap()), ["agent:main:a", "agent:beta:b"]);
-        assert_eq!(keys(store.list(Some("main"), 10).await.unwrap()), ["agent:main:a", "agent:main:c"]);
-        assert_eq!(keys(store.list(Some("main"), 1).await.unwrap()), ["agent:main:a"]);
-        assert!(store.list(Some("nobody"), 10).await.unwrap().is_empty());
-
-        // An append moves the session to the top; created_at stays.
-        store.append("agent:main:c", "main", vec![text("assistant", "x")]).await.unwrap();
-        let top = store.list(None, 1).await.unwrap().remove(0);
-        assert_eq!(top.key, "agent:main:c");
-        assert_eq!(top.agent_id, "main");
-        assert_eq!(top.message_count, 2);
-        assert!(top.updated_at_ms > 30 && top.created_at_ms <= top.updated_at_ms);
+        fixtures::assert_listed(&store).await;
         store.close().await;
     }
 

@@ -8,8 +8,8 @@
 
 use crate::error::ApiError;
 use crate::openai::DEFAULT_MODEL;
-use agent_svc::run::validate::{data_uri_decoded_len, MAX_IMAGES, MAX_IMAGE_BYTES};
 use serde_json::{Map, Value};
+use services::messages::{data_uri_decoded_len, MAX_IMAGES, MAX_IMAGE_BYTES};
 use services::proto::{
     agent_run_request::Session, content_part::Part, tool_choice::Choice, AgentRunRequest, ContentPart,
     ImageUrl, Message, SamplingParams, Tool, ToolCall, ToolChoice,

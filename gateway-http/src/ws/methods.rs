@@ -13,12 +13,12 @@ use crate::client::CallContext;
 use crate::error::ApiError;
 use crate::openai::models;
 use crate::state::AppState;
-use agent_svc::sessions::keys::{self, SessionSelector};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use services::proto::agent_run_request::Session;
 use services::proto::{content_part, AgentRunRequest, ContentPart, HistoryEntry, Message};
+use services::session_key::{self as keys, SessionSelector};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

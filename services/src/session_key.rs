@@ -1,8 +1,11 @@
 //! Session key rules (SPEC §4 "Sessions"): how a request's session selector
 //! becomes a full `agent:<agentId>:…` key. Pure functions, no I/O.
+//!
+//! agent-svc resolves every run's key with [`resolve`]; the gateway uses the
+//! same rules for the WebSocket methods that name a session.
 
-use crate::error::AgentError;
-use services::config::valid_agent_id;
+use crate::config::valid_agent_id;
+use crate::rules::RuleError;
 
 /// Longest accepted explicit session key or `user` value, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -53,10 +56,10 @@ pub fn resolve(
     selector: SessionSelector<'_>,
     agent_id: &str,
     channel: &str,
-) -> Result<ResolvedSession, AgentError> {
+) -> Result<ResolvedSession, RuleError> {
     let channel = if channel.is_empty() { DEFAULT_CHANNEL } else { channel };
     if !valid_channel(channel) {
-        return Err(AgentError::invalid(
+        return Err(RuleError::new(
             "channel",
             format!("Invalid channel {channel:?} (letters, digits, '-', '_', '.' only, at most {MAX_CHANNEL_BYTES} bytes)."),
         ));
@@ -89,25 +92,23 @@ pub fn split_agent_key(key: &str) -> Option<(&str, &str)> {
     Some((id, rest))
 }
 
-fn resolve_explicit(raw: &str, agent_id: &str) -> Result<ResolvedSession, AgentError> {
+fn resolve_explicit(raw: &str, agent_id: &str) -> Result<ResolvedSession, RuleError> {
     // Control characters are refused before trimming so that "key\n" is an error
     // rather than silently becoming "key".
     if raw.chars().any(char::is_control) {
-        return Err(AgentError::invalid_no_param(
-            "`x-openclaw-session-key` must not contain control characters.",
-        ));
+        return Err(RuleError::no_param("`x-openclaw-session-key` must not contain control characters."));
     }
     let key = raw.trim();
     if key.is_empty() {
-        return Err(AgentError::invalid_no_param("`x-openclaw-session-key` must not be empty."));
+        return Err(RuleError::no_param("`x-openclaw-session-key` must not be empty."));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(AgentError::invalid_no_param(format!(
+        return Err(RuleError::no_param(format!(
             "`x-openclaw-session-key` is too long (at most {MAX_KEY_BYTES} bytes)."
         )));
     }
     if is_reserved(key) {
-        return Err(AgentError::invalid_no_param(RESERVED_MESSAGE));
+        return Err(RuleError::no_param(RESERVED_MESSAGE));
     }
     if key.starts_with(AGENT_PREFIX) {
         let (id, rest) = split_agent_key(key).ok_or_else(invalid_agent_key)?;
@@ -126,10 +127,10 @@ fn resolve_explicit(raw: &str, agent_id: &str) -> Result<ResolvedSession, AgentE
 
 /// Checks the `<rest>` of an `agent:<id>:<rest>` key, including nested
 /// `agent:<id>:` prefixes, so a reserved namespace cannot hide one level down.
-fn check_rest(mut rest: &str) -> Result<(), AgentError> {
+fn check_rest(mut rest: &str) -> Result<(), RuleError> {
     loop {
         if is_reserved(rest) {
-            return Err(AgentError::invalid_no_param(RESERVED_MESSAGE));
+            return Err(RuleError::no_param(RESERVED_MESSAGE));
         }
         match split_agent_key(rest) {
             Some((_, inner)) => rest = inner,
@@ -138,26 +139,23 @@ fn check_rest(mut rest: &str) -> Result<(), AgentError> {
     }
 }
 
-fn invalid_agent_key() -> AgentError {
-    AgentError::invalid_no_param(
+fn invalid_agent_key() -> RuleError {
+    RuleError::no_param(
         "`x-openclaw-session-key` of the form `agent:<agentId>:<rest>` needs a valid agent id \
          (letters, digits, '-', '_', '.') and a non-empty rest.",
     )
 }
 
-fn check_user(raw: &str) -> Result<&str, AgentError> {
+fn check_user(raw: &str) -> Result<&str, RuleError> {
     if raw.chars().any(char::is_control) {
-        return Err(AgentError::invalid("user", "`user` must not contain control characters."));
+        return Err(RuleError::new("user", "`user` must not contain control characters."));
     }
     let user = raw.trim();
     if user.is_empty() {
-        return Err(AgentError::invalid("user", "`user` must not be empty."));
+        return Err(RuleError::new("user", "`user` must not be empty."));
     }
     if user.len() > MAX_KEY_BYTES {
-        return Err(AgentError::invalid(
-            "user",
-            format!("`user` is too long (at most {MAX_KEY_BYTES} bytes)."),
-        ));
+        return Err(RuleError::new("user", format!("`user` is too long (at most {MAX_KEY_BYTES} bytes).")));
     }
     Ok(user)
 }
@@ -176,14 +174,11 @@ fn valid_channel(channel: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn message(e: AgentError) -> (String, Option<String>) {
-        match e {
-            AgentError::InvalidRequest { message, param } => (message, param),
-            other => panic!("expected InvalidRequest, got {other:?}"),
-        }
+    fn message(e: RuleError) -> (String, Option<String>) {
+        (e.message, e.param.map(String::from))
     }
 
-    fn explicit(key: &str) -> Result<ResolvedSession, AgentError> {
+    fn explicit(key: &str) -> Result<ResolvedSession, RuleError> {
         resolve(SessionSelector::Explicit(key), "main", "openai")
     }
 

@@ -1,0 +1,143 @@
+//! How the upstream's failures become [`ProviderError`]s: a request that got
+//! no answer, an HTTP error status with upstream's message quoted, an error
+//! reported inside an answer, and a stream that broke off. Messages never
+//! carry the URL (it may hold a key).
+
+use super::read_capped;
+use super::wire::{ErrorEnvelope, ErrorField};
+use crate::providers::ProviderError;
+use eventsource_stream::EventStreamError;
+use std::time::Duration;
+
+/// Cap on an error response body we read (enough for any real error message).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How much of a non-JSON error body is quoted back.
+const ERROR_TEXT_CHARS: usize = 500;
+
+/// Maps a failure to get response headers.
+pub(super) fn send_error(e: reqwest::Error) -> ProviderError {
+    // The URL could carry a key in its query string; it is not the client's business.
+    let e = e.without_url();
+    if e.is_timeout() {
+        ProviderError::Timeout(format!("connecting to provider timed out: {}", describe(&e)))
+    } else if e.is_connect() {
+        ProviderError::Upstream(format!("could not connect to provider: {}", describe(&e)))
+    } else {
+        ProviderError::Upstream(format!("provider request failed: {}", describe(&e)))
+    }
+}
+
+/// Turns a non-2xx response into the matching error, quoting upstream's message.
+pub(super) async fn error_from_response(resp: reqwest::Response, limit: Duration) -> ProviderError {
+    let status = resp.status();
+    // A body that is slow or breaks off still leaves us the status to report.
+    let body = match tokio::time::timeout(limit, read_capped(resp, MAX_ERROR_BODY)).await {
+        Ok(Ok(b)) => b,
+        _ => Vec::new(),
+    };
+    let mut msg = error_message(&body);
+    if msg.is_empty() {
+        msg = status.to_string();
+    }
+    status_error(status.as_u16(), msg)
+}
+
+/// The error for an HTTP status, given upstream's message.
+fn status_error(status: u16, msg: String) -> ProviderError {
+    match status {
+        429 => ProviderError::RateLimited(msg),
+        401 | 403 => ProviderError::Upstream(format!("provider authentication failed ({status}): {msg}")),
+        // An unknown model or a wrong base URL is the gateway's config, not the request.
+        404 => ProviderError::Upstream(format!("provider returned HTTP 404: {msg}")),
+        400..=499 => ProviderError::Rejected(msg),
+        _ => ProviderError::Upstream(format!("provider returned HTTP {status}: {msg}")),
+    }
+}
+
+/// An error the upstream reported inside an answer (a stream chunk or a
+/// completion with `error`).
+pub(super) fn reported(err: ErrorField) -> ProviderError {
+    let msg = err.message().filter(|m| !m.is_empty());
+    ProviderError::Upstream(msg.unwrap_or_else(|| "provider reported an error".into()))
+}
+
+/// Upstream's error message from an error body: `error.message`, `error` as a
+/// string, or a top-level `message` (older vLLM); else the text, truncated.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(env) = serde_json::from_slice::<ErrorEnvelope>(body) {
+        let top = match env.message {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        };
+        if let Some(m) = env.error.and_then(ErrorField::message).or(top).filter(|m| !m.trim().is_empty()) {
+            return truncate_chars(m.trim(), 4 * ERROR_TEXT_CHARS);
+        }
+    }
+    truncate_chars(String::from_utf8_lossy(body).trim(), ERROR_TEXT_CHARS)
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+/// An error and its sources on one line (reqwest's top-level message alone,
+/// "error sending request", says nothing about refused vs reset).
+pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// A stream that could not be read as server-sent events.
+pub(super) fn sse_error<E: std::error::Error + 'static>(e: EventStreamError<E>) -> ProviderError {
+    match e {
+        EventStreamError::Transport(e) => {
+            ProviderError::Upstream(format!("provider stream broke off: {}", describe(&e)))
+        }
+        EventStreamError::Utf8(e) => ProviderError::Upstream(format!("malformed stream from provider: {e}")),
+        EventStreamError::Parser(e) => {
+            ProviderError::Upstream(format!("malformed stream from provider: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_and_status_mapping() {
+        assert_eq!(
+            error_message(br#"{"error":{"message":"context too long","type":"x"}}"#),
+            "context too long"
+        );
+        assert_eq!(error_message(br#"{"error":"model not found"}"#), "model not found");
+        assert_eq!(error_message(br#"{"object":"error","message":"bad n"}"#), "bad n");
+        assert_eq!(error_message(b"  plain text  "), "plain text");
+        let long = "x".repeat(2000);
+        let m = error_message(long.as_bytes());
+        assert_eq!(m.len(), ERROR_TEXT_CHARS + 3);
+
+        assert_eq!(status_error(429, "slow".into()), ProviderError::RateLimited("slow".into()));
+        assert_eq!(
+            status_error(401, "bad key".into()),
+            ProviderError::Upstream("provider authentication failed (401): bad key".into())
+        );
+        assert!(matches!(status_error(403, "x".into()), ProviderError::Upstream(_)));
+        assert_eq!(status_error(400, "too long".into()), ProviderError::Rejected("too long".into()));
+        assert!(matches!(status_error(404, "x".into()), ProviderError::Upstream(_)));
+        assert!(matches!(status_error(500, "x".into()), ProviderError::Upstream(_)));
+        assert!(matches!(status_error(302, "x".into()), ProviderError::Upstream(_)));
+    }
+}

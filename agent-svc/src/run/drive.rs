@@ -1,0 +1,323 @@
+//! The life of a started run: wait for the session's turn, commit the user
+//! turn, try the model chain, forward deltas, store the assistant message and
+//! send the last event. Everything here runs in the run's own task.
+
+use super::prepare::Prepared;
+use super::produced::Produced;
+use super::registry::{Cancel, RunCancel};
+use super::{assemble, event, EventTx, Runner};
+use crate::error::AgentError;
+use crate::providers::ProviderError;
+use crate::sessions::queue::{QueuePlace, SessionTurn};
+use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
+use futures::StreamExt;
+use services::proto::{agent_run_event::Event, AgentRunEvent, RunFinished};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a run's last event may wait for a caller that stopped reading.
+const LAST_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Stands in for "no deadline" (a year), so that deadlines cannot overflow.
+const FAR_FUTURE: Duration = Duration::from_secs(31_536_000);
+
+/// How a run ended.
+enum Outcome {
+    Finished { finish_reason: String, model: String },
+    Failed(AgentError),
+    TimedOut,
+    Cancelled(Cancel),
+}
+
+/// The deltas could not be delivered: the caller went away.
+struct Gone;
+
+/// Sends a run's last event (or error); a caller that has stopped reading does
+/// not keep the run alive past [`LAST_EVENT_TIMEOUT`].
+async fn send_last(tx: &EventTx, item: Result<AgentRunEvent, AgentError>) {
+    let _ = tokio::time::timeout(LAST_EVENT_TIMEOUT, tx.send(item)).await;
+}
+
+/// The error a cancelled run ends with; a caller that went away gets nothing.
+fn cancelled_error(why: Cancel) -> Option<AgentError> {
+    match why {
+        Cancel::Aborted => Some(AgentError::Aborted),
+        Cancel::Shutdown => Some(AgentError::ShuttingDown),
+        Cancel::ClientGone => None,
+    }
+}
+
+fn provider_error(e: ProviderError) -> AgentError {
+    match e {
+        ProviderError::RateLimited(m) => AgentError::RateLimited(m),
+        ProviderError::Rejected(m) => AgentError::UpstreamRejected(m),
+        ProviderError::Upstream(m) => AgentError::Upstream(m),
+        ProviderError::Timeout(m) => AgentError::Timeout(m),
+    }
+}
+
+fn provider_error_kind(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::RateLimited(_) => "rate_limited",
+        ProviderError::Rejected(_) => "rejected",
+        ProviderError::Upstream(_) => "upstream",
+        ProviderError::Timeout(_) => "timeout",
+    }
+}
+
+/// Removes a run from the registry and the in-flight count when dropped.
+struct RunCleanup<'a> {
+    runner: &'a Runner,
+    run_id: String,
+}
+
+impl Drop for RunCleanup<'_> {
+    fn drop(&mut self) {
+        self.runner.runs.remove(&self.run_id);
+        metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
+        if self.runner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.runner.idle.notify_waiters();
+        }
+    }
+}
+
+/// Waits for a stable session's turn: the in-process FIFO place first, then the
+/// store's cross-replica lock (Postgres). Stateless runs have no turn to wait for.
+async fn wait_turn(
+    store: &dyn SessionStore,
+    key: &str,
+    place: Option<QueuePlace>,
+) -> Result<Option<(SessionTurn, TurnLock)>, AgentError> {
+    match place {
+        Some(place) => {
+            let queued = place.turn().await?;
+            let locked = store.lock_turn(key).await?;
+            Ok(Some((queued, locked)))
+        }
+        None => Ok(None),
+    }
+}
+
+impl Runner {
+    /// The whole life of a started run, from its place in the session queue to
+    /// the registry cleanup.
+    pub(super) async fn run(
+        self: Arc<Self>,
+        mut p: Prepared,
+        place: Option<QueuePlace>,
+        tx: EventTx,
+        cancel: RunCancel,
+    ) {
+        // Cleans up on every path, a panic included, so shutdown never waits on a ghost.
+        let _cleanup = RunCleanup { runner: &self, run_id: p.run_id.clone() };
+        // The run timeout covers the wait for the session's turn too.
+        let now = Instant::now();
+        let deadline =
+            tokio::time::Instant::from_std(now.checked_add(p.agent.timeout).unwrap_or(now + FAR_FUTURE));
+        // Waiting for the session's turn is cancellable like the rest of the run;
+        // a turn cancelled while queued stores nothing.
+        let waited = tokio::select! {
+            biased;
+            _ = cancel.token().cancelled() => None,
+            r = tokio::time::timeout_at(deadline, wait_turn(&*self.store, &p.session_key, place)) => {
+                Some(r.unwrap_or_else(|_| {
+                    Err(AgentError::Timeout(format!(
+                        "Run timed out after {}s waiting for the session's turn.",
+                        p.agent.timeout.as_secs_f64()
+                    )))
+                }))
+            }
+        };
+        // Committing the user turn is not cancelled half-way: once it is stored, a
+        // cancel is seen by `drive`, which stores the interrupted assistant message.
+        let begun = match waited {
+            Some(Ok(turn)) => Some(self.begin_turn(&mut p).await.map(|()| turn)),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
+        match begun {
+            Some(Ok(turn)) => self.drive(&p, turn, &tx, &cancel, deadline).await,
+            Some(Err(e)) => {
+                metrics::counter!("openclaw_agent_runs_total", "outcome" => "refused").increment(1);
+                send_last(&tx, Err(e)).await;
+            }
+            None => {
+                metrics::counter!("openclaw_agent_runs_total", "outcome" => "cancelled").increment(1);
+                if let Some(e) = cancelled_error(cancel.reason()) {
+                    send_last(&tx, Err(e)).await;
+                }
+            }
+        }
+    }
+
+    /// Loads the transcript, commits the user turn (before any provider is
+    /// called) and assembles the upstream messages.
+    async fn begin_turn(&self, p: &mut Prepared) -> Result<(), AgentError> {
+        let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
+        if p.stable {
+            let now = now_ms();
+            let user_turn = p
+                .new_turn
+                .iter()
+                .map(|m| StoredMessage {
+                    message: m.clone(),
+                    interrupted: false,
+                    created_at_ms: now,
+                    run_id: p.run_id.clone(),
+                })
+                .collect();
+            self.store.append(&p.session_key, &p.agent.id, user_turn).await?;
+        }
+        p.base.messages = assemble::upstream_messages(
+            p.agent.system_prompt.as_deref(),
+            p.system.as_deref(),
+            &transcript,
+            &p.client_history,
+            &p.new_turn,
+        );
+        Ok(())
+    }
+
+    /// Runs the model chain under the deadline and the cancel token, stores
+    /// the assistant message and sends the last event.
+    async fn drive(
+        &self,
+        p: &Prepared,
+        turn: Option<(SessionTurn, TurnLock)>,
+        tx: &EventTx,
+        cancel: &RunCancel,
+        deadline: tokio::time::Instant,
+    ) {
+        let started_at = Instant::now();
+        let mut produced = Produced::default();
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.token().cancelled() => Outcome::Cancelled(cancel.reason()),
+            r = tokio::time::timeout_at(deadline, self.attempts(p, tx, &mut produced, started_at)) => match r {
+                Ok(Ok(model)) => Outcome::Finished { finish_reason: produced.finish_reason(), model },
+                Ok(Err(Some(e))) => Outcome::Failed(e),
+                Ok(Err(None)) => Outcome::Cancelled(Cancel::ClientGone),
+                Err(_) => Outcome::TimedOut,
+            },
+        };
+
+        // Everything in `attempts` is provider time but for the microseconds of
+        // forwarding deltas, which is what the gateway's overhead figure wants.
+        let provider_elapsed = started_at.elapsed();
+        let finished = matches!(outcome, Outcome::Finished { .. });
+        if p.stable {
+            let stored = StoredMessage {
+                message: produced.assistant_message(),
+                interrupted: !finished,
+                created_at_ms: now_ms(),
+                run_id: p.run_id.clone(),
+            };
+            if let Err(e) = self.store.append(&p.session_key, &p.agent.id, vec![stored]).await {
+                tracing::error!(session = %p.session_key, error = %e, "storing the assistant message failed");
+            }
+        }
+        drop(turn);
+
+        let label = match &outcome {
+            Outcome::Finished { .. } => "finished",
+            Outcome::Failed(_) => "failed",
+            Outcome::TimedOut => "timeout",
+            Outcome::Cancelled(Cancel::Aborted) => "aborted",
+            Outcome::Cancelled(_) => "cancelled",
+        };
+        metrics::counter!("openclaw_agent_runs_total", "outcome" => label).increment(1);
+        metrics::histogram!("openclaw_agent_run_duration_seconds").record(started_at.elapsed().as_secs_f64());
+
+        let last = match outcome {
+            Outcome::Finished { finish_reason, model } => Some(Ok(event(Event::Finished(RunFinished {
+                finish_reason,
+                usage: produced.usage(),
+                model,
+                provider_micros: provider_elapsed.as_micros() as u64,
+            })))),
+            Outcome::Failed(e) => Some(Err(e)),
+            Outcome::TimedOut => Some(Err(AgentError::Timeout(format!(
+                "Run timed out after {}s.",
+                p.agent.timeout.as_secs_f64()
+            )))),
+            Outcome::Cancelled(why) => cancelled_error(why).map(Err),
+        };
+        if let Some(last) = last {
+            send_last(tx, last).await;
+        }
+    }
+
+    /// Tries each model of the chain until one answers; returns the model that
+    /// did. `Err(None)`: the caller went away.
+    async fn attempts(
+        &self,
+        p: &Prepared,
+        tx: &EventTx,
+        produced: &mut Produced,
+        started_at: Instant,
+    ) -> Result<String, Option<AgentError>> {
+        let mut last_err = None;
+        for (i, model) in p.chain.iter().enumerate() {
+            let Some(provider) = self.registry.provider(&model.provider) else {
+                last_err = Some(AgentError::invalid("model", format!("Unknown model: {model}")));
+                continue;
+            };
+            let has_next = i + 1 < p.chain.len();
+            let mut req = p.base.clone();
+            req.model.clone_from(&model.model);
+            if let Some(cap) = self.registry.max_tokens(model) {
+                req.max_tokens = Some(req.max_tokens.map_or(cap, |c| c.min(cap)));
+            }
+            let failure = match provider.stream(req).await {
+                Ok(mut stream) => {
+                    let mut failure = None;
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(ev) => {
+                                if let Some(delta) = produced.take(ev) {
+                                    send(tx, produced, delta, started_at).await.map_err(|Gone| None)?;
+                                }
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    match failure {
+                        None => {
+                            for delta in produced.unannounced() {
+                                send(tx, produced, delta, started_at).await.map_err(|Gone| None)?;
+                            }
+                            return Ok(model.to_string());
+                        }
+                        Some(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            metrics::counter!("openclaw_agent_provider_errors_total",
+                "provider" => model.provider.clone(), "kind" => provider_error_kind(&failure))
+            .increment(1);
+            let retryable = !matches!(failure, ProviderError::Rejected(_));
+            if produced.first_token || !has_next || !retryable {
+                return Err(Some(provider_error(failure)));
+            }
+            tracing::warn!(model = %model, error = %failure, "provider failed before the first token; trying the next model");
+            produced.restart();
+            last_err = Some(provider_error(failure));
+        }
+        Err(Some(last_err.unwrap_or_else(|| AgentError::Upstream("no model could be tried".into()))))
+    }
+}
+
+/// Sends one content or tool-call delta, noting the first token.
+async fn send(tx: &EventTx, produced: &mut Produced, delta: Event, started_at: Instant) -> Result<(), Gone> {
+    if !produced.first_token {
+        produced.first_token = true;
+        metrics::histogram!("openclaw_agent_time_to_first_token_seconds")
+            .record(started_at.elapsed().as_secs_f64());
+    }
+    tx.send(Ok(event(delta))).await.map_err(|_| Gone)
+}

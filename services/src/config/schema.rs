@@ -1,0 +1,396 @@
+//! The config file's shape: every key, its type and its default. Secrets and
+//! database URLs are redacted in `Debug`.
+
+use super::API_OPENAI_COMPLETIONS;
+use crate::redact::redact_url;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Config {
+    /// `gateway.*`: the HTTP/WebSocket front.
+    pub gateway: GatewayConfig,
+    /// `agents.*`.
+    pub agents: AgentsConfig,
+    /// `models.*`: providers.
+    pub models: ModelsConfig,
+    /// `session.*`: the session store.
+    pub session: SessionConfig,
+}
+
+/// `gateway.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewayConfig {
+    /// Listen port (default 18789).
+    pub port: u16,
+    /// `loopback`, `lan` or an IP literal.
+    pub bind: String,
+    /// Authentication of `/v1/*` and the WebSocket connect.
+    pub auth: AuthConfig,
+    /// HTTP endpoints.
+    pub http: HttpConfig,
+    /// Where agent-svc is.
+    pub agent_service: AgentServiceConfig,
+    /// WebSocket protocol limits.
+    pub ws: WsConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            port: 18789,
+            bind: "loopback".into(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            agent_service: AgentServiceConfig::default(),
+            ws: WsConfig::default(),
+        }
+    }
+}
+
+/// `gateway.auth.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Bearer token.
+    #[default]
+    Token,
+    /// Bearer password.
+    Password,
+    /// No authentication (loopback binds only).
+    None,
+}
+
+/// `gateway.auth.*`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthConfig {
+    /// Which secret is checked.
+    pub mode: AuthMode,
+    /// The token (else env `OPENCLAW_GATEWAY_TOKEN`).
+    pub token: Option<String>,
+    /// The password (else env `OPENCLAW_GATEWAY_PASSWORD`).
+    pub password: Option<String>,
+    /// Failed-attempt lockout.
+    pub rate_limit: RateLimitConfig,
+}
+
+// Secrets must never reach logs, so Debug is written by hand.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
+}
+
+/// `gateway.auth.rateLimit.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitConfig {
+    /// Failed attempts allowed within the window.
+    pub max_attempts: u32,
+    /// The counting window.
+    pub window_ms: u64,
+    /// How long a locked-out IP is refused.
+    pub lockout_ms: u64,
+    /// Loopback clients are never locked out.
+    pub exempt_loopback: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { max_attempts: 10, window_ms: 60_000, lockout_ms: 300_000, exempt_loopback: true }
+    }
+}
+
+/// `gateway.http.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpConfig {
+    /// `gateway.http.endpoints.*`.
+    pub endpoints: EndpointsConfig,
+}
+
+/// `gateway.http.endpoints.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EndpointsConfig {
+    /// `/v1/chat/completions` and `/v1/models`.
+    pub chat_completions: ChatCompletionsConfig,
+}
+
+/// `gateway.http.endpoints.chatCompletions.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ChatCompletionsConfig {
+    /// Off by default, as in OpenClaw.
+    pub enabled: bool,
+    /// Request body cap.
+    pub max_body_bytes: u64,
+    /// Image parts.
+    pub images: ImagesConfig,
+}
+
+impl Default for ChatCompletionsConfig {
+    fn default() -> Self {
+        Self { enabled: false, max_body_bytes: 20 * 1024 * 1024, images: ImagesConfig::default() }
+    }
+}
+
+/// `gateway.http.endpoints.chatCompletions.images.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ImagesConfig {
+    /// Allow `http(s)` image URLs (passed to the provider, never fetched here).
+    pub allow_url: bool,
+    /// Cap per decoded image.
+    pub max_bytes: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self { allow_url: false, max_bytes: 10 * 1024 * 1024 }
+    }
+}
+
+/// `gateway.agentService.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentServiceConfig {
+    /// e.g. `http://agent-svc:50051`; absent: embedded mode.
+    pub url: Option<String>,
+}
+
+/// `gateway.ws.*`: limits of the WebSocket protocol (advertised to clients in
+/// `hello-ok.policy`, except the handshake timeout).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WsConfig {
+    /// Largest frame (message) accepted from a connected client, in bytes.
+    pub max_payload: u64,
+    /// Outgoing bytes a connection may have queued but unwritten; a client that
+    /// reads slower than that is disconnected.
+    pub max_buffered_bytes: u64,
+    /// Keepalive interval: a ping (and a `tick` event) every this many ms; a
+    /// client silent for twice this long is disconnected.
+    pub tick_interval_ms: u64,
+    /// Time allowed between the upgrade and the client's `connect` request.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: 1024 * 1024,
+            max_buffered_bytes: 4 * 1024 * 1024,
+            tick_interval_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A model choice: `"provider/model"` or `{primary, fallbacks}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ModelSpec {
+    /// Just the primary.
+    Ref(String),
+    /// Primary plus fallbacks.
+    Full {
+        /// Tried first.
+        primary: Option<String>,
+        /// Tried in order when the one before fails before its first token.
+        #[serde(default)]
+        fallbacks: Vec<String>,
+    },
+}
+
+/// `agents.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentsConfig {
+    /// Settings every agent inherits.
+    pub defaults: AgentDefaults,
+    /// `[{id, default?, model?, systemPrompt?}]`.
+    pub list: Vec<AgentEntry>,
+    /// `{id: {…}}`, the newer OpenClaw shape.
+    pub entries: BTreeMap<String, AgentEntry>,
+}
+
+/// `agents.defaults.*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentDefaults {
+    /// Default model (and fallbacks).
+    pub model: Option<ModelSpec>,
+    /// Default system prompt.
+    pub system_prompt: Option<String>,
+    /// Run timeout (fractions allowed).
+    pub timeout_seconds: f64,
+}
+
+impl Default for AgentDefaults {
+    fn default() -> Self {
+        Self { model: None, system_prompt: None, timeout_seconds: 600.0 }
+    }
+}
+
+/// One agent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentEntry {
+    /// Required in `list`; the map key in `entries`.
+    pub id: Option<String>,
+    /// The default agent.
+    pub default: bool,
+    /// Overrides `agents.defaults.model`.
+    pub model: Option<ModelSpec>,
+    /// Overrides `agents.defaults.systemPrompt`.
+    pub system_prompt: Option<String>,
+    /// Overrides `agents.defaults.timeoutSeconds`.
+    pub timeout_seconds: Option<f64>,
+}
+
+/// `models.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ModelsConfig {
+    /// Providers by name (the `provider` in `provider/model`).
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// `models.providers.<name>.*`.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProviderConfig {
+    /// e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<String>,
+    /// Only `openai-completions` is spoken.
+    pub api: String,
+    /// Known models; empty allows any model name.
+    pub models: Vec<ProviderModel>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Time allowed until the first byte of the answer.
+    pub first_byte_timeout_ms: u64,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            api_key: None,
+            api: API_OPENAI_COMPLETIONS.into(),
+            models: Vec::new(),
+            headers: BTreeMap::new(),
+            connect_timeout_ms: 10_000,
+            first_byte_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api", &self.api)
+            .field("models", &self.models)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `models.providers.<name>.models[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProviderModel {
+    /// The upstream model name.
+    pub id: String,
+    /// Cap on completion tokens sent upstream.
+    pub max_tokens: Option<u32>,
+}
+
+/// `session.*`.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionConfig {
+    /// `memory`, `sqlite:PATH` or `postgres://…`.
+    pub store: String,
+}
+
+// A postgres URL may carry a password: Debug shows it redacted.
+impl fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionConfig").field("store", &redact_url(&self.store)).finish()
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { store: "sqlite:./data/sessions.db".into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::load_str;
+    use crate::config::ModelRef;
+
+    #[test]
+    fn defaults_give_one_echo_agent() {
+        let c = load_str("{}").unwrap();
+        let a = c.resolve_agents().unwrap();
+        assert_eq!(a.agents.len(), 1);
+        assert_eq!(a.default_agent().id, "main");
+        assert_eq!(a.default_agent().primary, ModelRef::echo());
+        assert_eq!(c.config.gateway.port, 18789);
+        assert!(!c.config.gateway.http.endpoints.chat_completions.enabled);
+        assert_eq!(c.config.session.store, "sqlite:./data/sessions.db");
+    }
+
+    #[test]
+    fn ws_limits_default_and_override() {
+        let c = load_str("{}").unwrap();
+        let ws = &c.config.gateway.ws;
+        assert_eq!(
+            (ws.max_payload, ws.max_buffered_bytes, ws.tick_interval_ms, ws.handshake_timeout_ms),
+            (1_048_576, 4_194_304, 30_000, 10_000)
+        );
+        let c = load_str(r#"{gateway: {auth: {mode: "none"}, ws: {maxPayload: 4096, tickIntervalMs: 250}}}"#)
+            .unwrap();
+        assert_eq!(c.config.gateway.ws.max_payload, 4096);
+        assert_eq!(c.config.gateway.ws.tick_interval_ms, 250);
+        assert_eq!(c.config.gateway.ws.max_buffered_bytes, 4_194_304);
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        assert!(c.validate_gateway("loopback").is_ok());
+        let c = load_str(r#"{gateway: {auth: {mode: "none"}, ws: {maxBufferedBytes: 0}}}"#).unwrap();
+        assert_eq!(c.validate_gateway("loopback").unwrap_err().key, "gateway.ws.maxBufferedBytes");
+        let e = load_str(r#"{gateway: {ws: {maxPayload: "big"}}}"#).unwrap_err();
+        assert_eq!(e.key, "gateway.ws.maxPayload");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = load_str(r#"{gateway: {auth: {token: "supersecret"}}}"#).unwrap();
+        assert!(!format!("{:?}", c.config).contains("supersecret"));
+        let c = load_str(r#"{session: {store: "postgres://u:pgsecret@db:5432/x"}}"#).unwrap();
+        let shown = format!("{:?}", c.config);
+        assert!(!shown.contains("pgsecret") && shown.contains("db:5432/x"), "{shown}");
+        let c = load_str(r#"{session: {store: "postgres://db:5432/x?password=pgsecret"}}"#).unwrap();
+        let shown = format!("{:?}", c.config);
+        assert!(!shown.contains("pgsecret") && shown.contains("db:5432/x"), "{shown}");
+    }
+}
