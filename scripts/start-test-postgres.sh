@@ -10,7 +10,7 @@ if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >&2
     bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
   else
-    echo "postgres not available; postgres store tests will be skipped" >&2
+    echo "postgres not available; the postgres store tests will fail (they need OPENCLAW_TEST_POSTGRES_URL)" >&2
     exit 0
   fi
 fi

@@ -213,6 +213,13 @@ impl ApiError {
     }
 }
 
+/// A shared request rule was broken (`services::rules`): a 400.
+impl From<services::rules::RuleError> for ApiError {
+    fn from(e: services::rules::RuleError) -> Self {
+        ApiError::InvalidRequest { message: e.message.into(), param: e.param.map(Cow::Borrowed) }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -52,8 +52,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long [`GatewayHandle::shutdown`] waits for WebSocket connections to send
 /// their Close frame.
 const WS_CLOSE_WAIT: Duration = Duration::from_secs(3);
-/// How often recorded histogram samples are folded into buckets.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Overrides of the config for one gateway (CLI flags and env in the binary).
 #[derive(Debug, Default)]
@@ -214,7 +212,7 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     let upkeep_state = state.clone();
     let upkeep_stop = stop_accepting.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        let mut tick = tokio::time::interval(services::telemetry::UPKEEP_INTERVAL);
         loop {
             tokio::select! {
                 _ = tick.tick() => upkeep_state.metrics().upkeep(),

@@ -71,6 +71,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let opts =
         GatewayOptions { port: cli.port, bind: cli.bind, agent_svc_url: cli.agent_svc, ..Default::default() };
     let gateway = gateway_http::start(config, opts).await?;
+    // Listen for SIGTERM before saying we are ready, so an early one is not fatal.
+    let stop = services::signal::shutdown_signal();
 
     // Tests and the benchmark wait for exactly this line.
     let mut out = std::io::stdout().lock();
@@ -79,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     out.flush().context("writing to stdout")?;
     drop(out);
 
-    services::signal::shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     gateway.shutdown().await?;
     Ok(())

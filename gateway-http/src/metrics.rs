@@ -7,17 +7,11 @@
 
 pub use crate::client::ReplicaMetrics;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-/// Latency buckets in seconds: sub-millisecond gateway work up to long runs.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-    300.0, 600.0,
-];
 
 /// The route label of a request. (The discriminant indexes the handle arrays.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +90,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh, unshared set of metrics.
     pub fn new() -> Metrics {
-        // `set_buckets_for_metric` only fails on an empty bucket list.
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-            .map_or_else(|_| PrometheusBuilder::new().build_recorder(), PrometheusBuilder::build_recorder);
+        let recorder = services::telemetry::prometheus_builder().build_recorder();
         let handle = recorder.handle();
         describe(&recorder);
         let latency = Route::ALL.map(|r| {

@@ -35,7 +35,6 @@ pub use replica::ReplicaMetrics;
 
 use crate::error::{ApiError, GatewayError};
 use crate::metrics::Metrics;
-use agent_svc::sessions::keys::{self, SessionSelector};
 use codec::SharedCodec;
 use discovery::{Discovery, MakeReplica};
 use pool::Pool;
@@ -47,6 +46,7 @@ use services::proto::{
     GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
     ListSessionsResponse,
 };
+use services::session_key::{self, SessionSelector};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -238,7 +238,7 @@ impl AgentClient {
             Session::User(u) => SessionSelector::User(u),
         };
         let agent = if req.agent_id.is_empty() { &self.inner.default_agent } else { &req.agent_id };
-        keys::resolve(selector, agent, &req.channel).ok().map(|s| s.key)
+        session_key::resolve(selector, agent, &req.channel).ok().map(|s| s.key)
     }
 
     /// A replica for a call, or 503 when there is none at all. Right after

@@ -19,6 +19,7 @@ pub use sse::SseRun;
 pub use stream::ChunkWriter;
 
 use services::proto::Usage;
+use services::run_events;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The `model` echoed when the request has none.
@@ -34,11 +35,6 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The id of a tool call whose upstream gave none: `call_<index>`.
-pub(crate) fn fallback_call_id(index: u32) -> String {
-    format!("call_{index}")
-}
-
 /// `usage` as OpenAI spells it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct UsageJson {
@@ -47,33 +43,15 @@ pub(crate) struct UsageJson {
     total_tokens: u32,
 }
 
-/// The total to report: a provider that leaves it out still gets a consistent one.
-pub(crate) fn total_tokens(u: &Usage) -> u32 {
-    if u.total_tokens == 0 {
-        u.prompt_tokens.saturating_add(u.completion_tokens)
-    } else {
-        u.total_tokens
-    }
-}
-
 impl From<Option<&Usage>> for UsageJson {
     fn from(u: Option<&Usage>) -> Self {
         match u {
             Some(u) => UsageJson {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
-                total_tokens: total_tokens(u),
+                total_tokens: run_events::total_tokens(u),
             },
             None => UsageJson::default(),
         }
-    }
-}
-
-/// The finish reason to report; agent-svc leaving it empty means `stop`.
-pub(crate) fn finish_reason(reason: &str) -> &str {
-    if reason.is_empty() {
-        "stop"
-    } else {
-        reason
     }
 }

@@ -9,7 +9,7 @@
 use crate::error::ApiError;
 use crate::openai::DEFAULT_MODEL;
 use serde_json::{Map, Value};
-use services::messages::{data_uri_decoded_len, MAX_IMAGES, MAX_IMAGE_BYTES};
+use services::messages::check_images;
 use services::proto::{
     agent_run_request::Session, content_part::Part, tool_choice::Choice, AgentRunRequest, ContentPart,
     ImageUrl, Message, SamplingParams, Tool, ToolCall, ToolChoice,
@@ -42,14 +42,8 @@ pub struct Overrides<'a> {
     pub session_key: Option<&'a str>,
 }
 
-/// `gateway.http.endpoints.chatCompletions.images`.
-#[derive(Debug, Clone, Copy)]
-pub struct ImagePolicy {
-    /// `http(s)` image URLs are allowed (passed on, never fetched).
-    pub allow_url: bool,
-    /// Cap per decoded image.
-    pub max_bytes: u64,
-}
+/// `gateway.http.endpoints.chatCompletions.images` (the rules live in `services`).
+pub use services::messages::ImagePolicy;
 
 /// Maps `model` to the agent id to send (`""` = the default agent), per SPEC §4:
 /// `openclaw`, `openclaw/default` → default; `openclaw/<id>`, `openclaw:<id>`,
@@ -366,49 +360,6 @@ fn tool_choice(v: Option<Value>) -> Result<Option<ToolChoice>, ApiError> {
         Some(_) => return Err(bad()),
     };
     Ok(Some(ToolChoice { choice: Some(choice) }))
-}
-
-/// The HTTP-side image rules: `http(s)` URLs only with `images.allowUrl`, each
-/// image within `images.maxBytes`, and in the new turn (the messages after the
-/// last assistant message) at most [`MAX_IMAGES`] images and [`MAX_IMAGE_BYTES`]
-/// decoded in total. A `data:` URI that is not base64 is left to agent-svc.
-fn check_images(messages: &[Message], policy: &ImagePolicy) -> Result<(), ApiError> {
-    let new_turn_start = messages.iter().rposition(|m| m.role == "assistant").map_or(0, |i| i + 1);
-    let (mut count, mut total) = (0usize, 0u64);
-    for (i, m) in messages.iter().enumerate() {
-        for part in &m.parts {
-            let Some(Part::ImageUrl(img)) = &part.part else { continue };
-            let url = img.url.as_str();
-            let size = if url.starts_with("http://") || url.starts_with("https://") {
-                if !policy.allow_url {
-                    return Err(ApiError::invalid(
-                        "messages",
-                        "Image URLs are not allowed: send images as base64 `data:` URIs.",
-                    ));
-                }
-                0
-            } else {
-                data_uri_decoded_len(url).map_or(0, |n| n as u64)
-            };
-            if size > policy.max_bytes {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!("An image in `messages[{i}]` is over the {} byte limit.", policy.max_bytes),
-                ));
-            }
-            if i >= new_turn_start {
-                count += 1;
-                total += size;
-            }
-        }
-    }
-    if count > MAX_IMAGES {
-        return Err(ApiError::invalid("messages", format!("At most {MAX_IMAGES} images per request.")));
-    }
-    if total > MAX_IMAGE_BYTES as u64 {
-        return Err(ApiError::invalid("messages", "Images exceed 20 MiB in total."));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 use crate::client::{is_token, RunEvent, RunEvents};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::openai::{fallback_call_id, finish_reason, UsageJson};
+use crate::openai::UsageJson;
 use futures::StreamExt;
 use serde::Serialize;
-use services::proto::{RunFinished, ToolCallDelta};
+use services::proto::{RunFinished, ToolCall};
+use services::run_events::{finish_reason, ToolCallFold};
 use std::time::Instant;
 
 /// Collects a whole run for a non-streaming answer. An error at any point
@@ -43,17 +44,8 @@ pub struct CompletionFold {
     /// From `started`: the session key (for `x-openclaw-session-key`).
     pub session_key: Option<String>,
     text: String,
-    /// In order of first appearance; written out sorted by index.
-    tool_calls: Vec<ToolCallAcc>,
+    tool_calls: ToolCallFold,
     finished: Option<RunFinished>,
-}
-
-#[derive(Debug)]
-struct ToolCallAcc {
-    index: u32,
-    id: String,
-    name: String,
-    arguments: String,
 }
 
 impl CompletionFold {
@@ -62,28 +54,10 @@ impl CompletionFold {
         match event {
             RunEvent::Started(s) => self.session_key = Some(s.session_key),
             RunEvent::Text(t) => self.text.push_str(&t.text),
-            RunEvent::ToolCall(d) => self.push_tool_call(d),
-            RunEvent::Finished(f) => self.finished = Some(f),
-        }
-    }
-
-    fn push_tool_call(&mut self, d: ToolCallDelta) {
-        match self.tool_calls.iter_mut().find(|c| c.index == d.index) {
-            Some(c) => {
-                if c.id.is_empty() {
-                    c.id = d.id;
-                }
-                if c.name.is_empty() {
-                    c.name = d.name;
-                }
-                c.arguments.push_str(&d.arguments);
+            RunEvent::ToolCall(d) => {
+                self.tool_calls.push_delta(&d);
             }
-            None => self.tool_calls.push(ToolCallAcc {
-                index: d.index,
-                id: d.id,
-                name: d.name,
-                arguments: d.arguments,
-            }),
+            RunEvent::Finished(f) => self.finished = Some(f),
         }
     }
 
@@ -93,13 +67,12 @@ impl CompletionFold {
     }
 
     /// The `chat.completion` JSON. `model` is the request's model string.
-    pub fn to_json(&mut self, id: &str, created: u64, model: &str) -> Vec<u8> {
-        self.tool_calls.sort_by_key(|c| c.index);
-        let tool_calls: Vec<ToolCallOut<'_>> = self
-            .tool_calls
+    pub fn to_json(&self, id: &str, created: u64, model: &str) -> Vec<u8> {
+        let calls: Vec<ToolCall> = self.tool_calls.calls();
+        let tool_calls: Vec<ToolCallOut<'_>> = calls
             .iter()
             .map(|c| ToolCallOut {
-                id: if c.id.is_empty() { fallback_call_id(c.index).into() } else { c.id.as_str().into() },
+                id: &c.id,
                 kind: "function",
                 function: FunctionOut { name: &c.name, arguments: &c.arguments },
             })
@@ -156,7 +129,7 @@ struct AssistantMessage<'a> {
 
 #[derive(Serialize)]
 struct ToolCallOut<'a> {
-    id: std::borrow::Cow<'a, str>,
+    id: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
     function: FunctionOut<'a>,
@@ -172,7 +145,7 @@ struct FunctionOut<'a> {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
-    use services::proto::{RunStarted, TextDelta, Usage};
+    use services::proto::{RunStarted, TextDelta, ToolCallDelta, Usage};
 
     fn started() -> RunEvent {
         RunEvent::Started(RunStarted {

@@ -12,9 +12,10 @@
 
 use crate::client::RunEvent;
 use crate::error::ApiError;
-use crate::openai::{fallback_call_id, finish_reason, UsageJson};
+use crate::openai::UsageJson;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
+use services::run_events::{fallback_call_id, finish_reason};
 
 /// The terminating frame.
 const DONE: &[u8] = b"data: [DONE]\n\n";

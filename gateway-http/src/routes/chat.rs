@@ -67,7 +67,7 @@ pub async fn completions(
         *resp.body_mut() = sse.into_body();
         Ok(resp)
     } else {
-        let mut fold = openai::collect(events, state.metrics(), started_at).await?;
+        let fold = openai::collect(events, state.metrics(), started_at).await?;
         drop(in_flight);
         let json = fold.to_json(&id, created, &chat.model);
         let mut resp = Response::new(Body::from(json));

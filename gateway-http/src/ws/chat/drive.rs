@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use futures::StreamExt;
 use services::proto::{AgentRunRequest, RunFinished, ToolCall};
+use services::run_events::{self, ToolCallFold};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,25 +61,10 @@ pub(crate) fn spawn(
 struct Fold {
     text: String,
     sent: usize,
-    calls: Vec<ToolCall>,
+    calls: ToolCallFold,
 }
 
 impl Fold {
-    fn tool_call(&mut self, index: u32, id: &str, name: &str, arguments: &str) {
-        let i = usize::try_from(index).unwrap_or(usize::MAX);
-        if i >= self.calls.len() {
-            // agent-svc numbers calls contiguously from 0: a new index is the next call.
-            self.calls.push(ToolCall { id: id.to_owned(), r#type: "function".into(), ..Default::default() });
-        }
-        let last = self.calls.len().saturating_sub(1);
-        let Some(call) = self.calls.get_mut(i.min(last)) else { return };
-        if call.id.is_empty() {
-            call.id = id.to_owned();
-        }
-        call.name.push_str(name);
-        call.arguments.push_str(arguments);
-    }
-
     fn message<'a>(&'a self, calls: &'a [ToolCallJson<'a>]) -> AssistantMessage<'a> {
         AssistantMessage {
             role: "assistant",
@@ -86,13 +72,11 @@ impl Fold {
             tool_calls: calls,
         }
     }
+}
 
-    fn calls_json(&self) -> Vec<ToolCallJson<'_>> {
-        self.calls
-            .iter()
-            .map(|c| ToolCallJson { id: &c.id, name: &c.name, arguments: &c.arguments })
-            .collect()
-    }
+/// Complete calls as the WebSocket protocol spells them.
+fn calls_json(calls: &[ToolCall]) -> Vec<ToolCallJson<'_>> {
+    calls.iter().map(|c| ToolCallJson { id: &c.id, name: &c.name, arguments: &c.arguments }).collect()
 }
 
 /// Sends the text not yet sent as one `delta`.
@@ -123,7 +107,8 @@ async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest, turn: 
     };
     turn.started();
     flush_delta(run, &mut fold);
-    let calls = fold.calls_json();
+    let complete = fold.calls.calls();
+    let calls = calls_json(&complete);
     let partial = (!fold.text.is_empty() || !calls.is_empty()).then(|| fold.message(&calls));
     match &outcome {
         Outcome::Final(f) => {
@@ -132,9 +117,9 @@ async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest, turn: 
             p.usage = f.usage.as_ref().map(|u| UsageJson {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
-                total_tokens: crate::openai::total_tokens(u),
+                total_tokens: run_events::total_tokens(u),
             });
-            p.stop_reason = Some(crate::openai::finish_reason(&f.finish_reason));
+            p.stop_reason = Some(run_events::finish_reason(&f.finish_reason));
             p.model = Some(&f.model).filter(|m| !m.is_empty()).map(String::as_str);
             run.emit(&p, Some(RunState::Final));
         }
@@ -204,7 +189,9 @@ async fn consume(
                             scheduled = true;
                         }
                     }
-                    RunEvent::ToolCall(tc) => fold.tool_call(tc.index, &tc.id, &tc.name, &tc.arguments),
+                    RunEvent::ToolCall(tc) => {
+                        fold.calls.push_delta(&tc);
+                    }
                     RunEvent::Finished(f) => {
                         state.metrics().run_finished(started_at, &f);
                         // agent-svc stores the turn before it sends `finished`, so a
@@ -281,18 +268,19 @@ mod tests {
     #[test]
     fn tool_call_fragments_fold_by_index() {
         let mut f = Fold::default();
-        f.tool_call(0, "call_a", "get_", "{\"ci");
-        f.tool_call(0, "", "weather", "ty\":1}");
-        f.tool_call(1, "call_b", "x", "{}");
-        // An index past the end (agent-svc never sends one) starts the next call.
-        f.tool_call(7, "", "", "!");
-        assert_eq!(f.calls.len(), 3);
-        assert_eq!((f.calls[0].id.as_str(), f.calls[0].name.as_str()), ("call_a", "get_weather"));
-        assert_eq!(f.calls[0].arguments, "{\"city\":1}");
-        assert_eq!(f.calls[1].arguments, "{}");
-        assert_eq!(f.calls[2].arguments, "!");
-        let calls = f.calls_json();
-        let v = serde_json::to_value(f.message(&calls)).unwrap();
+        f.calls.push(0, "call_a", "get_", "{\"ci");
+        f.calls.push(0, "", "weather", "ty\":1}");
+        f.calls.push(1, "call_b", "x", "{}");
+        // An index agent-svc never sent before is a call of its own.
+        f.calls.push(7, "", "", "!");
+        let calls = f.calls.calls();
+        assert_eq!(calls.len(), 3);
+        assert_eq!((calls[0].id.as_str(), calls[0].name.as_str()), ("call_a", "get_weather"));
+        assert_eq!(calls[0].arguments, "{\"city\":1}");
+        assert_eq!(calls[1].arguments, "{}");
+        assert_eq!((calls[2].id.as_str(), calls[2].arguments.as_str()), ("call_7", "!"));
+        let json = calls_json(&calls);
+        let v = serde_json::to_value(f.message(&json)).unwrap();
         assert_eq!(
             v["toolCalls"][0],
             json!({"id": "call_a", "name": "get_weather", "arguments": "{\"city\":1}"})
