@@ -603,55 +603,6 @@ pub fn summarize(events: &[AgentRunEvent]) -> RunSummary {
 }
 
 // ---------------------------------------------------------------------------
-// Reading SSE bodies (for HTTP-level tests, e.g. gateway-http)
-
-/// A server-sent-events body read to its end.
-#[derive(Debug, Clone, Default)]
-pub struct SseBody {
-    /// The `data:` payload of every event, in order (`[DONE]` included).
-    pub data: Vec<String>,
-    /// The payloads that parsed as JSON, in order.
-    pub events: Vec<Value>,
-    /// Whether the last event was `data: [DONE]`.
-    pub done_last: bool,
-    /// A transport or framing error that ended the body early.
-    pub error: Option<String>,
-}
-
-impl SseBody {
-    /// The `choices[0].delta.content` strings concatenated (OpenAI chunks).
-    pub fn content(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str))
-            .collect()
-    }
-}
-
-/// Reads an SSE response to its end (bounded by the caller's timeout, if any).
-pub async fn read_sse(resp: reqwest::Response) -> SseBody {
-    use eventsource_stream::Eventsource;
-    let mut body = SseBody::default();
-    let mut stream = resp.bytes_stream().eventsource();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(ev) => {
-                body.done_last = ev.data == "[DONE]";
-                if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                    body.events.push(v);
-                }
-                body.data.push(ev.data);
-            }
-            Err(e) => {
-                body.error = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    body
-}
-
-// ---------------------------------------------------------------------------
 // Status metadata and polling
 
 /// An ASCII metadata value of a status.

@@ -2,14 +2,17 @@
 //!
 //! - [`mock`]: a real mock OpenAI-compatible upstream (an HTTP server) with
 //!   scripted behaviours, request recording and disconnect detection.
-//! - [`gateway`]: gateway-http on a real socket, HTTP replies and SSE reading.
+//! - [`gateway`]: gateway-http on a real socket and whole HTTP replies.
+//! - [`sse`]: the one Server-Sent Events parser (tests and benchmark) and the
+//!   tests' SSE reader.
 //! - [`harness`]: starting agent-svc on a real socket, config builders, request
-//!   helpers and `AgentRun` stream folding. Reusable by gateway-http tests.
+//!   helpers and `AgentRun` stream folding.
 //! - [`ws`]: a real WebSocket client for the gateway protocol.
 
 pub mod gateway;
 pub mod harness;
 pub mod mock;
+pub mod sse;
 pub mod ws;
 
 pub use harness::{AgentSvc, ConfigBuilder, TempDir};

@@ -344,7 +344,7 @@ async fn embedded_mode_answers_with_the_builtin_echo_model() {
     assert!(content.contains("hello embedded world"), "echo: {content:?}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
 
-    let sse = e2e::gateway::read_stream(
+    let sse = e2e::sse::read_stream(
         gw.chat(&json!({"stream": true, "messages": [{"role": "user", "content": "echo me"}]})),
     )
     .await;
@@ -392,7 +392,7 @@ async fn h2c_prior_knowledge_serves_json_and_sse() {
             .await;
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
-    let mut reader = e2e::gateway::SseReader::new(resp);
+    let mut reader = e2e::sse::SseReader::new(resp);
     let events = reader.rest(T).await;
     let text: String = events
         .iter()

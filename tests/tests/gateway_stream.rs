@@ -1,10 +1,11 @@
-//! gateway-http end to end, SPEC §4 "Streaming" and "Cancellation": SSE read by
-//! a real SSE parser (eventsource-stream over reqwest's byte stream), from a
-//! real gateway in front of a real agent-svc whose provider is the mock upstream.
+//! gateway-http end to end, SPEC §4 "Streaming" and "Cancellation": SSE read the
+//! way `EventSource` reads it ([`e2e::sse`]), from a real gateway in front of a
+//! real agent-svc whose provider is the mock upstream.
 
-use e2e::gateway::{open, read_stream, send, Gateway, SseReader, SseReply, Stack};
+use e2e::gateway::{open, send, Gateway, Stack};
 use e2e::harness::{self, ConfigBuilder};
 use e2e::mock::{Behavior, Gate, MockToolCall, MockUpstream};
+use e2e::sse::{read_stream, SseReader, SseReply};
 use serde_json::{json, Value};
 use services::proto::HistoryEntry;
 use std::collections::BTreeMap;
@@ -557,10 +558,7 @@ async fn agent_svc_going_away_mid_stream_ends_with_an_error_event() {
     assert_eq!(resp.status(), 200);
     let mut reader = SseReader::new(resp);
     let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|e: &e2e::gateway::SseEvent| e.value().pointer("/choices/0/delta/content").is_some())
-    {
+    while !seen.iter().any(|e: &e2e::sse::SseEvent| e.value().pointer("/choices/0/delta/content").is_some()) {
         seen.push(reader.next(T).await.expect("a chunk"));
     }
     // agent-svc stops with no grace: the running turn is cancelled under the stream.

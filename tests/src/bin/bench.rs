@@ -32,6 +32,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
+use e2e::sse::{SseItem, SseParser};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -644,12 +645,12 @@ impl Target {
 /// One HTTP/1.1 keep-alive connection, reopened after any error.
 struct Client {
     conn: Option<SendRequest<Full<Bytes>>>,
-    scan: SseScan,
+    check: StreamCheck,
 }
 
 impl Client {
     fn new() -> Self {
-        Self { conn: None, scan: SseScan::default() }
+        Self { conn: None, check: StreamCheck::default() }
     }
 
     /// The open connection, connecting first when there is none.
@@ -706,30 +707,31 @@ impl Client {
             }
             return Ok(None);
         }
-        self.scan.reset();
+        self.check.reset();
         let mut first = None;
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame?.data_ref() {
-                if self.scan.feed(data)? && first.is_none() {
+                if self.check.feed(data)? && first.is_none() {
                     first = Some(Instant::now());
                 }
             }
         }
-        self.scan.finish()?;
+        self.check.finish()?;
         Ok(first)
     }
 }
 
-/// An incremental SSE reader: finds the first non-empty `delta.content`,
-/// `data: [DONE]` and error events. JSON is parsed only until the first content.
+/// Checks a streamed answer as it arrives, with the tests' SSE parser
+/// ([`SseParser`]): notes the first non-empty `delta.content` and `data: [DONE]`,
+/// and fails on an error event. JSON is parsed only until the first content.
 #[derive(Default)]
-struct SseScan {
-    line: Vec<u8>,
+struct StreamCheck {
+    parser: SseParser,
     content: bool,
     done: bool,
 }
 
-/// The part of a chunk the scanner reads.
+/// The part of a chunk the check reads.
 #[derive(Deserialize)]
 struct Chunk {
     #[serde(default)]
@@ -748,60 +750,27 @@ struct Delta {
     content: Option<String>,
 }
 
-impl SseScan {
+impl StreamCheck {
     fn reset(&mut self) {
-        self.line.clear();
+        self.parser.reset();
         self.content = false;
         self.done = false;
     }
 
     /// Feeds body bytes; true once a content delta has been seen.
-    fn feed(&mut self, mut data: &[u8]) -> Result<bool> {
-        while let Some(i) = data.iter().position(|&b| b == b'\n') {
-            if self.line.is_empty() {
-                self.on_line(&data[..i])?;
-            } else {
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&data[..i]);
-                self.on_line(&line)?;
-                line.clear();
-                self.line = line;
-            }
-            data = &data[i + 1..];
-        }
-        self.line.extend_from_slice(data);
+    fn feed(&mut self, data: &[u8]) -> Result<bool> {
+        let Self { parser, content, done } = self;
+        parser.feed(data, |item| match item {
+            SseItem::Event { data, .. } => on_event(data, content, done),
+            SseItem::Comment(_) => Ok(()),
+        })?;
         Ok(self.content)
-    }
-
-    fn on_line(&mut self, line: &[u8]) -> Result<()> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(payload) = line.strip_prefix(b"data:") else { return Ok(()) };
-        let payload = payload.trim_ascii();
-        if payload == b"[DONE]" {
-            self.done = true;
-            return Ok(());
-        }
-        if self.done {
-            bail!("an event after data: [DONE]");
-        }
-        if payload.starts_with(b"{\"error\"") {
-            bail!("error event: {}", String::from_utf8_lossy(payload));
-        }
-        if !self.content {
-            let chunk: Chunk = serde_json::from_slice(payload).context("an SSE chunk that is not JSON")?;
-            self.content = chunk
-                .choices
-                .iter()
-                .any(|c| c.delta.as_ref().and_then(|d| d.content.as_deref()).is_some_and(|s| !s.is_empty()));
-        }
-        Ok(())
     }
 
     /// An error unless the stream had content and ended with `data: [DONE]`.
     fn finish(&mut self) -> Result<()> {
-        if !self.line.is_empty() {
-            let line = std::mem::take(&mut self.line);
-            self.on_line(&line)?;
+        if self.parser.is_mid_event() {
+            bail!("the stream ended inside an event");
         }
         if !self.content {
             bail!("the stream had no content delta");
@@ -811,6 +780,28 @@ impl SseScan {
         }
         Ok(())
     }
+}
+
+/// One event of a streamed answer.
+fn on_event(payload: &[u8], content: &mut bool, done: &mut bool) -> Result<()> {
+    if payload == b"[DONE]" {
+        *done = true;
+        return Ok(());
+    }
+    if *done {
+        bail!("an event after data: [DONE]");
+    }
+    if payload.starts_with(b"{\"error\"") {
+        bail!("error event: {}", String::from_utf8_lossy(payload));
+    }
+    if !*content {
+        let chunk: Chunk = serde_json::from_slice(payload).context("an SSE chunk that is not JSON")?;
+        *content = chunk
+            .choices
+            .iter()
+            .any(|c| c.delta.as_ref().and_then(|d| d.content.as_deref()).is_some_and(|s| !s.is_empty()));
+    }
+    Ok(())
 }
 
 /// One request with the answer checked: JSON must contain the mock's answer,
