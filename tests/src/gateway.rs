@@ -19,6 +19,7 @@
 //! ```
 
 use crate::harness::{parse_config, AgentSvc, ConfigBuilder};
+use crate::serve::ServerTask;
 use gateway_http::auth::Auth;
 use gateway_http::state::{AppState, ChatSettings};
 use gateway_http::{AgentClient, GatewayHandle, GatewayOptions};
@@ -38,11 +39,7 @@ enum Server {
     /// Started with `gateway_http::start` (the production path).
     Started(Option<GatewayHandle>),
     /// `gateway_http::router` served by the test (custom [`ChatSettings`]).
-    Router {
-        state: AppState,
-        shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-        task: tokio::task::JoinHandle<()>,
-    },
+    Router { state: AppState, server: ServerTask },
 }
 
 /// A running gateway-http on `127.0.0.1`.
@@ -123,21 +120,10 @@ impl Gateway {
             Err(e) => panic!("no local address: {e}"),
         };
         let app = gateway_http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "test gateway router stopped");
-            }
+        let server = ServerTask::spawn("test gateway router", |stop| {
+            axum::serve(listener, app).with_graceful_shutdown(stop)
         });
-        Gateway {
-            addr,
-            server: Server::Router { state, shutdown: Some(tx), task },
-            bearer: None,
-            http: http_client(),
-        }
+        Gateway { addr, server: Server::Router { state, server }, bearer: None, http: http_client() }
     }
 
     /// Sets the bearer secret [`Gateway::chat`] and [`Gateway::authed_get`] send.
@@ -201,6 +187,17 @@ impl Gateway {
         self.authed(json_body(self.post("/v1/chat/completions"), body))
     }
 
+    /// [`Gateway::chat`] from a client that gives up after `timeout` (and then
+    /// drops its connection): a client impatient on purpose.
+    pub fn chat_giving_up_after(&self, body: &Value, timeout: Duration) -> RequestBuilder {
+        let client = match reqwest::Client::builder().no_proxy().http1_only().timeout(timeout).build() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot build an HTTP client: {e}"),
+        };
+        let rb = json_body(client.post(format!("{}/v1/chat/completions", self.url())), body);
+        self.authed(rb)
+    }
+
     fn authed(&self, rb: RequestBuilder) -> RequestBuilder {
         match &self.bearer {
             Some(s) => rb.bearer_auth(s),
@@ -210,33 +207,21 @@ impl Gateway {
 
     /// Stops the gateway ([`GATEWAY_STOP_GRACE`]). A no-op when already stopped.
     pub async fn stop(&mut self) {
+        self.stop_with_grace(GATEWAY_STOP_GRACE).await;
+    }
+
+    /// Stops the gateway, letting open requests (and WebSocket runs) finish
+    /// within `grace`. A no-op when already stopped. Panics when the shutdown fails.
+    pub async fn stop_with_grace(&mut self, grace: Duration) {
         match &mut self.server {
             Server::Started(h) => {
                 if let Some(h) = h.take() {
-                    if let Err(e) = h.shutdown_with_grace(GATEWAY_STOP_GRACE).await {
+                    if let Err(e) = h.shutdown_with_grace(grace).await {
                         panic!("gateway shutdown failed: {e}");
                     }
                 }
             }
-            Server::Router { shutdown, task, .. } => {
-                if let Some(tx) = shutdown.take() {
-                    let _ = tx.send(());
-                    if tokio::time::timeout(GATEWAY_STOP_GRACE, &mut *task).await.is_err() {
-                        task.abort();
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Server::Router { shutdown, task, .. } = &mut self.server {
-            if let Some(tx) = shutdown.take() {
-                let _ = tx.send(());
-            }
-            task.abort();
+            Server::Router { server, .. } => server.stop(grace).await,
         }
     }
 }

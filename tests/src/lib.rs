@@ -2,6 +2,8 @@
 //!
 //! - [`mock`]: a real mock OpenAI-compatible upstream (an HTTP server) with
 //!   scripted behaviours, request recording and disconnect detection.
+//! - [`fake`]: a scripted fake agent-svc (a real tonic server), for gateway
+//!   tests that need agent-svc to do exactly one thing.
 //! - [`gateway`]: gateway-http on a real socket and whole HTTP replies.
 //! - [`sse`]: the one Server-Sent Events parser (tests and benchmark) and the
 //!   tests' SSE reader.
@@ -9,9 +11,11 @@
 //!   helpers and `AgentRun` stream folding.
 //! - [`ws`]: a real WebSocket client for the gateway protocol.
 
+pub mod fake;
 pub mod gateway;
 pub mod harness;
 pub mod mock;
+mod serve;
 pub mod sse;
 pub mod ws;
 

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+use crate::serve::ServerTask;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -415,8 +416,7 @@ impl Inner {
 pub struct MockUpstream {
     inner: Arc<Inner>,
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    server: ServerTask,
 }
 
 impl std::fmt::Debug for MockUpstream {
@@ -451,16 +451,10 @@ impl MockUpstream {
                 (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": format!("no route {uri}")}})))
             })
             .with_state(inner.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "mock upstream server stopped");
-            }
+        let server = ServerTask::spawn("mock upstream", |stop| {
+            axum::serve(listener, app).with_graceful_shutdown(stop)
         });
-        Ok(MockUpstream { inner, addr, shutdown: Some(tx), task })
+        Ok(MockUpstream { inner, addr, server })
     }
 
     /// The listen address.
@@ -553,20 +547,7 @@ impl MockUpstream {
 
     /// Stops the server (open connections are dropped).
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for MockUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
+        self.server.stop(Duration::ZERO).await;
     }
 }
 

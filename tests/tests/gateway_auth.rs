@@ -343,3 +343,13 @@ async fn none_mode_refuses_a_non_loopback_bind() {
     let gw = Gateway::start(&cfg, Some(&svc.url())).await;
     assert_eq!(chat_with_auth(&gw, None).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_mode_refuses_a_non_loopback_bind_flag() {
+    // `--bind lan` (GatewayOptions::bind) overrides a loopback `gateway.bind`: the
+    // refusal is a config error naming `gateway.auth.mode`, before anything binds.
+    let config = harness::parse_config(r#"{gateway: {auth: {mode: "none"}}}"#).expect("config");
+    let opts = gateway_http::GatewayOptions { bind: Some("lan".into()), ..Default::default() };
+    let e = gateway_http::start(config, opts).await.expect_err("mode none with --bind lan");
+    assert!(matches!(e, gateway_http::GatewayError::Config(ref c) if c.key == "gateway.auth.mode"), "{e}");
+}

@@ -5,18 +5,14 @@
 //! Assertions are on the frames the client reads, on what the mock upstream
 //! saw (requests, disconnects), and on the sessions read back over gRPC.
 
+use e2e::fake::FakeAgentSvc;
 use e2e::harness::{self, eventually, text_of, AgentSvc, ConfigBuilder};
 use e2e::mock::{Behavior, Gate, MockUpstream};
 use e2e::ws::{connect_params, delta_text, message_text, start_gateway, Ending, Frame, WsClient};
 use futures::future::join_all;
 use gateway_http::GatewayHandle;
 use serde_json::{json, Value};
-use services::proto::agent_service_server::{AgentService, AgentServiceServer};
-use services::proto::{
-    AbortRunRequest, AbortRunResponse, AgentInfo, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
-    GetSessionHistoryResponse, HistoryEntry, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
-    ListSessionsResponse,
-};
+use services::proto::{GetSessionHistoryRequest, HistoryEntry};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -545,78 +541,24 @@ async fn chat_history_is_cut_to_fit_max_payload() {
 // ---------------------------------------------------------------------------
 // Concurrency and order
 
-/// A fake agent-svc whose `ListAgents` takes a while and `ListSessions` does not.
-#[derive(Clone)]
-struct SlowAgents;
-
-#[tonic::async_trait]
-impl AgentService for SlowAgents {
-    type AgentRunStream = futures::stream::Empty<Result<AgentRunEvent, tonic::Status>>;
-
-    async fn agent_run(
-        &self,
-        _: tonic::Request<AgentRunRequest>,
-    ) -> Result<tonic::Response<Self::AgentRunStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("fake"))
-    }
-
-    async fn list_agents(
-        &self,
-        _: tonic::Request<ListAgentsRequest>,
-    ) -> Result<tonic::Response<ListAgentsResponse>, tonic::Status> {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        Ok(tonic::Response::new(ListAgentsResponse {
-            agents: vec![AgentInfo {
-                id: "main".into(),
-                model: "echo/echo".into(),
-                is_default: true,
-                fallbacks: vec![],
-            }],
-            default_agent_id: "main".into(),
-        }))
-    }
-
-    async fn list_sessions(
-        &self,
-        _: tonic::Request<ListSessionsRequest>,
-    ) -> Result<tonic::Response<ListSessionsResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ListSessionsResponse::default()))
-    }
-
-    async fn get_session_history(
-        &self,
-        _: tonic::Request<GetSessionHistoryRequest>,
-    ) -> Result<tonic::Response<GetSessionHistoryResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("fake"))
-    }
-
-    async fn abort_run(
-        &self,
-        _: tonic::Request<AbortRunRequest>,
-    ) -> Result<tonic::Response<AbortRunResponse>, tonic::Status> {
-        Ok(tonic::Response::new(AbortRunResponse::default()))
-    }
-}
-
 #[tokio::test]
 async fn replies_come_back_as_they_are_ready_not_in_request_order() {
     harness::init_tracing();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentServiceServer::new(SlowAgents))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    // agent-svc holds `ListAgents` back until the gate opens; `ListSessions` answers at once.
+    let fake = FakeAgentSvc::start().await;
+    let gate = Gate::new();
+    fake.hold_list_agents(&gate);
     let config = ConfigBuilder::new().auth_token(TOKEN).build();
-    let gw = start_gateway(&config, &url).await;
+    let gw = start_gateway(&config, &fake.url()).await;
     let (mut ws, _) = WsClient::connect(gw.local_addr(), json!({"token": TOKEN})).await;
     let slow = ws.send_request("agents.list", json!({})).await;
     let fast = ws.send_request("sessions.list", json!({})).await;
     let first = ws.next_json().await;
-    let second = ws.next_json().await;
     assert_eq!(first["id"], fast.as_str(), "the fast reply first: {first}");
     assert_eq!(first["payload"], json!({"sessions": []}));
+    assert!(!gate.is_open(), "the slow request is still held");
+    gate.open();
+    let second = ws.next_json().await;
     assert_eq!(second["id"], slow.as_str());
     assert_eq!(second["payload"]["defaultId"], "main");
 }
