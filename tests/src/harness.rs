@@ -25,8 +25,8 @@ use services::config::{ConfigError, ConfigSource, LoadedConfig};
 use services::proto::agent_run_event::Event;
 use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
-    agent_run_request, content_part, AgentRunEvent, AgentRunRequest, ContentPart, Message, RunFinished,
-    RunStarted, ToolCall, ToolCallDelta, Usage,
+    agent_run_request, content_part, AgentRunEvent, AgentRunRequest, ContentPart, HistoryEntry, Message,
+    RunFinished, RunStarted, ToolCall, ToolCallDelta, Usage,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -222,6 +222,14 @@ fn ensure_path<'a>(root: &'a mut Value, path: &[&str]) -> &'a mut Value {
     cur
 }
 
+/// A loopback port nobody listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => panic!("cannot bind 127.0.0.1:0: {e}"),
+    }
+}
+
 /// Config text for the mock with extra `(dotted path, value)` settings applied.
 pub fn config_with_mock(mock: &MockUpstream, extra: &[(&str, Value)]) -> String {
     extra.iter().fold(ConfigBuilder::with_mock(mock), |b, (k, v)| b.set(k, v.clone())).build()
@@ -306,6 +314,16 @@ impl AgentSvc {
     /// A connected `AgentService` client. Panics when it cannot connect.
     pub async fn client(&self) -> AgentServiceClient<Channel> {
         AgentServiceClient::new(self.channel().await)
+    }
+
+    /// The stored transcript of a full session key (`GetSessionHistory`, no limit).
+    pub async fn history(&self, key: &str) -> Result<Vec<HistoryEntry>, Status> {
+        history(&mut self.client().await, key).await
+    }
+
+    /// The transcript once it has at least `n` entries ([`history_with`]).
+    pub async fn history_with(&self, key: &str, n: usize, timeout: Duration) -> Vec<HistoryEntry> {
+        history_with(&self.client().await, key, n, timeout).await
     }
 
     /// Graceful shutdown ([`STOP_GRACE`]); afterwards the port is closed. Panics on failure.
@@ -408,6 +426,20 @@ pub fn tool_call(id: &str, name: &str, arguments: &str) -> ToolCall {
 /// A `tool` result message.
 pub fn tool_result(tool_call_id: &str, text: &str) -> Message {
     Message { tool_call_id: Some(tool_call_id.to_string()), ..text_message("tool", text) }
+}
+
+/// `(role, text)` of a history entry (panics when it has no message).
+pub fn role_text(e: &HistoryEntry) -> (String, String) {
+    match &e.message {
+        Some(m) => (m.role.clone(), text_of(m)),
+        None => panic!("history entry without a message: {e:?}"),
+    }
+}
+
+/// `(role, text)` as owned strings, to compare with [`role_text`] and
+/// [`RecordedRequest::message_texts`](crate::mock::RecordedRequest::message_texts).
+pub fn rt(role: &str, text: &str) -> (String, String) {
+    (role.to_string(), text.to_string())
 }
 
 /// The text of a message (text parts joined).
@@ -644,6 +676,15 @@ where
     }
 }
 
+/// A session's stored transcript (`GetSessionHistory`, no limit).
+pub async fn history(
+    client: &mut AgentServiceClient<Channel>,
+    key: &str,
+) -> Result<Vec<HistoryEntry>, Status> {
+    let req = services::proto::GetSessionHistoryRequest { session_key: key.to_string(), limit: 0 };
+    Ok(client.get_session_history(req).await?.into_inner().messages)
+}
+
 /// The session's history once it has at least `n` entries, polled for up to
 /// `timeout` (the assistant message of a cancelled run is stored after its
 /// stream is gone, so there is no signal to wait on). Panics when it never does.
@@ -652,13 +693,11 @@ pub async fn history_with(
     key: &str,
     n: usize,
     timeout: Duration,
-) -> Vec<services::proto::HistoryEntry> {
+) -> Vec<HistoryEntry> {
     let found = eventually(timeout, Duration::from_millis(10), || {
         let mut c = client.clone();
-        let key = key.to_string();
         async move {
-            let req = services::proto::GetSessionHistoryRequest { session_key: key, limit: 0 };
-            let msgs = c.get_session_history(req).await.ok()?.into_inner().messages;
+            let msgs = history(&mut c, key).await.ok()?;
             (msgs.len() >= n).then_some(msgs)
         }
     })

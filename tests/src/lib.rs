@@ -10,11 +10,13 @@
 //! - [`harness`]: starting agent-svc on a real socket, config builders, request
 //!   helpers and `AgentRun` stream folding.
 //! - [`ws`]: a real WebSocket client for the gateway protocol.
+//! - [`prelude`]: what the gateway test files share (`use e2e::prelude::*;`).
 
 pub mod fake;
 pub mod gateway;
 pub mod harness;
 pub mod mock;
+pub mod prelude;
 mod serve;
 pub mod sse;
 pub mod ws;

@@ -2,42 +2,9 @@
 //! timeouts, the session queue bound, `/v1/models` (§5), health, readiness and
 //! metrics (§6), agent-svc going away, and embedded mode.
 
-use e2e::gateway::{send, Gateway, Reply, Stack};
-use e2e::harness::{self, eventually, ConfigBuilder};
-use e2e::mock::{Behavior, Gate, MockUpstream};
-use e2e::sse::read_stream;
-use serde_json::{json, Value};
+use e2e::harness::dead_port;
+use e2e::prelude::*;
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
-
-const TOKEN: &str = "gw-ops-token";
-/// Bound for things that should take milliseconds.
-const T: Duration = Duration::from_secs(5);
-/// The bound asserted for an aborted upstream request.
-const CANCEL_BOUND: Duration = Duration::from_secs(1);
-
-fn config(mock: &MockUpstream) -> ConfigBuilder {
-    ConfigBuilder::with_mock(mock).enable_chat_completions().auth_token(TOKEN)
-}
-
-async fn stack(cfg: ConfigBuilder) -> Stack {
-    harness::init_tracing();
-    Stack::start(&cfg, Some(TOKEN)).await
-}
-
-fn ask(text: &str) -> Value {
-    json!({"messages": [{"role": "user", "content": text}]})
-}
-
-async fn chat(s: &Stack, body: &Value) -> Reply {
-    send(s.gw.chat(body)).await
-}
-
-/// A loopback port nobody listens on.
-fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("addr").port()
-}
 
 fn retry_after(r: &Reply) -> u64 {
     let v = r.header("retry-after").unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers));
@@ -406,12 +373,10 @@ async fn h2c_prior_knowledge_serves_json_and_sse() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "over h2");
 
     mock.push(Behavior::text("streamed over h2"));
-    let resp =
-        e2e::gateway::open(post(&json!({"stream": true, "messages": [{"role": "user", "content": "q"}]})))
-            .await;
+    let resp = open(post(&json!({"stream": true, "messages": [{"role": "user", "content": "q"}]}))).await;
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
-    let mut reader = e2e::sse::SseReader::new(resp);
+    let mut reader = SseReader::new(resp);
     let events = reader.rest(T).await;
     let text: String = events
         .iter()
