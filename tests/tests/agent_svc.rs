@@ -81,6 +81,66 @@ async fn run_err(client: &mut Client, req: AgentRunRequest) -> (tonic::Status, h
     }
 }
 
+/// Starts a turn on `user_name`'s session whose answer (`answer`) the mock holds
+/// until the returned gate opens. Returns once the turn reached the upstream: it
+/// holds the session, and later turns of it queue behind.
+async fn hold_session(
+    mock: &MockUpstream,
+    client: &Client,
+    user_name: &str,
+    text: &str,
+    answer: &str,
+) -> (Gate, tokio::task::JoinHandle<harness::RunOutcome>) {
+    let gate = Gate::new();
+    mock.push(Behavior::text(answer).gated(&gate));
+    let before = mock.request_count();
+    let (mut c, req) = (client.clone(), for_user(user_name, vec![user(text)]));
+    let turn = tokio::spawn(async move { run_outcome(&mut c, req).await });
+    assert!(mock.wait_for_requests(before + 1, T).await, "the held turn reached the upstream");
+    (gate, turn)
+}
+
+/// Opens a turn on `user_name`'s session and reads its `started`, which agent-svc
+/// sends once the turn has its place in the session's queue (arrival order).
+async fn queue_turn(client: &Client, user_name: &str, text: &str) -> (String, Streaming<AgentRunEvent>) {
+    let mut stream = open_run(&mut client.clone(), for_user(user_name, vec![user(text)])).await;
+    match next_event(&mut stream).await {
+        Event::Started(st) => (st.run_id, stream),
+        other => panic!("expected started first, got {other:?}"),
+    }
+}
+
+/// Waits until run `run_id` is no longer running. agent-svc refuses a run id
+/// that a running run has, so a stateless run on the built-in echo model (it
+/// never reaches the mock and stores nothing) under that id is refused until
+/// the run is gone.
+async fn wait_until_run_gone(client: &Client, run_id: &str) {
+    let gone = harness::eventually(T, Duration::from_millis(10), || {
+        let mut c = client.clone();
+        let mut probe = stateless(vec![user("probe")]);
+        probe.run_id = run_id.to_string();
+        probe.model = Some("echo/echo".into());
+        async move {
+            match c.agent_run(probe).await {
+                Ok(r) => {
+                    let mut s = r.into_inner();
+                    while let Ok(Some(_)) = s.message().await {}
+                    Some(())
+                }
+                Err(st)
+                    if st.code() == Code::InvalidArgument
+                        && error_param(&st).as_deref() == Some("run_id") =>
+                {
+                    None
+                }
+                Err(st) => panic!("probe run failed: {st:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_some(), "run {run_id} is still running");
+}
+
 async fn history(client: &mut Client, key: &str) -> Vec<HistoryEntry> {
     harness::history(client, key).await.expect("GetSessionHistory")
 }
@@ -610,13 +670,8 @@ async fn concurrent_turns_on_one_session_are_serialized_in_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seventeenth_waiting_turn_is_refused_with_session_busy() {
     let mock = start_mock().await;
-    let gate = Gate::new();
-    mock.push(Behavior::text("first done").gated(&gate));
     let (_svc, client) = start(ConfigBuilder::with_mock(&mock)).await;
-
-    let mut c = client.clone();
-    let first = tokio::spawn(async move { run_outcome(&mut c, for_user("busy", vec![user("first")])).await });
-    assert!(mock.wait_for_requests(1, T).await, "turn 1 reached the upstream");
+    let (gate, first) = hold_session(&mock, &client, "busy", "first", "first done").await;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..17 {
@@ -1297,29 +1352,20 @@ async fn oversized_or_control_character_session_keys_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queued_turns_run_in_arrival_order() {
     let mock = start_mock().await;
-    let gate = Gate::new();
-    mock.push(Behavior::text("held").gated(&gate));
     let (_svc, client) = start(ConfigBuilder::with_mock(&mock)).await;
-
-    let mut tasks = Vec::new();
-    let mut c = client.clone();
-    tasks
-        .push(tokio::spawn(async move { run_outcome(&mut c, for_user("fifo", vec![user("turn 0")])).await }));
-    assert!(mock.wait_for_requests(1, T).await);
+    let (gate, first) = hold_session(&mock, &client, "fifo", "turn 0", "held").await;
+    // Each turn is sent once the one before it has its place in the queue.
+    let mut queued = Vec::new();
     for i in 1..=5 {
-        let mut c = client.clone();
-        tasks.push(tokio::spawn(async move {
-            run_outcome(&mut c, for_user("fifo", vec![user(&format!("turn {i}"))])).await
-        }));
-        // A queued call gives no signal until it runs; space the arrivals out so
-        // their order is unambiguous.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        queued.push(queue_turn(&client, "fifo", &format!("turn {i}")).await.1);
     }
     assert_eq!(mock.request_count(), 1, "the others wait for turn 0");
     gate.open();
-    for t in tasks {
-        let out = tokio::time::timeout(T, t).await.expect("turn").expect("task");
-        assert!(out.error.is_none(), "{:?}", out.error);
+    let out = tokio::time::timeout(T, first).await.expect("turn 0").expect("task");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    for mut stream in queued {
+        let (_, end) = drain(&mut stream).await;
+        assert!(end.is_none(), "{end:?}");
     }
     let order: Vec<String> = mock.requests().iter().map(|r| r.last_user_text().unwrap_or_default()).collect();
     assert_eq!(order, (0..=5).map(|i| format!("turn {i}")).collect::<Vec<_>>());
@@ -1481,25 +1527,15 @@ async fn a_turn_that_timed_out_leaves_a_usable_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_turn_cancelled_while_queued_never_runs() {
     let mock = start_mock().await;
-    let gate = Gate::new();
-    mock.push(Behavior::text("held").gated(&gate));
     let (_svc, client) = start(ConfigBuilder::with_mock(&mock)).await;
-    let mut c = client.clone();
-    let first = tokio::spawn(async move { run_outcome(&mut c, for_user("q", vec![user("turn 1")])).await });
-    assert!(mock.wait_for_requests(1, T).await);
+    let (gate, first) = hold_session(&mock, &client, "q", "turn 1", "held").await;
 
-    let mut c = client.clone();
-    let queued = tokio::spawn(async move { run_outcome(&mut c, for_user("q", vec![user("turn 2")])).await });
-    // Nothing signals "queued"; give the call time to reach the session queue, then give up on it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!queued.is_finished(), "turn 2 waits behind turn 1");
-    queued.abort();
-    let _ = queued.await;
-    // The RST_STREAM is sent asynchronously: a round trip on the same connection
-    // flushes it, and the server drops the queued call when it processes it.
-    // Nothing signals that drop, so leave it a moment before turn 1 ends.
-    client.clone().list_agents(ListAgentsRequest {}).await.expect("ListAgents");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Turn 2 waits behind turn 1; its client gives up on it.
+    let (queued_run, queued) = queue_turn(&client, "q", "turn 2").await;
+    drop(queued);
+    // agent-svc drops the queued turn when it sees its stream cancelled; turn 1
+    // must not end before that, or turn 2 would get the session's turn.
+    wait_until_run_gone(&client, &queued_run).await;
 
     gate.open();
     assert!(tokio::time::timeout(T, first).await.expect("turn 1").expect("task").error.is_none());
