@@ -86,6 +86,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// `AgentRun` calls received.
+    requests: watch::Sender<usize>,
     /// Runs whose stream the caller dropped before the script ended.
     cancelled: watch::Sender<usize>,
 }
@@ -121,7 +123,11 @@ impl FakeAgentSvc {
             Ok(a) => a,
             Err(e) => panic!("fake agent-svc: no local address: {e}"),
         };
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), cancelled: watch::channel(0).0 });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            requests: watch::channel(0).0,
+            cancelled: watch::channel(0).0,
+        });
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<AgentServiceServer<Service>>().await;
         let service = AgentServiceServer::new(Service(shared.clone()));
@@ -162,6 +168,12 @@ impl FakeAgentSvc {
         }
     }
 
+    /// Waits until at least `n` `AgentRun` calls arrived; false on timeout.
+    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        let mut rx = self.shared.requests.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
+    }
+
     /// How many runs the caller dropped before their script ended.
     pub fn cancelled(&self) -> usize {
         *self.shared.cancelled.borrow()
@@ -194,6 +206,7 @@ impl AgentService for Service {
                 Script::steps(vec![started("agent:main:openai:x"), text("ok"), finished("stop")])
             })
         };
+        self.0.requests.send_modify(|c| *c += 1);
         if let Some(s) = script.upfront {
             return Err(s);
         }

@@ -187,17 +187,6 @@ impl Gateway {
         self.authed(json_body(self.post("/v1/chat/completions"), body))
     }
 
-    /// [`Gateway::chat`] from a client that gives up after `timeout` (and then
-    /// drops its connection): a client impatient on purpose.
-    pub fn chat_giving_up_after(&self, body: &Value, timeout: Duration) -> RequestBuilder {
-        let client = match reqwest::Client::builder().no_proxy().http1_only().timeout(timeout).build() {
-            Ok(c) => c,
-            Err(e) => panic!("cannot build an HTTP client: {e}"),
-        };
-        let rb = json_body(client.post(format!("{}/v1/chat/completions", self.url())), body);
-        self.authed(rb)
-    }
-
     fn authed(&self, rb: RequestBuilder) -> RequestBuilder {
         match &self.bearer {
             Some(s) => rb.bearer_auth(s),

@@ -12,7 +12,7 @@
 //! The mock notices a client that goes away before a response finished (the
 //! response body stream, or the pending handler future, is dropped early) and
 //! counts it as a disconnect ([`MockUpstream::disconnects`],
-//! [`MockUpstream::wait_for_disconnect`], [`MockUpstream::last_disconnect_at`]).
+//! [`MockUpstream::wait_for_disconnect`], [`MockUpstream::disconnect_since`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -394,7 +394,8 @@ struct Script {
     default: Behavior,
     per_model: HashMap<String, Behavior>,
     requests: Vec<RecordedRequest>,
-    last_disconnect: Option<Instant>,
+    /// When each disconnect was noticed, in order.
+    disconnected_at: Vec<Instant>,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -532,7 +533,23 @@ impl MockUpstream {
 
     /// When the last disconnect was noticed.
     pub fn last_disconnect_at(&self) -> Option<Instant> {
-        self.inner.lock().last_disconnect
+        self.inner.lock().disconnected_at.last().copied()
+    }
+
+    /// Waits for a disconnect noticed at or after `since` and returns when it was
+    /// noticed; `None` when there is none within `timeout`.
+    pub async fn disconnect_since(&self, since: Instant, timeout: Duration) -> Option<Instant> {
+        let mut rx = self.inner.disconnects_tx.subscribe();
+        let found = || self.inner.lock().disconnected_at.iter().copied().find(|at| *at >= since);
+        let wait = async {
+            loop {
+                if let Some(at) = found() {
+                    return Some(at);
+                }
+                rx.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
     /// Requests currently being answered.
@@ -584,7 +601,7 @@ impl Drop for ResponseGuard {
             {
                 let mut s = self.inner.lock();
                 s.in_flight = s.in_flight.saturating_sub(1);
-                s.last_disconnect = Some(Instant::now());
+                s.disconnected_at.push(Instant::now());
             }
             self.inner.disconnects_tx.send_modify(|c| *c += 1);
         }

@@ -29,8 +29,11 @@ pub const TOKEN: &str = "e2e-gateway-token";
 pub const T: Duration = Duration::from_secs(10);
 
 /// SPEC §4 "Cancellation": a client that disconnects cancels the run, and
-/// agent-svc aborts the provider request within 100 ms.
-pub const CANCEL_BOUND: Duration = Duration::from_secs(1);
+/// agent-svc aborts the provider request within 100 ms. The one timing the
+/// tests assert: from a client's drop to the mock seeing its request's
+/// connection go ([`expect_upstream_cancelled`]), and likewise for the provider
+/// request of a run that was aborted or timed out.
+pub const CANCEL_BOUND: Duration = Duration::from_millis(100);
 
 /// The mock as the default model, chat completions on, token auth with [`TOKEN`].
 pub fn config(mock: &MockUpstream) -> ConfigBuilder {
@@ -78,9 +81,32 @@ pub async fn chat(s: &Stack, body: &Value) -> Reply {
 /// aborted it) and asserts that this came within [`CANCEL_BOUND`] of `since`,
 /// the moment the test's client dropped. Returns the measured latency.
 pub async fn expect_upstream_cancelled(mock: &MockUpstream, since: Instant) -> Duration {
-    assert!(mock.wait_for_disconnect(T).await, "the upstream request must be aborted");
-    let latency = mock.last_disconnect_at().expect("a disconnect instant").saturating_duration_since(since);
+    let at = mock.disconnect_since(since, T).await;
+    let at = at.unwrap_or_else(|| panic!("the upstream request was not aborted within {T:?}"));
+    let latency = at.duration_since(since);
     eprintln!("client drop -> upstream disconnect: {latency:?} (SPEC bound {CANCEL_BOUND:?})");
     assert!(latency < CANCEL_BOUND, "upstream aborted {latency:?} after the client left");
     latency
+}
+
+/// Sends `rb` and, once `when` completes, gives up on it: the request (and with
+/// it the connection) is dropped. Returns the instant just before the drop.
+/// Panics when the response head comes first.
+pub async fn give_up_when(
+    rb: reqwest::RequestBuilder,
+    when: impl std::future::Future<Output = ()>,
+) -> Instant {
+    let mut send = Box::pin(rb.send());
+    tokio::select! {
+        r = &mut send => panic!("the response came before the client gave up: {r:?}"),
+        () = when => {}
+    }
+    let at = Instant::now();
+    drop(send);
+    at
+}
+
+/// [`give_up_when`] after `patience`: a client impatient on purpose.
+pub async fn give_up_after(rb: reqwest::RequestBuilder, patience: Duration) -> Instant {
+    give_up_when(rb, tokio::time::sleep(patience)).await
 }

@@ -6,6 +6,7 @@
 use e2e::fake::{agent_status, finished, started, text, tool, FakeAgentSvc, Script, Step};
 use e2e::gateway::{json_body, open, send, Gateway};
 use e2e::harness::{self, eventually, ConfigBuilder};
+use e2e::prelude::give_up_when;
 use e2e::sse::{read_stream, SseFrame, SseReader};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -353,12 +354,12 @@ async fn client_disconnect_cancels_the_run() {
     drop(reader);
     assert!(fake.wait_for_cancelled(1, T).await, "the gRPC stream was dropped");
 
-    // Clients that give up while nothing has been sent yet.
-    let impatient = Duration::from_millis(300);
-    assert!(gw.chat_giving_up_after(&body(false), impatient).send().await.is_err());
-    assert!(fake.wait_for_cancelled(2, T).await, "the gRPC stream was dropped");
-    assert!(gw.chat_giving_up_after(&body(true), impatient).send().await.is_err());
-    assert!(fake.wait_for_cancelled(3, T).await, "the gRPC stream was dropped");
+    // Clients that give up once their run reached agent-svc, before any answer.
+    for (n, stream) in [(2, false), (3, true)] {
+        let asked = async { assert!(fake.wait_for_requests(n, T).await, "the run reached agent-svc") };
+        give_up_when(gw.chat(&body(stream)), asked).await;
+        assert!(fake.wait_for_cancelled(n, T).await, "the gRPC stream was dropped (stream: {stream})");
+    }
     // In-flight gauge back to zero (a gauge has no change signal: polled);
     // disconnected requests counted as 499.
     let metrics = || gw.state().metrics().render();

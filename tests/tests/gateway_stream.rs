@@ -582,9 +582,9 @@ async fn disconnect_before_the_first_token_cancels_the_upstream() {
     let s = stack(config(&mock)).await;
     mock.push(Behavior::Hang);
     let body = streamed("anyone there?", json!({"user": "early"}));
-    let rb = s.gw.chat_giving_up_after(&body, Duration::from_millis(500));
-    assert!(rb.send().await.is_err(), "the client gives up before any answer");
-    let dropped_at = Instant::now();
+    // The client leaves once the run is waiting on the (silent) provider.
+    let asked = async { assert!(mock.wait_for_requests(1, T).await, "the run reached the upstream") };
+    let dropped_at = give_up_when(s.gw.chat(&body), asked).await;
     expect_upstream_cancelled(&mock, dropped_at).await;
     let h = history_with(&s, "agent:main:openai-user:early", 2).await;
     assert_eq!(role_text(&h[0]), ("user".to_string(), "anyone there?".to_string()));
@@ -599,9 +599,7 @@ async fn non_streaming_client_that_gives_up_cancels_the_run() {
     let full: String = (0..100).map(|i| format!("n{i} ")).collect();
     mock.push(Behavior::chunks((0..100).map(|i| format!("n{i} "))).with_delay(Duration::from_millis(50)));
     let body = with(ask("take your time"), json!({"user": "patience"}));
-    let rb = s.gw.chat_giving_up_after(&body, Duration::from_millis(600));
-    assert!(rb.send().await.is_err(), "the client times out");
-    let dropped_at = Instant::now();
+    let dropped_at = give_up_after(s.gw.chat(&body), Duration::from_millis(600)).await;
     expect_upstream_cancelled(&mock, dropped_at).await;
 
     let h = history_with(&s, "agent:main:openai-user:patience", 2).await;
