@@ -59,11 +59,17 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `<tmp>/openclaw-e2e-<uuid>`. Panics if it cannot (test setup failure).
     pub fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("openclaw-e2e-{}", uuid::Uuid::new_v4()));
-        if let Err(e) = std::fs::create_dir_all(&path) {
-            panic!("cannot create temp dir {}: {e}", path.display());
+        match Self::try_new() {
+            Ok(d) => d,
+            Err(e) => panic!("cannot create a temp dir under {}: {e}", std::env::temp_dir().display()),
         }
-        TempDir { path }
+    }
+
+    /// Creates `<tmp>/openclaw-e2e-<uuid>`.
+    pub fn try_new() -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("openclaw-e2e-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
     }
 
     /// The directory.
