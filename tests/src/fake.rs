@@ -23,7 +23,7 @@
 //! ```
 
 use crate::mock::Gate;
-use crate::serve::ServerTask;
+use crate::serve::{must_bind_loopback, ServerTask};
 use services::proto::agent_run_event::Event;
 use services::proto::agent_service_server::{AgentService, AgentServiceServer};
 use services::proto::{
@@ -115,14 +115,7 @@ impl FakeAgentSvc {
     /// Starts the fake on `127.0.0.1:0`, its health service reporting SERVING.
     /// Panics when it cannot bind (test setup failure).
     pub async fn start() -> FakeAgentSvc {
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-            Ok(l) => l,
-            Err(e) => panic!("fake agent-svc: cannot bind 127.0.0.1:0: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("fake agent-svc: no local address: {e}"),
-        };
+        let (listener, addr) = must_bind_loopback("fake agent-svc").await;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             requests: watch::channel(0).0,

@@ -19,7 +19,7 @@
 //! ```
 
 use crate::harness::{parse_config, AgentSvc, ConfigBuilder};
-use crate::serve::ServerTask;
+use crate::serve::{bind_loopback, must_bind_loopback, ServerTask};
 use gateway_http::auth::Auth;
 use gateway_http::state::{AppState, ChatSettings};
 use gateway_http::{AgentClient, GatewayHandle, GatewayOptions};
@@ -78,7 +78,7 @@ impl Gateway {
     /// [`Gateway::start`] returning the error.
     pub async fn try_start(config_json5: &str, agent_svc_url: Option<&str>) -> anyhow::Result<Gateway> {
         let config = parse_config(config_json5)?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let (listener, _) = bind_loopback().await?;
         let opts = GatewayOptions {
             agent_svc_url: agent_svc_url.map(str::to_string),
             listener: Some(listener),
@@ -111,14 +111,7 @@ impl Gateway {
         };
         let chat = ChatSettings { keep_alive, ..ChatSettings::from_config(&config) };
         let state = AppState::from_parts(client, Auth::from_config(&config), chat);
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-            Ok(l) => l,
-            Err(e) => panic!("cannot bind 127.0.0.1:0: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("no local address: {e}"),
-        };
+        let (listener, addr) = must_bind_loopback("test gateway router").await;
         let app = gateway_http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let server = ServerTask::spawn("test gateway router", |stop| {
             axum::serve(listener, app).with_graceful_shutdown(stop)

@@ -275,7 +275,7 @@ impl AgentSvc {
     /// Parses `config_json5` and starts agent-svc on `127.0.0.1:0`.
     pub async fn try_start(config_json5: &str) -> anyhow::Result<AgentSvc> {
         let config = parse_config(config_json5)?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let (listener, _) = crate::serve::bind_loopback().await?;
         let handle = agent_svc::start(&config, listener).await?;
         let addr = handle.local_addr();
         Ok(AgentSvc { config, handle: Some(handle), addr })
@@ -359,10 +359,7 @@ impl AgentSvc {
         self.stop().await;
         let listener = match tokio::net::TcpListener::bind(self.addr).await {
             Ok(l) => l,
-            Err(_) => match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-                Ok(l) => l,
-                Err(e) => panic!("cannot bind 127.0.0.1:0 for restart: {e}"),
-            },
+            Err(_) => crate::serve::must_bind_loopback("agent-svc restart").await.0,
         };
         match agent_svc::start(&self.config, listener).await {
             Ok(h) => {

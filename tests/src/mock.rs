@@ -29,7 +29,7 @@
 //! # }
 //! ```
 
-use crate::serve::ServerTask;
+use crate::serve::{bind_loopback, ServerTask};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -201,6 +201,12 @@ impl Behavior {
         }
     }
 
+    /// An answer that trickles in: [`numbered_words`]`(prefix, n)` as chunks,
+    /// `delay` apart (a slow upstream is what such tests look at).
+    pub fn trickle(prefix: &str, n: usize, delay: Duration) -> Self {
+        Behavior::chunks(numbered_words(prefix, n)).with_delay(delay)
+    }
+
     /// One tool call, arguments in 3 fragments, usage [`DEFAULT_USAGE`].
     pub fn tool_call(id: &str, name: &str, arguments: &str) -> Self {
         Behavior::tool_calls(vec![MockToolCall::new(id, name, arguments)])
@@ -302,6 +308,11 @@ impl Behavior {
     pub fn gated(self, gate: &Gate) -> Self {
         Behavior::Gated(gate.clone(), Box::new(self))
     }
+}
+
+/// `n` words `"<prefix>0 "`, `"<prefix>1 "`, …: an answer long enough to be cut.
+pub fn numbered_words(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i} ")).collect()
 }
 
 /// Splits text into word pieces, each keeping its trailing whitespace.
@@ -437,8 +448,7 @@ impl MockUpstream {
 
     /// Starts the mock on `127.0.0.1:0`.
     pub async fn try_start() -> std::io::Result<MockUpstream> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = bind_loopback().await?;
         let inner = Arc::new(Inner {
             script: Mutex::new(Script::default()),
             requests_tx: watch::channel(0).0,

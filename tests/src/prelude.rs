@@ -16,7 +16,7 @@
 
 pub use crate::gateway::{json_body, open, send, Gateway, Reply, Stack};
 pub use crate::harness::{self, eventually, role_text, rt, AgentSvc, ConfigBuilder};
-pub use crate::mock::{Behavior, Gate, MockToolCall, MockUpstream, RecordedRequest};
+pub use crate::mock::{numbered_words, Behavior, Gate, MockToolCall, MockUpstream, RecordedRequest};
 pub use crate::sse::{content_of, read_stream, SseEvent, SseFrame, SseReader, SseReply};
 pub use serde_json::{json, Value};
 pub use std::time::{Duration, Instant};

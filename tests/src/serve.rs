@@ -1,12 +1,29 @@
 //! A server running in a task of the test's runtime, with a graceful-shutdown
 //! signal: the mock upstream, a gateway router served by a test and the fake
-//! agent-svc all run this way.
+//! agent-svc all run this way, on a loopback listener.
 
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// A listener on `127.0.0.1:0` and its address.
+pub(crate) async fn bind_loopback() -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// [`bind_loopback`] for test setup: panics (naming `what`) when it cannot bind.
+pub(crate) async fn must_bind_loopback(what: &str) -> (TcpListener, SocketAddr) {
+    match bind_loopback().await {
+        Ok(bound) => bound,
+        Err(e) => panic!("{what}: cannot bind 127.0.0.1:0: {e}"),
+    }
+}
 
 /// The signal a served future stops on (resolves when the server is asked to stop).
 pub(crate) type StopSignal = Pin<Box<dyn Future<Output = ()> + Send>>;

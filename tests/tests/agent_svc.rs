@@ -8,7 +8,7 @@ use e2e::harness::{
     for_user, role_text, rt, run_outcome, stateless, summarize, system, tool_call, tool_result, user,
     with_session_key, AgentSvc, ConfigBuilder, TempDir,
 };
-use e2e::mock::{Behavior, Gate, MockToolCall, MockUpstream, RecordedRequest};
+use e2e::mock::{numbered_words, Behavior, Gate, MockToolCall, MockUpstream, RecordedRequest};
 use e2e::prelude::{expect_upstream_cancelled, CANCEL_BOUND, T};
 use serde_json::{json, Value};
 use services::proto::agent_run_event::Event;
@@ -520,15 +520,18 @@ async fn upstream_429_on_every_model_is_resource_exhausted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_500_without_fallback_is_unavailable_upstream_error() {
+async fn upstream_500_or_auth_failure_without_fallback_is_unavailable_upstream_error() {
     let mock = start_mock().await;
-    mock.push(Behavior::error(500, "kaput"));
     let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
-    let (status, _) = run_err(&mut client, stateless(vec![user("q")])).await;
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(error_code(&status).as_deref(), Some("upstream_error"));
-    assert_eq!(error_type(&status).as_deref(), Some("api_error"));
-    assert_eq!(mock.request_count(), 1);
+    for (n, (code, message)) in [(500, "kaput"), (401, "Incorrect API key provided")].into_iter().enumerate()
+    {
+        mock.push(Behavior::error(code, message));
+        let (status, _) = run_err(&mut client, stateless(vec![user("q")])).await;
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(error_code(&status).as_deref(), Some("upstream_error"));
+        assert_eq!(error_type(&status).as_deref(), Some("api_error"));
+        assert_eq!(mock.request_count(), n + 1, "not retried");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,7 +714,7 @@ async fn seventeenth_waiting_turn_is_refused_with_session_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_stream_cancels_the_upstream_and_keeps_the_partial_answer() {
     let mock = start_mock().await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("w{i} "))).with_delay(Duration::from_millis(50)));
+    mock.push(Behavior::trickle("w", 100, Duration::from_millis(50)));
     let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
 
     let mut stream = open_run(&mut client, for_user("erin", vec![user("long story")])).await;
@@ -735,7 +738,7 @@ async fn dropping_the_stream_cancels_the_upstream_and_keeps_the_partial_answer()
     assert_eq!(role, "assistant");
     assert!(h[1].interrupted, "the partial answer is marked interrupted");
     assert!(text.starts_with(&got), "stored partial {text:?} starts with what the client saw {got:?}");
-    let full: String = (0..100).map(|i| format!("w{i} ")).collect();
+    let full = numbered_words("w", 100).concat();
     assert!(full.starts_with(&text) && text.len() < full.len(), "stored text is a strict prefix: {text:?}");
     assert_eq!(mock.request_count(), 1);
 }
@@ -743,7 +746,7 @@ async fn dropping_the_stream_cancels_the_upstream_and_keeps_the_partial_answer()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_run_by_id_and_by_session_key() {
     let mock = start_mock().await;
-    let slow = Behavior::chunks((0..100).map(|i| format!("x{i} "))).with_delay(Duration::from_millis(50));
+    let slow = Behavior::trickle("x", 100, Duration::from_millis(50));
     mock.push(slow.clone());
     mock.push(slow);
     let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
@@ -821,7 +824,7 @@ async fn run_timeout_is_deadline_exceeded_and_aborts_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_agent_timeout_cuts_a_slow_stream() {
     let mock = start_mock().await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("s{i} "))).with_delay(Duration::from_millis(50)));
+    mock.push(Behavior::trickle("s", 100, Duration::from_millis(50)));
     let cfg = ConfigBuilder::with_mock(&mock)
         .agent(json!({"id": "main", "default": true}))
         .agent(json!({"id": "quick", "timeoutSeconds": 0.5}));
@@ -854,7 +857,7 @@ async fn first_byte_timeout_is_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_lets_a_running_turn_finish() {
     let mock = start_mock().await;
-    mock.push(Behavior::chunks((0..8).map(|i| format!("g{i} "))).with_delay(Duration::from_millis(30)));
+    mock.push(Behavior::trickle("g", 8, Duration::from_millis(30)));
     let (mut svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
     let mut stream = open_run(&mut client, stateless(vec![user("q")])).await;
     assert!(matches!(next_event(&mut stream).await, Event::Started(_)));
@@ -863,11 +866,7 @@ async fn graceful_stop_lets_a_running_turn_finish() {
     let ((), (events, end)) = tokio::join!(svc.stop(), drain(&mut stream));
     assert!(end.is_none(), "the running turn finished: {end:?}");
     let run = summarize(&events);
-    assert_eq!(
-        run.text,
-        (1..8).map(|i| format!("g{i} ")).collect::<String>(),
-        "rest of the answer after started"
-    );
+    assert_eq!(run.text, numbered_words("g", 8)[1..].concat(), "rest of the answer after started");
     assert_eq!(run.finish_reason(), Some("stop"));
     assert_eq!(mock.disconnects(), 0);
 }
@@ -1435,16 +1434,6 @@ async fn first_byte_timeout_falls_back_to_the_next_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provider_auth_failure_is_unavailable_upstream_error() {
-    let mock = start_mock().await;
-    mock.push(Behavior::error(401, "Incorrect API key provided"));
-    let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
-    let (status, _) = run_err(&mut client, stateless(vec![user("q")])).await;
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(error_code(&status).as_deref(), Some("upstream_error"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finish_reason_length_and_extra_provider_headers_pass_through() {
     let mock = start_mock().await;
     mock.push(Behavior::text("cut short").with_finish("length"));
@@ -1557,7 +1546,7 @@ async fn a_turn_cancelled_while_queued_never_runs() {
 async fn forced_shutdown_interrupts_and_keeps_the_partial_answer() {
     let dir = TempDir::new();
     let mock = start_mock().await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("p{i} "))).with_delay(Duration::from_millis(50)));
+    mock.push(Behavior::trickle("p", 100, Duration::from_millis(50)));
     let (mut svc, mut client) = start(ConfigBuilder::with_mock(&mock).store_sqlite(&dir)).await;
     let mut stream = open_run(&mut client, for_user("shut", vec![user("q")])).await;
     assert!(matches!(next_event(&mut stream).await, Event::Started(_)));

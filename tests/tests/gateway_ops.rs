@@ -378,10 +378,7 @@ async fn h2c_prior_knowledge_serves_json_and_sse() {
     assert_eq!(resp.status(), 200);
     let mut reader = SseReader::new(resp);
     let events = reader.rest(T).await;
-    let text: String = events
-        .iter()
-        .filter_map(|e| e.json.as_ref()?.pointer("/choices/0/delta/content")?.as_str().map(String::from))
-        .collect();
+    let text = content_of(&events);
     assert_eq!(text, "streamed over h2");
     assert!(events.last().is_some_and(|e| e.is_done()));
 

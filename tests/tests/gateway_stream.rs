@@ -3,7 +3,6 @@
 //! real agent-svc whose provider is the mock upstream.
 
 use e2e::prelude::*;
-use services::proto::HistoryEntry;
 use std::collections::BTreeMap;
 
 /// Checks every SPEC rule a streamed answer that did not end in an error must
@@ -103,8 +102,18 @@ fn content(chunks: &[Value]) -> String {
     chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str)).collect()
 }
 
-async fn history_with(s: &Stack, key: &str, n: usize) -> Vec<HistoryEntry> {
-    s.svc.history_with(key, n, T).await
+/// The session of a cut run: its user message and the interrupted assistant
+/// message (stored after the run's stream is gone: polled). Returns the text
+/// the assistant message kept.
+async fn interrupted_answer(s: &Stack, key: &str, question: &str) -> String {
+    let h = s.svc.history_with(key, 2, T).await;
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(role_text(&h[0]), rt("user", question));
+    assert!(!h[0].interrupted);
+    let (role, text) = role_text(&h[1]);
+    assert_eq!(role, "assistant");
+    assert!(h[1].interrupted, "the partial answer is marked interrupted");
+    text
 }
 
 // ---------------------------------------------------------------------------
@@ -250,7 +259,7 @@ async fn long_answers_of_many_chunks_arrive_whole() {
     const ROUNDS: usize = 5;
     let mock = MockUpstream::start().await;
     let s = stack(config(&mock)).await;
-    let pieces: Vec<String> = (0..PIECES).map(|i| format!("t{i} ")).collect();
+    let pieces = numbered_words("t", PIECES);
     let full: String = pieces.concat();
     mock.set_default(Behavior::chunks(pieces).with_usage(10, PIECES as u32));
 
@@ -300,16 +309,8 @@ async fn chunks_arrive_as_the_provider_produces_them() {
     );
 
     let rest = reader.rest(T).await;
-    let contents: Vec<(String, Instant)> = rest
-        .iter()
-        .filter_map(|e| {
-            e.json
-                .as_ref()?
-                .pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
-                .map(|t| (t.to_string(), e.at))
-        })
-        .collect();
+    let contents: Vec<(String, Instant)> =
+        rest.iter().filter_map(|e| Some((e.content()?.to_string(), e.at))).collect();
     let texts: Vec<&str> = contents.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(texts, &pieces[1..], "every piece as its own chunk, in order");
     let last_at = contents.last().expect("last piece").1;
@@ -352,10 +353,7 @@ async fn keep_alive_comments_while_the_run_is_silent() {
     assert!(raw[..first_content].matches(": keep-alive\n").count() >= before_answer, "{raw:?}");
     assert!(raw.starts_with("data: {"), "the role chunk comes first: {raw:?}");
     assert_eq!(events.first().expect("role").value()["choices"][0]["delta"]["role"], "assistant");
-    let text: String = events
-        .iter()
-        .filter_map(|e| e.json.as_ref()?.pointer("/choices/0/delta/content")?.as_str().map(String::from))
-        .collect();
+    let text = content_of(&events);
     assert_eq!(text, "after silence");
     assert!(events.last().is_some_and(|e| e.is_done()));
 
@@ -441,10 +439,7 @@ async fn a_queued_streaming_turn_gets_its_head_and_keep_alives_while_it_waits() 
     assert!(keep_alive_while_queued, "no `: keep-alive` while the turn waited in its session's queue");
     let mut reader = reader.expect("reader");
     let events = reader.rest(T).await;
-    let text: String = events
-        .iter()
-        .filter_map(|e| e.json.as_ref()?.pointer("/choices/0/delta/content")?.as_str().map(String::from))
-        .collect();
+    let text = content_of(&events);
     assert_eq!(text, "second", "turn 2 ran after turn 1");
 }
 
@@ -480,7 +475,7 @@ async fn error_after_the_stream_began_is_an_error_event_then_done() {
 async fn run_timeout_after_the_stream_began_is_a_timeout_error_event() {
     let mock = MockUpstream::start().await;
     let s = stack(config(&mock).timeout_seconds(0.5)).await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("w{i} "))).with_delay(Duration::from_millis(50)));
+    mock.push(Behavior::trickle("w", 100, Duration::from_millis(50)));
     let r = read_stream(s.gw.chat(&streamed("slow", json!({})))).await;
     assert_eq!(r.status, 200);
     let n = r.events.len();
@@ -518,12 +513,12 @@ async fn errors_before_the_first_token_keep_their_http_status() {
 async fn agent_svc_going_away_mid_stream_ends_with_an_error_event() {
     let mock = MockUpstream::start().await;
     let mut s = stack(config(&mock)).await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("z{i} "))).with_delay(Duration::from_millis(50)));
+    mock.push(Behavior::trickle("z", 100, Duration::from_millis(50)));
     let resp = open(s.gw.chat(&streamed("long", json!({})))).await;
     assert_eq!(resp.status(), 200);
     let mut reader = SseReader::new(resp);
     let mut seen = Vec::new();
-    while !seen.iter().any(|e: &SseEvent| e.value().pointer("/choices/0/delta/content").is_some()) {
+    while !seen.iter().any(|e: &SseEvent| e.content().is_some()) {
         seen.push(reader.next(T).await.expect("a chunk"));
     }
     // agent-svc stops with no grace: the running turn is cancelled under the stream.
@@ -549,29 +544,21 @@ async fn agent_svc_going_away_mid_stream_ends_with_an_error_event() {
 async fn disconnect_mid_stream_cancels_the_upstream_and_keeps_the_partial_answer() {
     let mock = MockUpstream::start().await;
     let s = stack(config(&mock)).await;
-    let full: String = (0..100).map(|i| format!("w{i} ")).collect();
-    mock.push(Behavior::chunks((0..100).map(|i| format!("w{i} "))).with_delay(Duration::from_millis(50)));
+    let full = numbered_words("w", 100).concat();
+    mock.push(Behavior::trickle("w", 100, Duration::from_millis(50)));
     let resp = open(s.gw.chat(&streamed("tell me a long story", json!({"user": "gone"})))).await;
     assert_eq!(resp.status(), 200);
     let mut reader = SseReader::new(resp);
     let mut got = String::new();
     while got.matches(' ').count() < 2 {
         let ev = reader.next(T).await.expect("more chunks");
-        if let Some(t) = ev.value().pointer("/choices/0/delta/content").and_then(Value::as_str) {
-            got.push_str(t);
-        }
+        got.push_str(ev.content().unwrap_or_default());
     }
     let dropped_at = Instant::now();
     drop(reader);
     expect_upstream_cancelled(&mock, dropped_at).await;
 
-    let h = history_with(&s, "agent:main:openai-user:gone", 2).await;
-    assert_eq!(h.len(), 2, "{h:?}");
-    assert_eq!(role_text(&h[0]), ("user".to_string(), "tell me a long story".to_string()));
-    assert!(!h[0].interrupted);
-    let (role, text) = role_text(&h[1]);
-    assert_eq!(role, "assistant");
-    assert!(h[1].interrupted, "the partial answer is marked interrupted");
+    let text = interrupted_answer(&s, "agent:main:openai-user:gone", "tell me a long story").await;
     assert!(text.starts_with(&got), "stored {text:?} starts with what the client saw {got:?}");
     assert!(full.starts_with(&text) && text.len() < full.len(), "a strict prefix: {text:?}");
 }
@@ -586,26 +573,19 @@ async fn disconnect_before_the_first_token_cancels_the_upstream() {
     let asked = async { assert!(mock.wait_for_requests(1, T).await, "the run reached the upstream") };
     let dropped_at = give_up_when(s.gw.chat(&body), asked).await;
     expect_upstream_cancelled(&mock, dropped_at).await;
-    let h = history_with(&s, "agent:main:openai-user:early", 2).await;
-    assert_eq!(role_text(&h[0]), ("user".to_string(), "anyone there?".to_string()));
-    assert_eq!(role_text(&h[1]).0, "assistant");
-    assert!(h[1].interrupted);
+    interrupted_answer(&s, "agent:main:openai-user:early", "anyone there?").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_streaming_client_that_gives_up_cancels_the_run() {
     let mock = MockUpstream::start().await;
     let s = stack(config(&mock)).await;
-    let full: String = (0..100).map(|i| format!("n{i} ")).collect();
-    mock.push(Behavior::chunks((0..100).map(|i| format!("n{i} "))).with_delay(Duration::from_millis(50)));
+    let full = numbered_words("n", 100).concat();
+    mock.push(Behavior::trickle("n", 100, Duration::from_millis(50)));
     let body = with(ask("take your time"), json!({"user": "patience"}));
     let dropped_at = give_up_after(s.gw.chat(&body), Duration::from_millis(600)).await;
     expect_upstream_cancelled(&mock, dropped_at).await;
 
-    let h = history_with(&s, "agent:main:openai-user:patience", 2).await;
-    assert_eq!(role_text(&h[0]), ("user".to_string(), "take your time".to_string()));
-    let (role, text) = role_text(&h[1]);
-    assert_eq!(role, "assistant");
-    assert!(h[1].interrupted, "interrupted");
+    let text = interrupted_answer(&s, "agent:main:openai-user:patience", "take your time").await;
     assert!(full.starts_with(&text) && text.len() < full.len(), "a strict prefix of the answer: {text:?}");
 }

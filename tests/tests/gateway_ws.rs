@@ -41,6 +41,17 @@ impl Pair {
         self.svc.history(key).await.unwrap_or_default()
     }
 
+    /// A client whose run on session `key` (the mock answers `pieces`, `delay`
+    /// apart) has streamed its first delta: the client, the run id and that delta.
+    async fn running_chat(&self, key: &str, pieces: &[String], delay: Duration) -> (WsClient, String, Value) {
+        self.mock.push(Behavior::chunks(pieces.to_vec()).with_delay(delay));
+        let mut ws = self.client().await;
+        let run = start_chat(&mut ws, send_params(key, "go", &format!("k-{key}"))).await;
+        let first = ws.next_chat(&run).await;
+        assert_eq!(first["state"], "delta", "{first}");
+        (ws, run, first)
+    }
+
     /// The transcript once it has `n` entries.
     async fn history_with(&self, key: &str, n: usize) -> Vec<HistoryEntry> {
         self.svc.history_with(key, n, T).await
@@ -622,12 +633,8 @@ async fn back_to_back_sends_of_one_session_run_in_arrival_order() {
 #[tokio::test]
 async fn chat_abort_mid_run_reaches_the_upstream() {
     let p = pair(|c| c).await;
-    let words: Vec<String> = (0..30).map(|i| format!("w{i} ")).collect();
-    p.mock.push(Behavior::chunks(words.clone()).with_delay(Duration::from_millis(100)));
-    let mut ws = p.client().await;
-    let run = start_chat(&mut ws, send_params("abort-me", "go", "k-abort")).await;
-    let first = ws.next_chat(&run).await;
-    assert_eq!(first["state"], "delta");
+    let words = numbered_words("w", 30);
+    let (mut ws, run, first) = p.running_chat("abort-me", &words, Duration::from_millis(100)).await;
 
     let res = ws.call("chat.abort", json!({"sessionKey": "abort-me", "runId": run})).await;
     assert_eq!(res["payload"], json!({"ok": true, "aborted": true, "runIds": [run]}), "{res}");
@@ -684,11 +691,8 @@ async fn closing_the_socket_does_not_abort_the_run() {
     let p = pair(|c| c).await;
     for (i, graceful) in [(0, true), (1, false)] {
         let pieces: Vec<String> = (0..6).map(|j| format!("p{i}{j} ")).collect();
-        p.mock.push(Behavior::chunks(pieces.clone()).with_delay(Duration::from_millis(120)));
-        let mut ws = p.client().await;
         let key = format!("survive-{i}");
-        let run = start_chat(&mut ws, send_params(&key, "keep going", "k")).await;
-        assert_eq!(ws.next_chat(&run).await["state"], "delta");
+        let (ws, _, _) = p.running_chat(&key, &pieces, Duration::from_millis(120)).await;
         if graceful {
             ws.close().await;
         } else {
@@ -835,11 +839,8 @@ async fn keepalive_pings_and_closes_a_silent_client() {
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1012_and_lets_their_runs_finish() {
     let p = pair(|c| c).await;
-    let pieces: Vec<String> = (0..8).map(|i| format!("t{i} ")).collect();
-    p.mock.push(Behavior::chunks(pieces.clone()).with_delay(Duration::from_millis(100)));
-    let mut ws = p.client().await;
-    let run = start_chat(&mut ws, send_params("at-shutdown", "go", "k")).await;
-    assert_eq!(ws.next_chat(&run).await["state"], "delta");
+    let pieces = numbered_words("t", 8);
+    let (mut ws, _, _) = p.running_chat("at-shutdown", &pieces, Duration::from_millis(100)).await;
     let Pair { mut gw, mock, svc } = p;
     let stop = tokio::spawn(async move { gw.stop_with_grace(Duration::from_secs(5)).await });
     assert_eq!(ws.expect_end(T).await, Ending::Closed(1012));
@@ -862,7 +863,7 @@ async fn http_and_websocket_traffic_share_the_port() {
             .agent(json!({"id": "slow", "model": "mock/slow-model"}))
     })
     .await;
-    let words: Vec<String> = (0..30).map(|i| format!("s{i} ")).collect();
+    let words = numbered_words("s", 30);
     p.mock
         .set_for_model("slow-model", Behavior::chunks(words.clone()).with_delay(Duration::from_millis(100)));
     let mut ws = p.client().await;

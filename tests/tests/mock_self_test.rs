@@ -47,6 +47,16 @@ async fn sse_events(resp: reqwest::Response) -> (Vec<Value>, bool) {
     (json, done_last)
 }
 
+/// The non-null `choices[0].finish_reason`s of JSON chunks.
+fn finish_reasons(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter_map(|e| e["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect()
+}
+
 /// The `choices[0].delta.content` texts of JSON chunks, concatenated.
 fn text_of(events: &[Value]) -> String {
     events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect()
@@ -77,13 +87,7 @@ async fn sse_shape_and_usage_only_when_asked() {
         .filter(|s| !s.is_empty())
         .collect();
     assert_eq!(content, vec!["hello ", "big ", "world"]);
-    let finishes: Vec<&Value> = events
-        .iter()
-        .filter_map(|e| e["choices"].get(0))
-        .map(|c| &c["finish_reason"])
-        .filter(|f| !f.is_null())
-        .collect();
-    assert_eq!(finishes, vec![&json!("stop")]);
+    assert_eq!(finish_reasons(&events), vec![&json!("stop")]);
     // Every choice chunk carries finish_reason (null until the end).
     for e in events.iter().filter(|e| !e["choices"].as_array().expect("choices").is_empty()) {
         assert!(e["choices"][0].as_object().expect("choice").contains_key("finish_reason"));
@@ -169,13 +173,7 @@ async fn json_and_tool_call_shapes() {
     assert!(frags[3].get("id").is_none(), "without_id streams no id");
     let args0: String = frags[..3].iter().filter_map(|f| f["function"]["arguments"].as_str()).collect();
     assert_eq!(args0, r#"{"city":"Paris"}"#);
-    let finish: Vec<&Value> = events
-        .iter()
-        .filter_map(|e| e["choices"].get(0))
-        .map(|c| &c["finish_reason"])
-        .filter(|f| !f.is_null())
-        .collect();
-    assert_eq!(finish, vec![&json!("tool_calls")]);
+    assert_eq!(finish_reasons(&events), vec![&json!("tool_calls")]);
 }
 
 #[tokio::test]
@@ -200,7 +198,7 @@ async fn reset_and_malformed_break_the_stream() {
 #[tokio::test]
 async fn detects_client_disconnect_mid_stream() {
     let mock = MockUpstream::start().await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("w{i} "))).with_delay(Duration::from_millis(20)));
+    mock.push(Behavior::trickle("w", 100, Duration::from_millis(20)));
     let mut reader = SseReader::new(post(&mock, chat("m", "x", false)).await);
     for _ in 0..3 {
         let ev = reader.next(T).await.expect("more events");

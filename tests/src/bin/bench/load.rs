@@ -128,12 +128,7 @@ impl Client {
         r
     }
 
-    async fn send_inner(
-        &mut self,
-        t: &Target,
-        body: &Bytes,
-        stream: bool,
-    ) -> Result<Option<Instant>> {
+    async fn send_inner(&mut self, t: &Target, body: &Bytes, stream: bool) -> Result<Option<Instant>> {
         let sender = self.connect(t.addr).await?;
         sender.ready().await?;
         let resp = sender.send_request(t.request(body, stream)).await?;
