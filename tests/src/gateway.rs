@@ -1,7 +1,6 @@
 //! Starting gateway-http on a real socket (in front of a separately started
 //! agent-svc, or in embedded mode) and talking to it over real HTTP: plain
-//! requests ([`Reply`]) and Server-Sent Events read by a real SSE parser
-//! ([`SseReader`], eventsource-stream over reqwest's byte stream).
+//! requests ([`Reply`]); streamed answers are read with [`crate::sse`].
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -20,20 +19,15 @@
 //! ```
 
 use crate::harness::{parse_config, AgentSvc, ConfigBuilder};
-use bytes::Bytes;
-use eventsource_stream::Eventsource;
-use futures::{Stream, StreamExt};
+use crate::serve::{bind_loopback, must_bind_loopback, ServerTask};
 use gateway_http::auth::Auth;
 use gateway_http::state::{AppState, ChatSettings};
 use gateway_http::{AgentClient, GatewayHandle, GatewayOptions};
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::RequestBuilder;
 use serde_json::Value;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bound on one HTTP exchange in these helpers (things that should take milliseconds).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,11 +39,7 @@ enum Server {
     /// Started with `gateway_http::start` (the production path).
     Started(Option<GatewayHandle>),
     /// `gateway_http::router` served by the test (custom [`ChatSettings`]).
-    Router {
-        state: AppState,
-        shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-        task: tokio::task::JoinHandle<()>,
-    },
+    Router { state: AppState, server: ServerTask },
 }
 
 /// A running gateway-http on `127.0.0.1`.
@@ -88,7 +78,7 @@ impl Gateway {
     /// [`Gateway::start`] returning the error.
     pub async fn try_start(config_json5: &str, agent_svc_url: Option<&str>) -> anyhow::Result<Gateway> {
         let config = parse_config(config_json5)?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let (listener, _) = bind_loopback().await?;
         let opts = GatewayOptions {
             agent_svc_url: agent_svc_url.map(str::to_string),
             listener: Some(listener),
@@ -121,30 +111,12 @@ impl Gateway {
         };
         let chat = ChatSettings { keep_alive, ..ChatSettings::from_config(&config) };
         let state = AppState::from_parts(client, Auth::from_config(&config), chat);
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-            Ok(l) => l,
-            Err(e) => panic!("cannot bind 127.0.0.1:0: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("no local address: {e}"),
-        };
+        let (listener, addr) = must_bind_loopback("test gateway router").await;
         let app = gateway_http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "test gateway router stopped");
-            }
+        let server = ServerTask::spawn("test gateway router", |stop| {
+            axum::serve(listener, app).with_graceful_shutdown(stop)
         });
-        Gateway {
-            addr,
-            server: Server::Router { state, shutdown: Some(tx), task },
-            bearer: None,
-            http: http_client(),
-        }
+        Gateway { addr, server: Server::Router { state, server }, bearer: None, http: http_client() }
     }
 
     /// Sets the bearer secret [`Gateway::chat`] and [`Gateway::authed_get`] send.
@@ -217,33 +189,21 @@ impl Gateway {
 
     /// Stops the gateway ([`GATEWAY_STOP_GRACE`]). A no-op when already stopped.
     pub async fn stop(&mut self) {
+        self.stop_with_grace(GATEWAY_STOP_GRACE).await;
+    }
+
+    /// Stops the gateway, letting open requests (and WebSocket runs) finish
+    /// within `grace`. A no-op when already stopped. Panics when the shutdown fails.
+    pub async fn stop_with_grace(&mut self, grace: Duration) {
         match &mut self.server {
             Server::Started(h) => {
                 if let Some(h) = h.take() {
-                    if let Err(e) = h.shutdown_with_grace(GATEWAY_STOP_GRACE).await {
+                    if let Err(e) = h.shutdown_with_grace(grace).await {
                         panic!("gateway shutdown failed: {e}");
                     }
                 }
             }
-            Server::Router { shutdown, task, .. } => {
-                if let Some(tx) = shutdown.take() {
-                    let _ = tx.send(());
-                    if tokio::time::timeout(GATEWAY_STOP_GRACE, &mut *task).await.is_err() {
-                        task.abort();
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Server::Router { shutdown, task, .. } = &mut self.server {
-            if let Some(tx) = shutdown.take() {
-                let _ = tx.send(());
-            }
-            task.abort();
+            Server::Router { server, .. } => server.stop(grace).await,
         }
     }
 }
@@ -374,217 +334,5 @@ pub async fn open(rb: RequestBuilder) -> reqwest::Response {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => panic!("HTTP request failed: {e:?}"),
         Err(_) => panic!("no response head within {HTTP_TIMEOUT:?}"),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Server-Sent Events
-
-/// One SSE event as a real SSE client parsed it.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    /// The `data:` payload.
-    pub data: String,
-    /// The payload as JSON (`None` for `[DONE]` or non-JSON).
-    pub json: Option<Value>,
-    /// When the test received it.
-    pub at: Instant,
-}
-
-impl SseEvent {
-    /// Whether this is `data: [DONE]`.
-    pub fn is_done(&self) -> bool {
-        self.data == "[DONE]"
-    }
-
-    /// The JSON payload; panics when the event is not JSON.
-    pub fn value(&self) -> &Value {
-        match &self.json {
-            Some(v) => v,
-            None => panic!("SSE event is not JSON: {:?}", self.data),
-        }
-    }
-}
-
-type EventStream = Pin<
-    Box<
-        dyn Stream<
-                Item = Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
-    >,
->;
-
-/// Reads an SSE body with eventsource-stream, keeping the raw bytes too (SSE
-/// comments such as `: keep-alive` are not events, so a parser drops them).
-/// Dropping the reader drops the response (the client disconnects).
-pub struct SseReader {
-    stream: EventStream,
-    raw: Arc<Mutex<Vec<u8>>>,
-    /// Signalled whenever bytes arrive (comments included).
-    arrived: Arc<tokio::sync::Notify>,
-    pending: VecDeque<SseEvent>,
-    ended: bool,
-    error: Option<String>,
-}
-
-impl std::fmt::Debug for SseReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseReader").field("ended", &self.ended).field("error", &self.error).finish()
-    }
-}
-
-impl SseReader {
-    /// Starts reading `resp`'s body.
-    pub fn new(resp: reqwest::Response) -> SseReader {
-        let raw = Arc::new(Mutex::new(Vec::new()));
-        let arrived = Arc::new(tokio::sync::Notify::new());
-        let (sink, signal) = (raw.clone(), arrived.clone());
-        let bytes = resp.bytes_stream().inspect(move |item: &Result<Bytes, reqwest::Error>| {
-            if let Ok(b) = item {
-                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(b);
-                signal.notify_one();
-            }
-        });
-        SseReader {
-            stream: Box::pin(bytes.eventsource()),
-            raw,
-            arrived,
-            pending: VecDeque::new(),
-            ended: false,
-            error: None,
-        }
-    }
-
-    /// Every byte received so far, as text.
-    pub fn raw_text(&self) -> String {
-        String::from_utf8_lossy(&self.raw.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-            .into_owned()
-    }
-
-    /// A transport or framing error that ended the body, if any.
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-
-    /// Polls the body for one more event (buffered in `pending`); false at the end.
-    async fn pull(&mut self) -> bool {
-        if self.ended {
-            return false;
-        }
-        match self.stream.next().await {
-            Some(Ok(ev)) => {
-                let json = serde_json::from_str(&ev.data).ok();
-                self.pending.push_back(SseEvent { data: ev.data, json, at: Instant::now() });
-                true
-            }
-            Some(Err(e)) => {
-                self.error = Some(e.to_string());
-                self.ended = true;
-                false
-            }
-            None => {
-                self.ended = true;
-                false
-            }
-        }
-    }
-
-    /// The next event; `None` at the end of the body. Panics when none comes within `timeout`.
-    pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
-        if let Some(ev) = self.pending.pop_front() {
-            return Some(ev);
-        }
-        match tokio::time::timeout(timeout, self.pull()).await {
-            Ok(true) => self.pending.pop_front(),
-            Ok(false) => None,
-            Err(_) => panic!("no SSE event within {timeout:?}; raw so far: {:?}", self.raw_text()),
-        }
-    }
-
-    /// Reads until the raw bytes satisfy `pred` (events that arrive meanwhile are
-    /// kept for [`SseReader::next`]); false when the body ends or `timeout` passes first.
-    pub async fn wait_raw(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if pred(&self.raw_text()) {
-                return true;
-            }
-            if self.ended {
-                return false;
-            }
-            // Bytes that hold no event (a comment) complete `arrived`, not `pull`.
-            let arrived = self.arrived.clone();
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return pred(&self.raw_text()),
-                _ = self.pull() => {}
-                () = arrived.notified() => {}
-            }
-        }
-    }
-
-    /// Reads the rest of the body (bounded by `timeout`) and returns every event
-    /// not yet taken with [`SseReader::next`].
-    pub async fn rest(&mut self, timeout: Duration) -> Vec<SseEvent> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.pull()).await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(_) => {
-                    panic!("SSE body did not end within {timeout:?}; raw so far: {:?}", self.raw_text())
-                }
-            }
-        }
-        self.pending.drain(..).collect()
-    }
-}
-
-/// Opens `rb` and reads the whole SSE body: (response head, events, raw text).
-/// Panics when it does not end within [`HTTP_TIMEOUT`] or on a transport error.
-pub async fn read_stream(rb: RequestBuilder) -> SseReply {
-    let resp = open(rb).await;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let mut reader = SseReader::new(resp);
-    let events = reader.rest(HTTP_TIMEOUT).await;
-    if let Some(e) = reader.error() {
-        panic!("SSE body failed: {e}; raw: {:?}", reader.raw_text());
-    }
-    SseReply { status, headers, events, raw: reader.raw_text() }
-}
-
-/// A whole SSE answer.
-#[derive(Debug, Clone)]
-pub struct SseReply {
-    /// The status code.
-    pub status: u16,
-    /// The response headers.
-    pub headers: HeaderMap,
-    /// Every event, in order (`[DONE]` included).
-    pub events: Vec<SseEvent>,
-    /// The raw body text.
-    pub raw: String,
-}
-
-impl SseReply {
-    /// A header as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The JSON chunks (every event but `[DONE]`); panics on a non-JSON event.
-    pub fn chunks(&self) -> Vec<Value> {
-        self.events.iter().filter(|e| !e.is_done()).map(|e| e.value().clone()).collect()
-    }
-
-    /// The `choices[0].delta.content` strings concatenated.
-    pub fn content(&self) -> String {
-        self.chunks()
-            .iter()
-            .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str).map(str::to_string))
-            .collect()
     }
 }

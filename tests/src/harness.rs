@@ -25,8 +25,8 @@ use services::config::{ConfigError, ConfigSource, LoadedConfig};
 use services::proto::agent_run_event::Event;
 use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
-    agent_run_request, content_part, AgentRunEvent, AgentRunRequest, ContentPart, Message, RunFinished,
-    RunStarted, ToolCall, ToolCallDelta, Usage,
+    agent_run_request, content_part, AgentRunEvent, AgentRunRequest, ContentPart, HistoryEntry, Message,
+    RunFinished, RunStarted, ToolCall, ToolCallDelta, Usage,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,11 +59,17 @@ pub struct TempDir {
 impl TempDir {
     /// Creates `<tmp>/openclaw-e2e-<uuid>`. Panics if it cannot (test setup failure).
     pub fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!("openclaw-e2e-{}", uuid::Uuid::new_v4()));
-        if let Err(e) = std::fs::create_dir_all(&path) {
-            panic!("cannot create temp dir {}: {e}", path.display());
+        match Self::try_new() {
+            Ok(d) => d,
+            Err(e) => panic!("cannot create a temp dir under {}: {e}", std::env::temp_dir().display()),
         }
-        TempDir { path }
+    }
+
+    /// Creates `<tmp>/openclaw-e2e-<uuid>`.
+    pub fn try_new() -> std::io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("openclaw-e2e-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
     }
 
     /// The directory.
@@ -222,6 +228,14 @@ fn ensure_path<'a>(root: &'a mut Value, path: &[&str]) -> &'a mut Value {
     cur
 }
 
+/// A loopback port nobody listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => panic!("cannot bind 127.0.0.1:0: {e}"),
+    }
+}
+
 /// Config text for the mock with extra `(dotted path, value)` settings applied.
 pub fn config_with_mock(mock: &MockUpstream, extra: &[(&str, Value)]) -> String {
     extra.iter().fold(ConfigBuilder::with_mock(mock), |b, (k, v)| b.set(k, v.clone())).build()
@@ -261,7 +275,7 @@ impl AgentSvc {
     /// Parses `config_json5` and starts agent-svc on `127.0.0.1:0`.
     pub async fn try_start(config_json5: &str) -> anyhow::Result<AgentSvc> {
         let config = parse_config(config_json5)?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let (listener, _) = crate::serve::bind_loopback().await?;
         let handle = agent_svc::start(&config, listener).await?;
         let addr = handle.local_addr();
         Ok(AgentSvc { config, handle: Some(handle), addr })
@@ -308,6 +322,16 @@ impl AgentSvc {
         AgentServiceClient::new(self.channel().await)
     }
 
+    /// The stored transcript of a full session key (`GetSessionHistory`, no limit).
+    pub async fn history(&self, key: &str) -> Result<Vec<HistoryEntry>, Status> {
+        history(&mut self.client().await, key).await
+    }
+
+    /// The transcript once it has at least `n` entries ([`history_with`]).
+    pub async fn history_with(&self, key: &str, n: usize, timeout: Duration) -> Vec<HistoryEntry> {
+        history_with(&self.client().await, key, n, timeout).await
+    }
+
     /// Graceful shutdown ([`STOP_GRACE`]); afterwards the port is closed. Panics on failure.
     pub async fn stop(&mut self) {
         if let Err(e) = self.try_stop().await {
@@ -335,10 +359,7 @@ impl AgentSvc {
         self.stop().await;
         let listener = match tokio::net::TcpListener::bind(self.addr).await {
             Ok(l) => l,
-            Err(_) => match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-                Ok(l) => l,
-                Err(e) => panic!("cannot bind 127.0.0.1:0 for restart: {e}"),
-            },
+            Err(_) => crate::serve::must_bind_loopback("agent-svc restart").await.0,
         };
         match agent_svc::start(&self.config, listener).await {
             Ok(h) => {
@@ -408,6 +429,20 @@ pub fn tool_call(id: &str, name: &str, arguments: &str) -> ToolCall {
 /// A `tool` result message.
 pub fn tool_result(tool_call_id: &str, text: &str) -> Message {
     Message { tool_call_id: Some(tool_call_id.to_string()), ..text_message("tool", text) }
+}
+
+/// `(role, text)` of a history entry (panics when it has no message).
+pub fn role_text(e: &HistoryEntry) -> (String, String) {
+    match &e.message {
+        Some(m) => (m.role.clone(), text_of(m)),
+        None => panic!("history entry without a message: {e:?}"),
+    }
+}
+
+/// `(role, text)` as owned strings, to compare with [`role_text`] and
+/// [`RecordedRequest::message_texts`](crate::mock::RecordedRequest::message_texts).
+pub fn rt(role: &str, text: &str) -> (String, String) {
+    (role.to_string(), text.to_string())
 }
 
 /// The text of a message (text parts joined).
@@ -603,55 +638,6 @@ pub fn summarize(events: &[AgentRunEvent]) -> RunSummary {
 }
 
 // ---------------------------------------------------------------------------
-// Reading SSE bodies (for HTTP-level tests, e.g. gateway-http)
-
-/// A server-sent-events body read to its end.
-#[derive(Debug, Clone, Default)]
-pub struct SseBody {
-    /// The `data:` payload of every event, in order (`[DONE]` included).
-    pub data: Vec<String>,
-    /// The payloads that parsed as JSON, in order.
-    pub events: Vec<Value>,
-    /// Whether the last event was `data: [DONE]`.
-    pub done_last: bool,
-    /// A transport or framing error that ended the body early.
-    pub error: Option<String>,
-}
-
-impl SseBody {
-    /// The `choices[0].delta.content` strings concatenated (OpenAI chunks).
-    pub fn content(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str))
-            .collect()
-    }
-}
-
-/// Reads an SSE response to its end (bounded by the caller's timeout, if any).
-pub async fn read_sse(resp: reqwest::Response) -> SseBody {
-    use eventsource_stream::Eventsource;
-    let mut body = SseBody::default();
-    let mut stream = resp.bytes_stream().eventsource();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(ev) => {
-                body.done_last = ev.data == "[DONE]";
-                if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                    body.events.push(v);
-                }
-                body.data.push(ev.data);
-            }
-            Err(e) => {
-                body.error = Some(e.to_string());
-                break;
-            }
-        }
-    }
-    body
-}
-
-// ---------------------------------------------------------------------------
 // Status metadata and polling
 
 /// An ASCII metadata value of a status.
@@ -693,6 +679,15 @@ where
     }
 }
 
+/// A session's stored transcript (`GetSessionHistory`, no limit).
+pub async fn history(
+    client: &mut AgentServiceClient<Channel>,
+    key: &str,
+) -> Result<Vec<HistoryEntry>, Status> {
+    let req = services::proto::GetSessionHistoryRequest { session_key: key.to_string(), limit: 0 };
+    Ok(client.get_session_history(req).await?.into_inner().messages)
+}
+
 /// The session's history once it has at least `n` entries, polled for up to
 /// `timeout` (the assistant message of a cancelled run is stored after its
 /// stream is gone, so there is no signal to wait on). Panics when it never does.
@@ -701,13 +696,11 @@ pub async fn history_with(
     key: &str,
     n: usize,
     timeout: Duration,
-) -> Vec<services::proto::HistoryEntry> {
+) -> Vec<HistoryEntry> {
     let found = eventually(timeout, Duration::from_millis(10), || {
         let mut c = client.clone();
-        let key = key.to_string();
         async move {
-            let req = services::proto::GetSessionHistoryRequest { session_key: key, limit: 0 };
-            let msgs = c.get_session_history(req).await.ok()?.into_inner().messages;
+            let msgs = history(&mut c, key).await.ok()?;
             (msgs.len() >= n).then_some(msgs)
         }
     })

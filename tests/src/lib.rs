@@ -2,14 +2,23 @@
 //!
 //! - [`mock`]: a real mock OpenAI-compatible upstream (an HTTP server) with
 //!   scripted behaviours, request recording and disconnect detection.
-//! - [`gateway`]: gateway-http on a real socket, HTTP replies and SSE reading.
+//! - [`fake`]: a scripted fake agent-svc (a real tonic server), for gateway
+//!   tests that need agent-svc to do exactly one thing.
+//! - [`gateway`]: gateway-http on a real socket and whole HTTP replies.
+//! - [`sse`]: the one Server-Sent Events parser (tests and benchmark) and the
+//!   tests' SSE reader.
 //! - [`harness`]: starting agent-svc on a real socket, config builders, request
-//!   helpers and `AgentRun` stream folding. Reusable by gateway-http tests.
+//!   helpers and `AgentRun` stream folding.
 //! - [`ws`]: a real WebSocket client for the gateway protocol.
+//! - [`prelude`]: what the gateway test files share (`use e2e::prelude::*;`).
 
+pub mod fake;
 pub mod gateway;
 pub mod harness;
 pub mod mock;
+pub mod prelude;
+mod serve;
+pub mod sse;
 pub mod ws;
 
 pub use harness::{AgentSvc, ConfigBuilder, TempDir};

@@ -12,7 +12,7 @@
 //! The mock notices a client that goes away before a response finished (the
 //! response body stream, or the pending handler future, is dropped early) and
 //! counts it as a disconnect ([`MockUpstream::disconnects`],
-//! [`MockUpstream::wait_for_disconnect`], [`MockUpstream::last_disconnect_at`]).
+//! [`MockUpstream::wait_for_disconnect`], [`MockUpstream::disconnect_since`]).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+use crate::serve::{bind_loopback, ServerTask};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -200,6 +201,12 @@ impl Behavior {
         }
     }
 
+    /// An answer that trickles in: [`numbered_words`]`(prefix, n)` as chunks,
+    /// `delay` apart (a slow upstream is what such tests look at).
+    pub fn trickle(prefix: &str, n: usize, delay: Duration) -> Self {
+        Behavior::chunks(numbered_words(prefix, n)).with_delay(delay)
+    }
+
     /// One tool call, arguments in 3 fragments, usage [`DEFAULT_USAGE`].
     pub fn tool_call(id: &str, name: &str, arguments: &str) -> Self {
         Behavior::tool_calls(vec![MockToolCall::new(id, name, arguments)])
@@ -303,6 +310,11 @@ impl Behavior {
     }
 }
 
+/// `n` words `"<prefix>0 "`, `"<prefix>1 "`, …: an answer long enough to be cut.
+pub fn numbered_words(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i} ")).collect()
+}
+
 /// Splits text into word pieces, each keeping its trailing whitespace.
 pub fn split_pieces(text: &str) -> Vec<String> {
     let pieces: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
@@ -393,7 +405,8 @@ struct Script {
     default: Behavior,
     per_model: HashMap<String, Behavior>,
     requests: Vec<RecordedRequest>,
-    last_disconnect: Option<Instant>,
+    /// When each disconnect was noticed, in order.
+    disconnected_at: Vec<Instant>,
     in_flight: usize,
     max_in_flight: usize,
 }
@@ -415,8 +428,7 @@ impl Inner {
 pub struct MockUpstream {
     inner: Arc<Inner>,
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    server: ServerTask,
 }
 
 impl std::fmt::Debug for MockUpstream {
@@ -436,8 +448,7 @@ impl MockUpstream {
 
     /// Starts the mock on `127.0.0.1:0`.
     pub async fn try_start() -> std::io::Result<MockUpstream> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = bind_loopback().await?;
         let inner = Arc::new(Inner {
             script: Mutex::new(Script::default()),
             requests_tx: watch::channel(0).0,
@@ -451,16 +462,10 @@ impl MockUpstream {
                 (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": format!("no route {uri}")}})))
             })
             .with_state(inner.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "mock upstream server stopped");
-            }
+        let server = ServerTask::spawn("mock upstream", |stop| {
+            axum::serve(listener, app).with_graceful_shutdown(stop)
         });
-        Ok(MockUpstream { inner, addr, shutdown: Some(tx), task })
+        Ok(MockUpstream { inner, addr, server })
     }
 
     /// The listen address.
@@ -538,7 +543,23 @@ impl MockUpstream {
 
     /// When the last disconnect was noticed.
     pub fn last_disconnect_at(&self) -> Option<Instant> {
-        self.inner.lock().last_disconnect
+        self.inner.lock().disconnected_at.last().copied()
+    }
+
+    /// Waits for a disconnect noticed at or after `since` and returns when it was
+    /// noticed; `None` when there is none within `timeout`.
+    pub async fn disconnect_since(&self, since: Instant, timeout: Duration) -> Option<Instant> {
+        let mut rx = self.inner.disconnects_tx.subscribe();
+        let found = || self.inner.lock().disconnected_at.iter().copied().find(|at| *at >= since);
+        let wait = async {
+            loop {
+                if let Some(at) = found() {
+                    return Some(at);
+                }
+                rx.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
     /// Requests currently being answered.
@@ -553,20 +574,7 @@ impl MockUpstream {
 
     /// Stops the server (open connections are dropped).
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for MockUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
+        self.server.stop(Duration::ZERO).await;
     }
 }
 
@@ -603,7 +611,7 @@ impl Drop for ResponseGuard {
             {
                 let mut s = self.inner.lock();
                 s.in_flight = s.in_flight.saturating_sub(1);
-                s.last_disconnect = Some(Instant::now());
+                s.disconnected_at.push(Instant::now());
             }
             self.inner.disconnects_tx.send_modify(|c| *c += 1);
         }

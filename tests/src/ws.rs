@@ -1,19 +1,17 @@
-//! The Gateway WebSocket protocol from the outside: starting gateway-http in
-//! front of a real agent-svc, and [`WsClient`], a real WebSocket client
-//! (tokio-tungstenite) that speaks the gateway's frames.
+//! The Gateway WebSocket protocol from the outside: [`WsClient`], a real
+//! WebSocket client (tokio-tungstenite) that speaks the gateway's frames.
 //!
 //! ```no_run
 //! # async fn demo() {
-//! use e2e::harness::{AgentSvc, ConfigBuilder};
+//! use e2e::gateway::Stack;
+//! use e2e::harness::ConfigBuilder;
 //! use e2e::mock::MockUpstream;
-//! use e2e::ws::{start_gateway, WsClient};
+//! use e2e::ws::WsClient;
 //! use serde_json::json;
 //!
 //! let mock = MockUpstream::start().await;
-//! let config = ConfigBuilder::with_mock(&mock).auth_token("t").build();
-//! let svc = AgentSvc::start(&config).await;
-//! let gw = start_gateway(&config, &svc.url()).await;
-//! let (mut ws, hello) = WsClient::connect(gw.local_addr(), json!({"token": "t"})).await;
+//! let s = Stack::start(&ConfigBuilder::with_mock(&mock).auth_token("t"), None).await;
+//! let (mut ws, hello) = WsClient::connect(s.gw.addr(), json!({"token": "t"})).await;
 //! assert_eq!(hello["payload"]["type"], "hello-ok");
 //! let res = ws.call("chat.send", json!({"sessionKey": "main", "message": "hi", "idempotencyKey": "1"})).await;
 //! let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
@@ -22,9 +20,7 @@
 //! # }
 //! ```
 
-use crate::harness::parse_config;
 use futures::{SinkExt, StreamExt};
-use gateway_http::{GatewayHandle, GatewayOptions};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,28 +32,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Bound on one expected frame (things that should take milliseconds).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Starts gateway-http (`gateway_http::start`) on `127.0.0.1:0` with this config,
-/// talking to the agent-svc at `agent_svc_url`. Panics on failure.
-pub async fn start_gateway(config_json5: &str, agent_svc_url: &str) -> GatewayHandle {
-    let config = match parse_config(config_json5) {
-        Ok(c) => c,
-        Err(e) => panic!("bad config: {e}\n{config_json5}"),
-    };
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
-        Ok(l) => l,
-        Err(e) => panic!("cannot bind 127.0.0.1:0: {e}"),
-    };
-    let opts = GatewayOptions {
-        agent_svc_url: Some(agent_svc_url.to_string()),
-        listener: Some(listener),
-        ..Default::default()
-    };
-    match gateway_http::start(config, opts).await {
-        Ok(gw) => gw,
-        Err(e) => panic!("gateway-http failed to start: {e}\nconfig:\n{config_json5}"),
-    }
-}
 
 /// One thing read from the socket.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,14 +5,8 @@
 //! The env fallbacks (`OPENCLAW_GATEWAY_TOKEN` / `_PASSWORD`) live in
 //! `gateway_env.rs`, alone in their process.
 
-use e2e::gateway::{json_body, send, Gateway, Reply, Stack};
-use e2e::harness::{self, ConfigBuilder};
-use e2e::mock::MockUpstream;
+use e2e::prelude::*;
 use reqwest::Method;
-use serde_json::{json, Value};
-use std::time::Duration;
-
-const TOKEN: &str = "gw-auth-token";
 
 fn base(mock: &MockUpstream) -> ConfigBuilder {
     ConfigBuilder::with_mock(mock).enable_chat_completions()
@@ -20,11 +14,6 @@ fn base(mock: &MockUpstream) -> ConfigBuilder {
 
 fn hello() -> Value {
     json!({"model": "openclaw", "messages": [{"role": "user", "content": "hello"}]})
-}
-
-async fn stack(cfg: ConfigBuilder, bearer: Option<&str>) -> Stack {
-    harness::init_tracing();
-    Stack::start(&cfg, bearer).await
 }
 
 /// `POST /v1/chat/completions` with this `Authorization` value (`None`: no header).
@@ -64,7 +53,7 @@ fn expect_locked(r: &Reply, lockout_ms: u64, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_mode_accepts_only_the_bearer_token() {
     let mock = MockUpstream::start().await;
-    let s = stack(base(&mock).auth_token(TOKEN), None).await;
+    let s = stack(base(&mock).auth_token(TOKEN)).await;
     let gw = &s.gw;
 
     expect_unauthorized(&chat_with_auth(gw, None).await, "no header");
@@ -99,7 +88,7 @@ async fn token_mode_accepts_only_the_bearer_token() {
 async fn password_mode_compares_against_the_password() {
     let mock = MockUpstream::start().await;
     let cfg = base(&mock).set("gateway.auth", json!({"mode": "password", "password": "pw-s3cret"}));
-    let s = stack(cfg, None).await;
+    let s = stack(cfg).await;
     let gw = &s.gw;
     expect_unauthorized(&chat_with_auth(gw, None).await, "no header");
     expect_unauthorized(&chat_with_auth(gw, Some("Bearer pw-wrong")).await, "wrong password");
@@ -113,7 +102,7 @@ async fn password_mode_ignores_a_configured_token() {
     let mock = MockUpstream::start().await;
     let cfg = base(&mock)
         .set("gateway.auth", json!({"mode": "password", "password": "the-password", "token": "the-token"}));
-    let s = stack(cfg, None).await;
+    let s = stack(cfg).await;
     expect_unauthorized(&chat_with_auth(&s.gw, Some("Bearer the-token")).await, "token in password mode");
     assert_eq!(chat_with_auth(&s.gw, Some("Bearer the-password")).await.status, 200);
 }
@@ -121,7 +110,7 @@ async fn password_mode_ignores_a_configured_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn none_mode_needs_no_header() {
     let mock = MockUpstream::start().await;
-    let s = stack(base(&mock).set("gateway.auth", json!({"mode": "none"})), None).await;
+    let s = stack(base(&mock).set("gateway.auth", json!({"mode": "none"}))).await;
     let gw = &s.gw;
     let r = chat_with_auth(gw, None).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -138,7 +127,7 @@ async fn lockout_after_max_attempts_refuses_even_the_right_secret() {
         "gateway.auth.rateLimit",
         json!({"maxAttempts": 3, "windowMs": 60000, "lockoutMs": LOCKOUT_MS, "exemptLoopback": false}),
     );
-    let s = stack(cfg, None).await;
+    let s = stack(cfg).await;
     let gw = &s.gw;
     let good = format!("Bearer {TOKEN}");
 
@@ -195,7 +184,7 @@ async fn failures_outside_the_window_do_not_add_up() {
         "gateway.auth.rateLimit",
         json!({"maxAttempts": 3, "windowMs": WINDOW.as_millis() as u64, "lockoutMs": 60000, "exemptLoopback": false}),
     );
-    let s = stack(cfg, None).await;
+    let s = stack(cfg).await;
     let gw = &s.gw;
     for _ in 0..2 {
         expect_unauthorized(&chat_with_auth(gw, Some("Bearer bad")).await, "first window");
@@ -215,7 +204,7 @@ async fn loopback_is_exempt_by_default() {
     let cfg = base(&mock)
         .auth_token(TOKEN)
         .set("gateway.auth.rateLimit", json!({"maxAttempts": 2, "windowMs": 60000, "lockoutMs": 60000}));
-    let s = stack(cfg, None).await;
+    let s = stack(cfg).await;
     for i in 0..6 {
         expect_unauthorized(&chat_with_auth(&s.gw, Some("Bearer bad")).await, &format!("wrong {i}"));
     }
@@ -228,7 +217,7 @@ async fn disabled_endpoints_are_plain_404_with_or_without_auth() {
     let mock = MockUpstream::start().await;
     // chatCompletions.enabled defaults to false.
     let cfg = ConfigBuilder::with_mock(&mock).auth_token(TOKEN);
-    let s = stack(cfg, Some(TOKEN)).await;
+    let s = stack(cfg).await;
     let gw = &s.gw;
     for auth in [None, Some(format!("Bearer {TOKEN}")), Some("Bearer wrong".to_string())] {
         let with = |rb: reqwest::RequestBuilder| match &auth {
@@ -249,7 +238,7 @@ async fn disabled_endpoints_are_plain_404_with_or_without_auth() {
     let cfg = ConfigBuilder::with_mock(&mock)
         .auth_token(TOKEN)
         .set("gateway.http.endpoints.chatCompletions.enabled", json!(false));
-    let s = stack(cfg, Some(TOKEN)).await;
+    let s = stack(cfg).await;
     send(s.gw.chat(&hello())).await.expect_not_found();
     send(s.gw.authed_get("/v1/models")).await.expect_not_found();
 }
@@ -257,7 +246,7 @@ async fn disabled_endpoints_are_plain_404_with_or_without_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_are_plain_404() {
     let mock = MockUpstream::start().await;
-    let s = stack(base(&mock).auth_token(TOKEN), Some(TOKEN)).await;
+    let s = stack(base(&mock).auth_token(TOKEN)).await;
     let gw = &s.gw;
     for path in ["/", "/v1", "/v1/nope", "/v1/chat", "/v1/chat/completions/extra", "/v2/chat/completions"] {
         send(gw.get(path)).await.expect_not_found();
@@ -269,10 +258,11 @@ async fn unknown_routes_are_plain_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_method_is_405_with_allow_before_auth() {
     let mock = MockUpstream::start().await;
-    let s = stack(base(&mock).auth_token(TOKEN), Some(TOKEN)).await;
+    let s = stack(base(&mock).auth_token(TOKEN)).await;
     let gw = &s.gw;
+    let good = format!("Bearer {TOKEN}");
     for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
-        for auth in [None, Some("Bearer wrong"), Some("Bearer gw-auth-token")] {
+        for auth in [None, Some("Bearer wrong"), Some(good.as_str())] {
             let mut rb = gw.request(method.clone(), "/v1/chat/completions");
             if let Some(a) = auth {
                 rb = rb.header("authorization", a);
@@ -296,7 +286,7 @@ async fn order_of_checks_route_method_auth_size_json_semantics() {
     let mock = MockUpstream::start().await;
     let cfg =
         base(&mock).auth_token(TOKEN).set("gateway.http.endpoints.chatCompletions.maxBodyBytes", json!(300));
-    let s = stack(cfg, Some(TOKEN)).await;
+    let s = stack(cfg).await;
     let gw = &s.gw;
     let big_bad_json = format!("{{not json {}", "x".repeat(1000));
     let post =
@@ -342,4 +332,14 @@ async fn none_mode_refuses_a_non_loopback_bind() {
         .build();
     let gw = Gateway::start(&cfg, Some(&svc.url())).await;
     assert_eq!(chat_with_auth(&gw, None).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_mode_refuses_a_non_loopback_bind_flag() {
+    // `--bind lan` (GatewayOptions::bind) overrides a loopback `gateway.bind`: the
+    // refusal is a config error naming `gateway.auth.mode`, before anything binds.
+    let config = harness::parse_config(r#"{gateway: {auth: {mode: "none"}}}"#).expect("config");
+    let opts = gateway_http::GatewayOptions { bind: Some("lan".into()), ..Default::default() };
+    let e = gateway_http::start(config, opts).await.expect_err("mode none with --bind lan");
+    assert!(matches!(e, gateway_http::GatewayError::Config(ref c) if c.key == "gateway.auth.mode"), "{e}");
 }

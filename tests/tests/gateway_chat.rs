@@ -7,14 +7,11 @@
 //! received, and session state is read back through agent-svc's gRPC API.
 
 use bytes::Bytes;
-use e2e::gateway::{send, Reply, Stack};
-use e2e::harness::{self, ConfigBuilder};
-use e2e::mock::{content_text, Behavior, MockToolCall, MockUpstream, RecordedRequest};
-use serde_json::{json, Value};
-use services::proto::{GetSessionHistoryRequest, HistoryEntry, ListSessionsRequest};
+use e2e::mock::content_text;
+use e2e::prelude::*;
+use services::proto::{HistoryEntry, ListSessionsRequest};
 use tonic::Code;
 
-const TOKEN: &str = "gw-chat-token";
 const INVALID_MODEL: &str = "Invalid `model`. Use `openclaw` or `openclaw/<agentId>`.";
 const RESERVED: &str = "`x-openclaw-session-key` cannot use reserved internal session namespaces.";
 const MISSING_USER: &str = "Missing user message in `messages`.";
@@ -22,38 +19,9 @@ const MISSING_USER: &str = "Missing user message in `messages`.";
 /// Agents `main` (default, `mock/gpt-mock`) and `beta` (`mock/beta-model`), each
 /// with its own system prompt, so the mock's request shows which agent ran.
 fn two_agents(mock: &MockUpstream) -> ConfigBuilder {
-    ConfigBuilder::with_mock(mock)
-        .enable_chat_completions()
-        .auth_token(TOKEN)
+    config(mock)
         .agent(json!({"id": "main", "default": true, "systemPrompt": "You are main."}))
         .agent(json!({"id": "beta", "model": "mock/beta-model", "systemPrompt": "You are beta."}))
-}
-
-async fn stack(cfg: ConfigBuilder) -> Stack {
-    harness::init_tracing();
-    Stack::start(&cfg, Some(TOKEN)).await
-}
-
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
-}
-
-fn ask(text: &str) -> Value {
-    json!({"messages": [user(text)]})
-}
-
-/// `body` with extra top-level fields.
-fn with(mut body: Value, extra: Value) -> Value {
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    body
-}
-
-async fn chat(s: &Stack, body: &Value) -> Reply {
-    send(s.gw.chat(body)).await
 }
 
 async fn chat_h(s: &Stack, body: &Value, headers: &[(&str, &str)]) -> Reply {
@@ -82,10 +50,6 @@ fn system_text(req: &RecordedRequest) -> String {
     texts[0].1.clone()
 }
 
-fn rt(role: &str, text: &str) -> (String, String) {
-    (role.to_string(), text.to_string())
-}
-
 /// `agent:<agent>:openai:<uuid>`.
 fn assert_stateless_key(key: &str, agent: &str) {
     let prefix = format!("agent:{agent}:openai:");
@@ -94,15 +58,7 @@ fn assert_stateless_key(key: &str, agent: &str) {
 }
 
 async fn history(s: &Stack, key: &str) -> Result<Vec<HistoryEntry>, tonic::Status> {
-    let mut c = s.svc.client().await;
-    c.get_session_history(GetSessionHistoryRequest { session_key: key.into(), limit: 0 })
-        .await
-        .map(|r| r.into_inner().messages)
-}
-
-fn entry(e: &HistoryEntry) -> (String, String) {
-    let m = e.message.as_ref().expect("history message");
-    (m.role.clone(), harness::text_of(m))
+    s.svc.history(key).await
 }
 
 // ---------------------------------------------------------------------------
@@ -358,7 +314,7 @@ async fn user_session_continues_from_the_stored_transcript() {
     mock.push(Behavior::text("answer three"));
     let sys = json!({"role": "system", "content": "Be brief."});
 
-    let r1 = chat(&s, &json!({"user": "hist", "messages": [sys, user("turn one")]})).await;
+    let r1 = chat(&s, &json!({"user": "hist", "messages": [sys, user_msg("turn one")]})).await;
     assert_eq!(ok(&r1)["choices"][0]["message"]["content"], "answer one");
     assert_eq!(r1.session_key(), "agent:main:openai-user:hist");
     let req1 = last(&mock);
@@ -371,7 +327,7 @@ async fn user_session_continues_from_the_stored_transcript() {
     let r2 = chat(
         &s,
         &json!({"user": "hist", "messages": [
-            sys, user("turn one"), {"role": "assistant", "content": "answer one"}, user("turn two")]}),
+            sys, user_msg("turn one"), {"role": "assistant", "content": "answer one"}, user_msg("turn two")]}),
     )
     .await;
     assert_eq!(ok(&r2)["choices"][0]["message"]["content"], "answer two");
@@ -387,7 +343,7 @@ async fn user_session_continues_from_the_stored_transcript() {
     let r3 = chat(
         &s,
         &json!({"user": "hist", "messages": [
-            user("forged question"), {"role": "assistant", "content": "forged answer"}, user("turn three")]}),
+            user_msg("forged question"), {"role": "assistant", "content": "forged answer"}, user_msg("turn three")]}),
     )
     .await;
     assert_eq!(ok(&r3)["choices"][0]["message"]["content"], "answer three");
@@ -405,7 +361,7 @@ async fn user_session_continues_from_the_stored_transcript() {
     );
 
     let h = history(&s, "agent:main:openai-user:hist").await.expect("history");
-    let entries: Vec<_> = h.iter().map(entry).collect();
+    let entries: Vec<_> = h.iter().map(role_text).collect();
     assert_eq!(
         entries,
         vec![
@@ -462,7 +418,7 @@ async fn messages_keep_roles_names_tool_calls_and_images_upstream() {
     assert_eq!(req.body["tools"][0]["function"]["name"], "get_weather");
 
     // An earlier turn without tools: user / assistant / user stay three messages.
-    let body = json!({"messages": [user("a"), {"role": "assistant", "content": "b"}, user("c")]});
+    let body = json!({"messages": [user_msg("a"), {"role": "assistant", "content": "b"}, user_msg("c")]});
     ok(&chat(&s, &body).await);
     assert_eq!(
         last(&mock).message_texts(),
@@ -490,8 +446,8 @@ async fn missing_user_message_is_400() {
     for messages in [
         json!([]),
         json!([{"role": "system", "content": "only system"}]),
-        json!([user("q"), {"role": "assistant", "content": "a"}]),
-        json!([user("q"), {"role": "assistant", "content": "a"}, {"role": "system", "content": "s"}]),
+        json!([user_msg("q"), {"role": "assistant", "content": "a"}]),
+        json!([user_msg("q"), {"role": "assistant", "content": "a"}, {"role": "system", "content": "s"}]),
     ] {
         let r = chat(&s, &json!({"messages": messages})).await;
         let e = r.expect_error(400, "invalid_request_error");
@@ -576,7 +532,7 @@ async fn every_invalid_parameter_is_400_naming_it() {
             q(json!({"messages": [{"role": "user", "content": [img("https://example.com/cat.png")]}]})),
         ),
         ("messages", q(json!({"messages": [{"role": "user", "content": vec![img(png); 9]}]}))),
-        ("messages", q(json!({"messages": [user("q"), {"role": "tool", "content": "no id"}]}))),
+        ("messages", q(json!({"messages": [user_msg("q"), {"role": "tool", "content": "no id"}]}))),
         ("messages", json!({"model": "openclaw"})),
         ("messages", json!({"messages": null})),
     ];
@@ -651,9 +607,9 @@ async fn boundary_parameters_are_accepted_and_forwarded() {
 // Body handling
 
 fn padded_body(len: usize) -> String {
-    let skeleton = json!({"messages": [user("")]}).to_string();
+    let skeleton = json!({"messages": [user_msg("")]}).to_string();
     assert!(len >= skeleton.len());
-    let body = json!({"messages": [user(&"x".repeat(len - skeleton.len()))]}).to_string();
+    let body = json!({"messages": [user_msg(&"x".repeat(len - skeleton.len()))]}).to_string();
     assert_eq!(body.len(), len);
     body
 }
@@ -792,7 +748,7 @@ async fn tool_call_round_trip_in_a_user_session() {
     let tools =
         json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
     let v =
-        ok(&chat(&s, &json!({"user": "tools", "tools": tools, "messages": [user("weather in Oslo?")]}))
+        ok(&chat(&s, &json!({"user": "tools", "tools": tools, "messages": [user_msg("weather in Oslo?")]}))
             .await);
     let call = v["choices"][0]["message"]["tool_calls"][0].clone();
     assert_eq!(call["id"], "call_9");
@@ -800,7 +756,7 @@ async fn tool_call_round_trip_in_a_user_session() {
     let v = ok(&chat(
         &s,
         &json!({"user": "tools", "tools": tools, "messages": [
-            user("weather in Oslo?"),
+            user_msg("weather in Oslo?"),
             {"role": "assistant", "content": null, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "call_9", "content": "3C"}]}),
     )
@@ -815,7 +771,7 @@ async fn tool_call_round_trip_in_a_user_session() {
 
     // The tool-call and tool messages are part of the stored transcript.
     mock.push(Behavior::text("You're welcome."));
-    ok(&chat(&s, &json!({"user": "tools", "messages": [user("thanks")]})).await);
+    ok(&chat(&s, &json!({"user": "tools", "messages": [user_msg("thanks")]})).await);
     let req = last(&mock);
     assert_eq!(req.roles(), ["system", "user", "assistant", "tool", "assistant", "user"]);
     let m = req.messages();
@@ -824,7 +780,7 @@ async fn tool_call_round_trip_in_a_user_session() {
     assert_eq!(content_text(&m[3]["content"]), "3C");
     assert_eq!(content_text(&m[4]["content"]), "It is 3C in Oslo.");
     let h = history(&s, "agent:main:openai-user:tools").await.expect("history");
-    let roles: Vec<String> = h.iter().map(|e| entry(e).0).collect();
+    let roles: Vec<String> = h.iter().map(|e| role_text(e).0).collect();
     assert_eq!(roles, ["user", "assistant", "tool", "assistant", "user", "assistant"]);
 }
 
@@ -844,7 +800,7 @@ async fn null_content_only_on_an_assistant_message_with_tool_calls() {
     let s = stack(two_agents(&mock)).await;
     let call = json!({"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
     // Allowed: null content on an assistant message with tool calls.
-    let body = json!({"messages": [user("q"), {"role": "assistant", "content": null, "tool_calls": [call]},
+    let body = json!({"messages": [user_msg("q"), {"role": "assistant", "content": null, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "r"}]});
     ok(&chat(&s, &body).await);
     let n = mock.request_count();
@@ -853,15 +809,18 @@ async fn null_content_only_on_an_assistant_message_with_tool_calls() {
     let cases = [
         ("user", json!([{"role": "user", "content": null}])),
         ("user without content", json!([{"role": "user"}])),
-        ("system", json!([{"role": "system", "content": null}, user("q")])),
+        ("system", json!([{"role": "system", "content": null}, user_msg("q")])),
         (
             "assistant without tool_calls",
-            json!([user("q"), {"role": "assistant", "content": null}, user("q2")]),
+            json!([user_msg("q"), {"role": "assistant", "content": null}, user_msg("q2")]),
         ),
-        ("assistant without content or tool_calls", json!([user("q"), {"role": "assistant"}, user("q2")])),
+        (
+            "assistant without content or tool_calls",
+            json!([user_msg("q"), {"role": "assistant"}, user_msg("q2")]),
+        ),
         (
             "tool",
-            json!([user("q"), {"role": "assistant", "content": null, "tool_calls": [call]},
+            json!([user_msg("q"), {"role": "assistant", "content": null, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "call_1", "content": null}]),
         ),
     ];
@@ -919,14 +878,14 @@ async fn user_session_survives_restarts_with_sqlite() {
     let cfg = two_agents(&mock).store_sqlite(&dir);
     let mut s = stack(cfg.clone()).await;
     mock.push(Behavior::text("first answer"));
-    ok(&chat(&s, &json!({"user": "durable", "messages": [user("first question")]})).await);
+    ok(&chat(&s, &json!({"user": "durable", "messages": [user_msg("first question")]})).await);
 
     // Both services restart.
     s.gw.stop().await;
     s.svc.restart().await;
-    let gw = e2e::gateway::Gateway::start(&cfg.build(), Some(&s.svc.url())).await.with_bearer(TOKEN);
+    let gw = Gateway::start(&cfg.build(), Some(&s.svc.url())).await.with_bearer(TOKEN);
     mock.push(Behavior::text("second answer"));
-    let r = send(gw.chat(&json!({"user": "durable", "messages": [user("second question")]}))).await;
+    let r = send(gw.chat(&json!({"user": "durable", "messages": [user_msg("second question")]}))).await;
     assert_eq!(ok(&r)["choices"][0]["message"]["content"], "second answer");
     assert_eq!(
         last(&mock).message_texts(),
@@ -1017,16 +976,16 @@ async fn nothing_a_client_sends_is_a_500() {
         q(
             json!({"tools": (0..300).map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}})).collect::<Vec<_>>()}),
         ),
-        json!({"messages": (0..2000).map(|i| user(&format!("m{i}"))).collect::<Vec<_>>()}),
+        json!({"messages": (0..2000).map(|i| user_msg(&format!("m{i}"))).collect::<Vec<_>>()}),
         json!({"messages": [{"role": 42, "content": "q"}]}),
         json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}]}]}),
         json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 42}]}]}),
         json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]}),
-        json!({"messages": [{"role": "assistant", "content": "a", "tool_calls": [42]}, user("q")]}),
-        json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function"}]}, user("q")]}),
+        json!({"messages": [{"role": "assistant", "content": "a", "tool_calls": [42]}, user_msg("q")]}),
+        json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function"}]}, user_msg("q")]}),
         json!({"messages": [{"role": "user", "content": "q", "name": 42}]}),
         json!({"messages": [{"role": "user", "content": "q\u{0}nul"}]}),
-        json!({"messages": [user(&"big ".repeat(250_000))]}),
+        json!({"messages": [user_msg(&"big ".repeat(250_000))]}),
     ];
     for body in &bodies {
         let r = chat(&s, body).await;

@@ -2,41 +2,9 @@
 //! timeouts, the session queue bound, `/v1/models` (§5), health, readiness and
 //! metrics (§6), agent-svc going away, and embedded mode.
 
-use e2e::gateway::{send, Gateway, Reply, Stack};
-use e2e::harness::{self, eventually, ConfigBuilder};
-use e2e::mock::{Behavior, Gate, MockUpstream};
-use serde_json::{json, Value};
+use e2e::harness::dead_port;
+use e2e::prelude::*;
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
-
-const TOKEN: &str = "gw-ops-token";
-/// Bound for things that should take milliseconds.
-const T: Duration = Duration::from_secs(5);
-/// The bound asserted for an aborted upstream request.
-const CANCEL_BOUND: Duration = Duration::from_secs(1);
-
-fn config(mock: &MockUpstream) -> ConfigBuilder {
-    ConfigBuilder::with_mock(mock).enable_chat_completions().auth_token(TOKEN)
-}
-
-async fn stack(cfg: ConfigBuilder) -> Stack {
-    harness::init_tracing();
-    Stack::start(&cfg, Some(TOKEN)).await
-}
-
-fn ask(text: &str) -> Value {
-    json!({"messages": [{"role": "user", "content": text}]})
-}
-
-async fn chat(s: &Stack, body: &Value) -> Reply {
-    send(s.gw.chat(body)).await
-}
-
-/// A loopback port nobody listens on.
-fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("addr").port()
-}
 
 fn retry_after(r: &Reply) -> u64 {
     let v = r.header("retry-after").unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers));
@@ -283,10 +251,13 @@ async fn agent_svc_unreachable_is_503_with_retry_after() {
     let url = format!("http://127.0.0.1:{}", dead_port());
     let gw = Gateway::start(&config(&mock).build(), Some(&url)).await.with_bearer(TOKEN);
     assert!(!gw.is_embedded());
-    let r = send(gw.chat(&ask("q"))).await;
-    let e = r.expect_error(503, "api_error");
-    assert_eq!(e["code"], "agent_unavailable");
-    assert!(retry_after(&r) >= 1);
+    for stream in [false, true] {
+        let r =
+            send(gw.chat(&json!({"stream": stream, "messages": [{"role": "user", "content": "q"}]}))).await;
+        let e = r.expect_error(503, "api_error");
+        assert_eq!(e["code"], "agent_unavailable", "stream: {stream}");
+        assert_eq!(retry_after(&r), 1, "stream: {stream}");
+    }
     let r = send(gw.get("/readyz")).await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.header("cache-control"), Some("no-store"));
@@ -340,17 +311,24 @@ async fn embedded_mode_answers_with_the_builtin_echo_model() {
     assert_eq!(r.session_key(), "agent:main:openai-user:emb");
     let v = r.json();
     assert_eq!(v["model"], "openclaw");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     let content = v["choices"][0]["message"]["content"].as_str().expect("content");
     assert!(content.contains("hello embedded world"), "echo: {content:?}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
 
-    let sse = e2e::gateway::read_stream(
-        gw.chat(&json!({"stream": true, "messages": [{"role": "user", "content": "echo me"}]})),
-    )
-    .await;
+    let sse =
+        read_stream(gw.chat(&json!({"stream": true, "messages": [{"role": "user", "content": "echo me"}]})))
+            .await;
     assert_eq!(sse.status, 200);
     assert!(sse.content().contains("echo me"), "{}", sse.raw);
     assert!(sse.events.last().is_some_and(|e| e.is_done()));
+    assert!(sse.raw.ends_with("data: [DONE]\n\n"), "{}", sse.raw);
+
+    // Validation by the embedded agent-svc comes back as a 400 naming the field.
+    let r = send(gw.chat(&json!({"temperature": 3, "messages": [{"role": "user", "content": "x"}]}))).await;
+    assert_eq!(r.expect_error(400, "invalid_request_error")["param"], "temperature");
+    let r = send(gw.chat(&ask("x")).header("x-openclaw-agent-id", "ghost")).await;
+    assert_eq!(r.expect_error(400, "invalid_request_error")["message"], "Unknown agent 'ghost'.");
 
     let r = send(gw.authed_get("/v1/models")).await;
     let ids: Vec<String> = r.json()["data"]
@@ -359,7 +337,14 @@ async fn embedded_mode_answers_with_the_builtin_echo_model() {
         .iter()
         .filter_map(|m| m["id"].as_str().map(String::from))
         .collect();
-    assert!(ids.contains(&"openclaw/main".to_string()), "{ids:?}");
+    assert_eq!(ids, ["openclaw", "openclaw/default", "openclaw/main"]);
+
+    // The two finished runs (JSON and SSE) recorded the gateway's own overhead;
+    // /readyz above recorded agent-svc as up; the embedded agent-svc's own series are included.
+    let m = send(gw.get("/metrics")).await.text;
+    assert!(m.contains("openclaw_gateway_overhead_seconds_count 2"), "{m}");
+    assert!(m.contains("openclaw_gateway_agent_svc_up 1"), "{m}");
+    assert!(m.contains("openclaw_agent_runs_total"), "{m}");
     gw.stop().await;
 
     // And a second embedded gateway does not clash with the first (own port, own agent-svc).
@@ -373,7 +358,8 @@ async fn embedded_mode_answers_with_the_builtin_echo_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_serves_json_and_sse() {
     let mock = MockUpstream::start().await;
-    let s = stack(config(&mock)).await;
+    let s =
+        stack(config(&mock).set("gateway.http.endpoints.chatCompletions.maxBodyBytes", json!(1 << 20))).await;
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("h2c client");
     let post = |body: &Value| {
         h2.post(format!("{}/v1/chat/completions", s.gw.url()))
@@ -387,22 +373,21 @@ async fn h2c_prior_knowledge_serves_json_and_sse() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "over h2");
 
     mock.push(Behavior::text("streamed over h2"));
-    let resp =
-        e2e::gateway::open(post(&json!({"stream": true, "messages": [{"role": "user", "content": "q"}]})))
-            .await;
+    let resp = open(post(&json!({"stream": true, "messages": [{"role": "user", "content": "q"}]}))).await;
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
-    let mut reader = e2e::gateway::SseReader::new(resp);
+    let mut reader = SseReader::new(resp);
     let events = reader.rest(T).await;
-    let text: String = events
-        .iter()
-        .filter_map(|e| e.json.as_ref()?.pointer("/choices/0/delta/content")?.as_str().map(String::from))
-        .collect();
+    let text = content_of(&events);
     assert_eq!(text, "streamed over h2");
     assert!(events.last().is_some_and(|e| e.is_done()));
 
     let r = send(h2.get(format!("{}/v1/chat/completions", s.gw.url()))).await;
     assert_eq!(r.status, 405);
+    // Oversized over HTTP/2: 413 without the (HTTP/1-only) Connection header.
+    let r = send(post(&ask("q")).body(vec![b' '; 2 << 20])).await;
+    r.expect_error(413, "invalid_request_error");
+    assert!(r.header("connection").is_none(), "{:?}", r.headers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,40 +5,30 @@
 //! Assertions are on the frames the client reads, on what the mock upstream
 //! saw (requests, disconnects), and on the sessions read back over gRPC.
 
-use e2e::harness::{self, eventually, text_of, AgentSvc, ConfigBuilder};
-use e2e::mock::{Behavior, Gate, MockUpstream};
-use e2e::ws::{connect_params, delta_text, message_text, start_gateway, Ending, Frame, WsClient};
+use e2e::fake::FakeAgentSvc;
+use e2e::gateway::http_client;
+use e2e::harness::text_of;
+use e2e::prelude::*;
+use e2e::ws::{connect_params, delta_text, message_text, Ending, Frame, WsClient};
 use futures::future::join_all;
-use gateway_http::GatewayHandle;
-use serde_json::{json, Value};
-use services::proto::agent_service_server::{AgentService, AgentServiceServer};
-use services::proto::{
-    AbortRunRequest, AbortRunResponse, AgentInfo, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
-    GetSessionHistoryResponse, HistoryEntry, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
-    ListSessionsResponse,
-};
+use services::proto::HistoryEntry;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
-
-const TOKEN: &str = "ws-test-token";
-/// Generous bound for things that should take milliseconds.
-const T: Duration = Duration::from_secs(10);
 
 /// A mock upstream, agent-svc and the gateway in front of it.
 struct Pair {
     mock: MockUpstream,
     svc: AgentSvc,
-    gw: GatewayHandle,
+    gw: Gateway,
 }
 
 impl Pair {
     fn addr(&self) -> SocketAddr {
-        self.gw.local_addr()
+        self.gw.addr()
     }
 
     fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
+        format!("{}{path}", self.gw.url())
     }
 
     /// A connected client (token auth).
@@ -48,37 +38,31 @@ impl Pair {
 
     /// The stored transcript of a full session key (empty when unknown).
     async fn history(&self, key: &str) -> Vec<HistoryEntry> {
-        let mut c = self.svc.client().await;
-        match c.get_session_history(GetSessionHistoryRequest { session_key: key.into(), limit: 0 }).await {
-            Ok(r) => r.into_inner().messages,
-            Err(_) => Vec::new(),
-        }
+        self.svc.history(key).await.unwrap_or_default()
     }
 
-    /// The transcript once it has `n` entries and its last one is not being written.
+    /// A client whose run on session `key` (the mock answers `pieces`, `delay`
+    /// apart) has streamed its first delta: the client, the run id and that delta.
+    async fn running_chat(&self, key: &str, pieces: &[String], delay: Duration) -> (WsClient, String, Value) {
+        self.mock.push(Behavior::chunks(pieces.to_vec()).with_delay(delay));
+        let mut ws = self.client().await;
+        let run = start_chat(&mut ws, send_params(key, "go", &format!("k-{key}"))).await;
+        let first = ws.next_chat(&run).await;
+        assert_eq!(first["state"], "delta", "{first}");
+        (ws, run, first)
+    }
+
+    /// The transcript once it has `n` entries.
     async fn history_with(&self, key: &str, n: usize) -> Vec<HistoryEntry> {
-        let found = eventually(T, Duration::from_millis(20), || async move {
-            let h = self.history(key).await;
-            (h.len() >= n).then_some(h)
-        })
-        .await;
-        found.unwrap_or_else(|| panic!("session {key} never reached {n} entries"))
+        self.svc.history_with(key, n, T).await
     }
 }
 
 /// Token auth with the mock as the default model; `cfg` adds settings.
 async fn pair(cfg: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Pair {
-    harness::init_tracing();
     let mock = MockUpstream::start().await;
-    let text = cfg(ConfigBuilder::with_mock(&mock).auth_token(TOKEN)).build();
-    let svc = AgentSvc::start(&text).await;
-    let gw = start_gateway(&text, &svc.url()).await;
+    let Stack { svc, gw } = stack(cfg(ConfigBuilder::with_mock(&mock).auth_token(TOKEN))).await;
     Pair { mock, svc, gw }
-}
-
-/// An HTTP client that ignores proxy settings.
-fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("http client")
 }
 
 fn send_params(session: &str, message: &str, key: &str) -> Value {
@@ -165,13 +149,17 @@ async fn challenge_then_connect_gives_hello_ok_on_any_path() {
     // and plain HTTP on the same port is unaffected.
     let res = ws.call("health", json!({})).await;
     assert_eq!(res["payload"]["ok"], true, "{res}");
-    let resp = http().get(p.http_url("/healthz")).send().await.expect("healthz");
+    let resp = http_client().get(p.http_url("/healthz")).send().await.expect("healthz");
     assert_eq!(resp.status(), 200);
-    let resp = http().get(p.http_url("/v1/models")).send().await.expect("models");
+    let resp = http_client().get(p.http_url("/v1/models")).send().await.expect("models");
     assert_eq!(resp.status(), 404);
     // A request with only a stray `Upgrade` header is plain HTTP.
-    let resp =
-        http().get(p.http_url("/healthz")).header("upgrade", "websocket").send().await.expect("healthz");
+    let resp = http_client()
+        .get(p.http_url("/healthz"))
+        .header("upgrade", "websocket")
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(resp.status(), 200);
     ws.close().await;
 }
@@ -296,7 +284,7 @@ async fn failed_attempts_lock_out_over_ws_and_http_alike() {
     assert!(after > 0 && after <= 60_000, "{res}");
     assert_eq!(ws.expect_end(T).await, Ending::Closed(1008));
     // The same limiter guards HTTP.
-    let resp = http().get(p.http_url("/v1/models")).bearer_auth(TOKEN).send().await.unwrap();
+    let resp = http_client().get(p.http_url("/v1/models")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().get("retry-after").is_some());
 }
@@ -454,7 +442,7 @@ async fn chat_send_streams_deltas_that_add_up_to_the_final_message() {
 async fn chat_history_shows_http_and_ws_turns_of_one_session() {
     let p = pair(|c| c.enable_chat_completions()).await;
     // A turn over HTTP on session key `shared` (→ agent:main:shared); the mock echoes.
-    let resp = http()
+    let resp = http_client()
         .post(p.http_url("/v1/chat/completions"))
         .bearer_auth(TOKEN)
         .header("x-openclaw-session-key", "shared")
@@ -545,78 +533,24 @@ async fn chat_history_is_cut_to_fit_max_payload() {
 // ---------------------------------------------------------------------------
 // Concurrency and order
 
-/// A fake agent-svc whose `ListAgents` takes a while and `ListSessions` does not.
-#[derive(Clone)]
-struct SlowAgents;
-
-#[tonic::async_trait]
-impl AgentService for SlowAgents {
-    type AgentRunStream = futures::stream::Empty<Result<AgentRunEvent, tonic::Status>>;
-
-    async fn agent_run(
-        &self,
-        _: tonic::Request<AgentRunRequest>,
-    ) -> Result<tonic::Response<Self::AgentRunStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("fake"))
-    }
-
-    async fn list_agents(
-        &self,
-        _: tonic::Request<ListAgentsRequest>,
-    ) -> Result<tonic::Response<ListAgentsResponse>, tonic::Status> {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        Ok(tonic::Response::new(ListAgentsResponse {
-            agents: vec![AgentInfo {
-                id: "main".into(),
-                model: "echo/echo".into(),
-                is_default: true,
-                fallbacks: vec![],
-            }],
-            default_agent_id: "main".into(),
-        }))
-    }
-
-    async fn list_sessions(
-        &self,
-        _: tonic::Request<ListSessionsRequest>,
-    ) -> Result<tonic::Response<ListSessionsResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ListSessionsResponse::default()))
-    }
-
-    async fn get_session_history(
-        &self,
-        _: tonic::Request<GetSessionHistoryRequest>,
-    ) -> Result<tonic::Response<GetSessionHistoryResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("fake"))
-    }
-
-    async fn abort_run(
-        &self,
-        _: tonic::Request<AbortRunRequest>,
-    ) -> Result<tonic::Response<AbortRunResponse>, tonic::Status> {
-        Ok(tonic::Response::new(AbortRunResponse::default()))
-    }
-}
-
 #[tokio::test]
 async fn replies_come_back_as_they_are_ready_not_in_request_order() {
     harness::init_tracing();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentServiceServer::new(SlowAgents))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    // agent-svc holds `ListAgents` back until the gate opens; `ListSessions` answers at once.
+    let fake = FakeAgentSvc::start().await;
+    let gate = Gate::new();
+    fake.hold_list_agents(&gate);
     let config = ConfigBuilder::new().auth_token(TOKEN).build();
-    let gw = start_gateway(&config, &url).await;
-    let (mut ws, _) = WsClient::connect(gw.local_addr(), json!({"token": TOKEN})).await;
+    let gw = Gateway::start(&config, Some(&fake.url())).await;
+    let (mut ws, _) = WsClient::connect(gw.addr(), json!({"token": TOKEN})).await;
     let slow = ws.send_request("agents.list", json!({})).await;
     let fast = ws.send_request("sessions.list", json!({})).await;
     let first = ws.next_json().await;
-    let second = ws.next_json().await;
     assert_eq!(first["id"], fast.as_str(), "the fast reply first: {first}");
     assert_eq!(first["payload"], json!({"sessions": []}));
+    assert!(!gate.is_open(), "the slow request is still held");
+    gate.open();
+    let second = ws.next_json().await;
     assert_eq!(second["id"], slow.as_str());
     assert_eq!(second["payload"]["defaultId"], "main");
 }
@@ -699,12 +633,8 @@ async fn back_to_back_sends_of_one_session_run_in_arrival_order() {
 #[tokio::test]
 async fn chat_abort_mid_run_reaches_the_upstream() {
     let p = pair(|c| c).await;
-    let words: Vec<String> = (0..30).map(|i| format!("w{i} ")).collect();
-    p.mock.push(Behavior::chunks(words.clone()).with_delay(Duration::from_millis(100)));
-    let mut ws = p.client().await;
-    let run = start_chat(&mut ws, send_params("abort-me", "go", "k-abort")).await;
-    let first = ws.next_chat(&run).await;
-    assert_eq!(first["state"], "delta");
+    let words = numbered_words("w", 30);
+    let (mut ws, run, first) = p.running_chat("abort-me", &words, Duration::from_millis(100)).await;
 
     let res = ws.call("chat.abort", json!({"sessionKey": "abort-me", "runId": run})).await;
     assert_eq!(res["payload"], json!({"ok": true, "aborted": true, "runIds": [run]}), "{res}");
@@ -761,11 +691,8 @@ async fn closing_the_socket_does_not_abort_the_run() {
     let p = pair(|c| c).await;
     for (i, graceful) in [(0, true), (1, false)] {
         let pieces: Vec<String> = (0..6).map(|j| format!("p{i}{j} ")).collect();
-        p.mock.push(Behavior::chunks(pieces.clone()).with_delay(Duration::from_millis(120)));
-        let mut ws = p.client().await;
         let key = format!("survive-{i}");
-        let run = start_chat(&mut ws, send_params(&key, "keep going", "k")).await;
-        assert_eq!(ws.next_chat(&run).await["state"], "delta");
+        let (ws, _, _) = p.running_chat(&key, &pieces, Duration::from_millis(120)).await;
         if graceful {
             ws.close().await;
         } else {
@@ -912,26 +839,14 @@ async fn keepalive_pings_and_closes_a_silent_client() {
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1012_and_lets_their_runs_finish() {
     let p = pair(|c| c).await;
-    let pieces: Vec<String> = (0..8).map(|i| format!("t{i} ")).collect();
-    p.mock.push(Behavior::chunks(pieces.clone()).with_delay(Duration::from_millis(100)));
-    let mut ws = p.client().await;
-    let run = start_chat(&mut ws, send_params("at-shutdown", "go", "k")).await;
-    assert_eq!(ws.next_chat(&run).await["state"], "delta");
-    let Pair { gw, mock, svc } = p;
-    let stop = tokio::spawn(gw.shutdown_with_grace(Duration::from_secs(5)));
+    let pieces = numbered_words("t", 8);
+    let (mut ws, _, _) = p.running_chat("at-shutdown", &pieces, Duration::from_millis(100)).await;
+    let Pair { mut gw, mock, svc } = p;
+    let stop = tokio::spawn(async move { gw.stop_with_grace(Duration::from_secs(5)).await });
     assert_eq!(ws.expect_end(T).await, Ending::Closed(1012));
-    tokio::time::timeout(T, stop).await.expect("shutdown in time").expect("join").expect("shutdown");
+    tokio::time::timeout(T, stop).await.expect("shutdown in time").expect("shutdown");
     // When shutdown returned, the run had finished and was stored whole.
-    let mut c = svc.client().await;
-    let h = c
-        .get_session_history(GetSessionHistoryRequest {
-            session_key: "agent:main:at-shutdown".into(),
-            limit: 0,
-        })
-        .await
-        .expect("history")
-        .into_inner()
-        .messages;
+    let h = svc.history("agent:main:at-shutdown").await.expect("history");
     assert_eq!(h.len(), 2);
     assert_eq!(entry_text(&h[1]), ("assistant".into(), pieces.concat(), false));
     assert_eq!(mock.disconnects(), 0);
@@ -948,7 +863,7 @@ async fn http_and_websocket_traffic_share_the_port() {
             .agent(json!({"id": "slow", "model": "mock/slow-model"}))
     })
     .await;
-    let words: Vec<String> = (0..30).map(|i| format!("s{i} ")).collect();
+    let words = numbered_words("s", 30);
     p.mock
         .set_for_model("slow-model", Behavior::chunks(words.clone()).with_delay(Duration::from_millis(100)));
     let mut ws = p.client().await;
@@ -969,7 +884,7 @@ async fn http_and_websocket_traffic_share_the_port() {
             }
         }
     });
-    let client = http();
+    let client = http_client();
     let calls = (0..24).map(|i| {
         let client = client.clone();
         let url = p.http_url("/v1/chat/completions");

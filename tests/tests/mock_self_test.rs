@@ -1,8 +1,7 @@
 //! Quick checks of the mock upstream itself, over real HTTP with reqwest.
 
 use e2e::mock::{Behavior, Gate, MockToolCall, MockUpstream};
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use e2e::sse::{SseEvent, SseReader};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -37,11 +36,30 @@ fn chat(model: &str, text: &str, include_usage: bool) -> Value {
 
 /// Reads the whole SSE body: the JSON events and whether `[DONE]` came last (and only once).
 async fn sse_events(resp: reqwest::Response) -> (Vec<Value>, bool) {
-    let body = e2e::harness::read_sse(resp).await;
-    assert!(body.error.is_none(), "sse error: {:?}", body.error);
-    assert!(body.data.iter().filter(|d| *d == "[DONE]").count() <= 1, "one [DONE]: {:?}", body.data);
-    assert_eq!(body.events.len() + usize::from(body.done_last), body.data.len(), "every event is JSON");
-    (body.events, body.done_last)
+    let mut reader = SseReader::new(resp);
+    let events = reader.rest(T).await;
+    assert!(reader.error().is_none(), "sse error: {:?}", reader.error());
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert!(data.iter().filter(|d| **d == "[DONE]").count() <= 1, "one [DONE]: {data:?}");
+    let done_last = events.last().is_some_and(SseEvent::is_done);
+    let json: Vec<Value> = events.iter().filter_map(|e| e.json.clone()).collect();
+    assert_eq!(json.len() + usize::from(done_last), events.len(), "every event is JSON: {data:?}");
+    (json, done_last)
+}
+
+/// The non-null `choices[0].finish_reason`s of JSON chunks.
+fn finish_reasons(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter_map(|e| e["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect()
+}
+
+/// The `choices[0].delta.content` texts of JSON chunks, concatenated.
+fn text_of(events: &[Value]) -> String {
+    events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect()
 }
 
 #[tokio::test]
@@ -69,13 +87,7 @@ async fn sse_shape_and_usage_only_when_asked() {
         .filter(|s| !s.is_empty())
         .collect();
     assert_eq!(content, vec!["hello ", "big ", "world"]);
-    let finishes: Vec<&Value> = events
-        .iter()
-        .filter_map(|e| e["choices"].get(0))
-        .map(|c| &c["finish_reason"])
-        .filter(|f| !f.is_null())
-        .collect();
-    assert_eq!(finishes, vec![&json!("stop")]);
+    assert_eq!(finish_reasons(&events), vec![&json!("stop")]);
     // Every choice chunk carries finish_reason (null until the end).
     for e in events.iter().filter(|e| !e["choices"].as_array().expect("choices").is_empty()) {
         assert!(e["choices"][0].as_object().expect("choice").contains_key("finish_reason"));
@@ -94,8 +106,7 @@ async fn sse_shape_and_usage_only_when_asked() {
 async fn records_requests_and_default_echo() {
     let mock = MockUpstream::start().await;
     let (events, _) = sse_events(post(&mock, chat("m1", "echo me please", true)).await).await;
-    let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
-    assert_eq!(text, "echo me please");
+    assert_eq!(text_of(&events), "echo me please");
     // Echo usage: (request messages, pieces).
     assert_eq!(events.last().expect("usage")["usage"]["prompt_tokens"], 2);
     assert_eq!(events.last().expect("usage")["usage"]["completion_tokens"], 3);
@@ -124,13 +135,11 @@ async fn per_model_wins_over_queue_then_queue_then_default() {
     assert_eq!(body["error"]["message"], "primary down");
 
     let (ev, _) = sse_events(post(&mock, chat("m-ok", "x", false)).await).await;
-    let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
-    assert_eq!(text, "queued");
+    assert_eq!(text_of(&ev), "queued");
 
     mock.set_default(Behavior::text("the default"));
     let (ev, _) = sse_events(post(&mock, chat("m-ok", "x", false)).await).await;
-    let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
-    assert_eq!(text, "the default");
+    assert_eq!(text_of(&ev), "the default");
     assert_eq!(mock.request_count(), 3);
 }
 
@@ -164,67 +173,40 @@ async fn json_and_tool_call_shapes() {
     assert!(frags[3].get("id").is_none(), "without_id streams no id");
     let args0: String = frags[..3].iter().filter_map(|f| f["function"]["arguments"].as_str()).collect();
     assert_eq!(args0, r#"{"city":"Paris"}"#);
-    let finish: Vec<&Value> = events
-        .iter()
-        .filter_map(|e| e["choices"].get(0))
-        .map(|c| &c["finish_reason"])
-        .filter(|f| !f.is_null())
-        .collect();
-    assert_eq!(finish, vec![&json!("tool_calls")]);
+    assert_eq!(finish_reasons(&events), vec![&json!("tool_calls")]);
 }
 
 #[tokio::test]
 async fn reset_and_malformed_break_the_stream() {
     let mock = MockUpstream::start().await;
     mock.push(Behavior::ResetAfter { chunks: vec!["par".into(), "tial".into()] });
-    let resp = post(&mock, chat("m", "x", false)).await;
-    let mut stream = resp.bytes_stream().eventsource();
-    let mut texts = String::new();
-    let mut failed = false;
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => {
-                let v: Value = serde_json::from_str(&ev.data).expect("json");
-                texts.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
-            }
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
-    assert!(failed, "the client must see a broken body");
-    assert_eq!(texts, "partial");
+    let mut reader = SseReader::new(post(&mock, chat("m", "x", false)).await);
+    let events = reader.rest(T).await;
+    assert!(reader.error().is_some(), "the client must see a broken body");
+    let chunks: Vec<Value> = events.iter().map(|e| e.value().clone()).collect();
+    assert_eq!(text_of(&chunks), "partial");
     assert_eq!(mock.disconnects(), 0, "a deliberate reset is not a client disconnect");
 
     mock.push(Behavior::Malformed);
-    let resp = post(&mock, chat("m", "x", false)).await;
-    let mut stream = resp.bytes_stream().eventsource();
-    let mut bad = false;
-    while let Some(ev) = stream.next().await {
-        let ev = ev.expect("sse framing is fine");
-        if ev.data != "[DONE]" && serde_json::from_str::<Value>(&ev.data).is_err() {
-            bad = true;
-        }
-    }
+    let mut reader = SseReader::new(post(&mock, chat("m", "x", false)).await);
+    let events = reader.rest(T).await;
+    assert!(reader.error().is_none(), "sse framing is fine: {:?}", reader.error());
+    let bad = events.iter().any(|e| !e.is_done() && e.json.is_none());
     assert!(bad, "a data line that is not JSON");
 }
 
 #[tokio::test]
 async fn detects_client_disconnect_mid_stream() {
     let mock = MockUpstream::start().await;
-    mock.push(Behavior::chunks((0..100).map(|i| format!("w{i} "))).with_delay(Duration::from_millis(20)));
-    let resp = post(&mock, chat("m", "x", false)).await;
-    let mut stream = resp.bytes_stream().eventsource();
-    let mut seen = 0;
-    while seen < 3 {
-        let ev = stream.next().await.expect("more events").expect("event");
+    mock.push(Behavior::trickle("w", 100, Duration::from_millis(20)));
+    let mut reader = SseReader::new(post(&mock, chat("m", "x", false)).await);
+    for _ in 0..3 {
+        let ev = reader.next(T).await.expect("more events");
         assert!(!ev.data.is_empty());
-        seen += 1;
     }
     assert_eq!(mock.in_flight(), 1);
     let dropped_at = Instant::now();
-    drop(stream);
+    drop(reader);
     assert!(mock.wait_for_disconnect(T).await, "the mock must notice the client going away");
     let latency = mock.last_disconnect_at().expect("instant").duration_since(dropped_at);
     assert!(latency < Duration::from_millis(500), "noticed after {latency:?}");
@@ -272,8 +254,7 @@ async fn detects_client_disconnect_while_hanging_or_gated() {
     gate.open();
     let (events, done) = pending.await.expect("task");
     assert!(done);
-    let text: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
-    assert_eq!(text, "after gate");
+    assert_eq!(text_of(&events), "after gate");
     assert_eq!(mock.disconnects(), 1);
 }
 

@@ -1,0 +1,322 @@
+//! `bench`: the gateway pair's benchmark (a release binary, not a test).
+//!
+//! It starts three processes from the directory of its own executable (or
+//! `--bin-dir`): `mock-upstream`, `agent-svc` and `gateway-http` (with
+//! `--agent-svc`, so agent-svc runs out of process), all on 127.0.0.1, each
+//! waited for by its readiness line on stdout. Then, for every concurrency C
+//! in `--concurrency`, it sends `--requests` non-streaming requests straight to
+//! the mock ("direct") and the same number through the gateway, then
+//! `--stream-requests` streaming (SSE) ones both ways. Each run has C workers,
+//! each with its own keep-alive HTTP/1.1 connection, sending back to back until
+//! the shared counter reaches N; `--warmup` unmeasured requests go first. One
+//! request per path is checked for the right answer before anything is measured.
+//!
+//! Per run it reports requests/s (N / wall time), p50/p99 latency (for SSE also
+//! time to the first content delta), the latency the gateway adds over the
+//! direct path at the same concurrency (difference of the percentiles), each
+//! process's CPU time per request (`/proc/<pid>/stat` utime+stime over the
+//! measured phase ÷ requests) and context switches per request, and how busy
+//! the machine was with other work (`/proc/stat`), so a disturbed run is
+//! flagged. Memory: idle RSS (`VmRSS` right after startup, before any request)
+//! and peak RSS (`VmHWM` at the end) per process. Last, a PASS/MISS table
+//! against the targets (see `Report::targets`).
+//!
+//! Everything is bounded: fixed request counts, a timeout per request
+//! (`--request-timeout-ms`), at most `--max-errors` failures per run (the
+//! benchmark then stops), per process startup (`--startup-timeout-s`) and the
+//! whole load phase (`--timeout-s`). Children are killed when the bench exits,
+//! on errors and panics too ([`Proc`]). Exit status 1 when anything failed
+//! (MISS alone is not a failure). Run it with `scripts/bench.sh`, which builds
+//! everything in release mode first.
+//!
+//! Modules: [`procs`] (starting and killing the processes), [`load`] (the
+//! load driver and the answer checks), [`procfs`] (CPU, context switches and
+//! memory from `/proc`), [`report`] (the tables).
+
+mod load;
+mod procfs;
+mod procs;
+mod report;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use e2e::TempDir;
+use load::{run, smoke, Route, RunResult, RunSpec, Target};
+use procfs::{clock_ticks_per_second, online_cpus, status_kb};
+use procs::{log_tail, parse_ready_addr, Proc};
+use report::Report;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The gateway's bearer token in the generated config.
+const TOKEN: &str = "bench-token";
+
+/// Benchmark of the gateway pair: starts mock-upstream, agent-svc and gateway-http on 127.0.0.1 and
+/// compares the direct upstream with the path through the gateway.
+#[derive(Parser, Debug)]
+#[command(name = "bench", version)]
+struct Cli {
+    /// Measured non-streaming requests per path and concurrency.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    requests: usize,
+    /// Concurrency levels, comma separated (one keep-alive connection per worker).
+    #[arg(long, default_value = "1,64", value_delimiter = ',', value_name = "LIST")]
+    concurrency: Vec<usize>,
+    /// Measured streaming (SSE) requests per path and concurrency (0 skips streaming).
+    #[arg(long, default_value_t = 5_000, value_name = "N")]
+    stream_requests: usize,
+    /// Unmeasured requests before every measured run.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    warmup: usize,
+    /// Timeout of one request, in milliseconds (a timed-out request counts as an error).
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    request_timeout_ms: u64,
+    /// Timeout of each process's startup (until its readiness line), in seconds.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    startup_timeout_s: u64,
+    /// Timeout of the whole load phase, in seconds.
+    #[arg(long, default_value_t = 900, value_name = "S")]
+    timeout_s: u64,
+    /// Stop a run after this many failed requests (and its warm-up after as many); a run
+    /// stopped this way ends the benchmark (the report shows what was measured).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    max_errors: usize,
+    /// Pause between the mock's SSE events, in ms (0: the answer in one write).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    chunk_delay_ms: u64,
+    /// `RUST_LOG` given to the services (their production default is `info`).
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    log_level: String,
+    /// Directory holding mock-upstream, agent-svc and gateway-http (default: this executable's).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Measure only the direct upstream (agent-svc and gateway-http are not started).
+    #[arg(long)]
+    direct_only: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run_all(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the processes, runs every measurement and prints the tables.
+fn run_all(cli: &Cli) -> Result<()> {
+    if cli.requests == 0 {
+        bail!("--requests must be at least 1");
+    }
+    if cli.concurrency.is_empty() || cli.concurrency.iter().any(|&c| c == 0 || c > 1024) {
+        bail!("--concurrency must list values between 1 and 1024");
+    }
+    let bin_dir = match &cli.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .parent()
+            .context("this executable has no parent directory")?
+            .to_path_buf(),
+    };
+    let bin = |name: &str| -> Result<PathBuf> {
+        let p = bin_dir.join(name);
+        if !p.is_file() {
+            bail!("{} not found; build it first (scripts/bench.sh does)", p.display());
+        }
+        Ok(p)
+    };
+    let mock_bin = bin("mock-upstream")?;
+    let (agent_bin, gateway_bin) =
+        if cli.direct_only { (None, None) } else { (Some(bin("agent-svc")?), Some(bin("gateway-http")?)) };
+    let clk_tck = clock_ticks_per_second();
+    let startup = Duration::from_secs(cli.startup_timeout_s.max(1));
+
+    // Declared first so that it is dropped last, after the processes are dead.
+    let tmp = TempDir::try_new().context("cannot create a temp dir")?;
+    let mut procs: Vec<Proc> = Vec::new();
+
+    let (mock, line) = Proc::start(
+        "mock-upstream",
+        &mock_bin,
+        &["--listen".into(), "127.0.0.1:0".into(), "--chunk-delay-ms".into(), cli.chunk_delay_ms.to_string()],
+        tmp.path(),
+        &cli.log_level,
+        "mock-upstream listening on ",
+        startup,
+    )?;
+    procs.push(mock);
+    let mock_addr = parse_ready_addr("mock-upstream", &line)?;
+
+    let mut gateway_addr = None;
+    if let (Some(agent_bin), Some(gateway_bin)) = (agent_bin, gateway_bin) {
+        let config = tmp.path().join("bench.json5");
+        std::fs::write(&config, config_text(mock_addr))
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let config = config.display().to_string();
+        let (agent, line) = Proc::start(
+            "agent-svc",
+            &agent_bin,
+            &["--config".into(), config.clone(), "--listen".into(), "127.0.0.1:0".into()],
+            tmp.path(),
+            &cli.log_level,
+            "agent-svc listening on ",
+            startup,
+        )?;
+        procs.push(agent);
+        let agent_addr = parse_ready_addr("agent-svc", &line)?;
+        let (gateway, line) = Proc::start(
+            "gateway-http",
+            &gateway_bin,
+            &[
+                "--config".into(),
+                config,
+                "--port".into(),
+                "0".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--agent-svc".into(),
+                format!("http://{agent_addr}"),
+            ],
+            tmp.path(),
+            &cli.log_level,
+            "gateway-http listening on ",
+            startup,
+        )?;
+        procs.push(gateway);
+        gateway_addr = Some(parse_ready_addr("gateway-http", &line)?);
+    }
+
+    // Idle memory: right after startup, before any request.
+    let idle_rss = procs
+        .iter()
+        .map(|p| status_kb(p.pid(), "VmRSS"))
+        .collect::<Result<Vec<_>>>()
+        .context("reading idle RSS")?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let timeout = Duration::from_secs(cli.timeout_s.max(1));
+    let results = rt
+        .block_on(async {
+            tokio::time::timeout(timeout, measure(cli, &mut procs, mock_addr, gateway_addr))
+                .await
+                .map_err(|_| anyhow!("the load phase did not finish within {timeout:?} (--timeout-s)"))?
+        })
+        .inspect_err(|_| {
+            // Say what the services said before they are killed.
+            for p in &procs {
+                eprintln!("--- last lines of {} ---\n{}", p.log.display(), log_tail(&p.log));
+            }
+        })?;
+    let peak_rss = procs
+        .iter()
+        .map(|p| status_kb(p.pid(), "VmHWM"))
+        .collect::<Result<Vec<_>>>()
+        .context("reading peak RSS")?;
+
+    let names: Vec<&str> = procs.iter().map(|p| p.name).collect();
+    let report =
+        Report { cli, clk_tck, online_cpus: online_cpus(), names, idle_rss, peak_rss, runs: results };
+    print!("{}", report.render());
+    drop(procs);
+    drop(tmp);
+    let failed: u64 = report.runs.iter().map(|r| r.errors).sum();
+    if failed > 0 {
+        bail!("{failed} requests failed: the figures above are not valid");
+    }
+    Ok(())
+}
+
+/// The config both services read: the mock as provider `mock`, agent `main` on `mock/bench`.
+fn config_text(mock: SocketAddr) -> String {
+    format!(
+        r#"// Written by the benchmark.
+{{
+  models: {{ providers: {{ mock: {{ baseUrl: "http://{mock}/v1", api: "openai-completions" }} }} }},
+  agents: {{ defaults: {{ model: "mock/bench" }}, list: [{{ id: "main", default: true }}] }},
+  gateway: {{
+    auth: {{ mode: "token", token: "{TOKEN}" }},
+    http: {{ endpoints: {{ chatCompletions: {{ enabled: true }} }} }},
+  }},
+  session: {{ store: "memory" }},
+}}
+"#
+    )
+}
+
+/// Smoke-checks every path, then runs every measurement in order.
+async fn measure(
+    cli: &Cli,
+    procs: &mut [Proc],
+    mock: SocketAddr,
+    gateway: Option<SocketAddr>,
+) -> Result<Vec<RunResult>> {
+    let req_timeout = Duration::from_millis(cli.request_timeout_ms.max(1));
+    let direct = Target::new(Route::Direct, mock, None);
+    let via_gw = gateway.map(|a| Target::new(Route::Gateway, a, Some(TOKEN)));
+    let mut targets = vec![direct];
+    targets.extend(via_gw);
+
+    for t in &targets {
+        smoke(t, false, req_timeout)
+            .await
+            .with_context(|| format!("{} smoke test (JSON)", t.route.label()))?;
+        if cli.stream_requests > 0 {
+            smoke(t, true, req_timeout)
+                .await
+                .with_context(|| format!("{} smoke test (SSE)", t.route.label()))?;
+        }
+    }
+
+    let pids: Vec<u32> = procs.iter().map(Proc::pid).collect();
+    let mut plan = Vec::new();
+    for &c in &cli.concurrency {
+        for t in &targets {
+            plan.push((t.clone(), false, c, cli.requests));
+        }
+    }
+    if cli.stream_requests > 0 {
+        for &c in &cli.concurrency {
+            for t in &targets {
+                plan.push((t.clone(), true, c, cli.stream_requests));
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(plan.len());
+    for (target, stream, concurrency, requests) in plan {
+        eprintln!(
+            "bench: {} {} c={concurrency}: {requests} requests (+{} warm-up)",
+            target.route.label(),
+            if stream { "SSE" } else { "JSON" },
+            cli.warmup
+        );
+        let spec = RunSpec {
+            stream,
+            concurrency,
+            requests,
+            warmup: cli.warmup,
+            timeout: req_timeout,
+            max_errors: cli.max_errors.max(1),
+        };
+        let r = run(Arc::new(target), spec, &pids).await?;
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        let stopped = r.attempted() < requests as u64;
+        results.push(r);
+        if stopped {
+            eprintln!("bench: the run stopped after {} failed requests; skipping the rest", cli.max_errors);
+            break;
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,137 @@
+//! The child processes: started from their binaries, waited for by their
+//! readiness line, killed and reaped on every exit path.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+/// A child process that is killed and reaped when dropped, on every exit path
+/// (normal end, error, panic unwinding).
+pub(crate) struct Proc {
+    pub(crate) name: &'static str,
+    child: Child,
+    /// Its stderr, kept for error reports.
+    pub(crate) log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `bin args…` with stdout piped and stderr to `<dir>/<name>.log`, and
+    /// waits (at most `timeout`) for the stdout line starting with `ready`.
+    /// Returns the process and the rest of that line.
+    pub(crate) fn start(
+        name: &'static str,
+        bin: &Path,
+        args: &[String],
+        dir: &Path,
+        log_level: &str,
+        ready: &str,
+        timeout: Duration,
+    ) -> Result<(Proc, String)> {
+        let log = dir.join(format!("{name}.log"));
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take();
+        // From here on, every exit path kills it.
+        let mut proc = Proc { name, child, log };
+        let stdout = stdout.with_context(|| format!("{name}: no stdout pipe"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let ready = ready.to_string();
+        // Reads stdout to the end (so the child never blocks on a full pipe),
+        // reporting the readiness line once.
+        std::thread::Builder::new()
+            .name(format!("{name}-stdout"))
+            .spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.strip_prefix(&ready) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(rest.trim().to_string());
+                        }
+                    }
+                }
+            })
+            .context("cannot start a thread")?;
+        match rx.recv_timeout(timeout) {
+            Ok(rest) => Ok((proc, rest)),
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "{name} did not print its readiness line within {timeout:?}\n--- {} ---\n{}",
+                proc.log.display(),
+                log_tail(&proc.log)
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                // Stdout closed: it is exiting; give it a moment to be reaped.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let mut status = None;
+                while status.is_none() && Instant::now() < deadline {
+                    status = proc.child.try_wait().ok().flatten();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let status = status.map_or("closed its stdout".to_string(), |s| format!("exited ({s})"));
+                bail!(
+                    "{name} {status} before it was ready\n--- {} ---\n{}",
+                    proc.log.display(),
+                    log_tail(&proc.log)
+                )
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error when the process has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().with_context(|| format!("{}: wait", self.name))? {
+            // The caller prints every process's log tail.
+            bail!("{} exited ({status}) during the benchmark", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last 30 lines of a log file (or why it cannot be read).
+pub(crate) fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        }
+        Err(e) => format!("(cannot read: {e})"),
+    }
+}
+
+/// The address in a readiness line (`ADDR` or `http://ADDR`): must be loopback with a real port.
+pub(crate) fn parse_ready_addr(name: &str, rest: &str) -> Result<SocketAddr> {
+    let s = rest.trim().trim_start_matches("http://").trim_end_matches('/');
+    let addr: SocketAddr = s
+        .parse()
+        .with_context(|| format!("{name}: cannot parse the address in its readiness line {rest:?}"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{name} listens on {addr}, not on loopback");
+    }
+    if addr.port() == 0 {
+        bail!("{name} printed port 0 in its readiness line; it must print the port it actually bound");
+    }
+    Ok(addr)
+}
