@@ -47,7 +47,8 @@ pub enum Step {
     Event(Event),
     /// End the stream with this status.
     Error(Status),
-    /// Say nothing for this long (a silent run is what the test looks at).
+    /// Say nothing for this long (a silent run is what the test looks at); a
+    /// caller that drops the stream meanwhile counts as a cancellation.
     Sleep(Duration),
     /// Say nothing until the caller drops the stream, which counts as a cancellation.
     Hang,
@@ -219,7 +220,15 @@ impl AgentService for Service {
                         let _ = tx.send(Err(s)).await;
                         return;
                     }
-                    Step::Sleep(d) => tokio::time::sleep(d).await,
+                    Step::Sleep(d) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(d) => {}
+                            () = tx.closed() => {
+                                cancelled();
+                                return;
+                            }
+                        }
+                    }
                     Step::Hang => {
                         tx.closed().await;
                         cancelled();

@@ -427,3 +427,30 @@ async fn shutdown_ends_open_streams_after_grace() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(fake.wait_for_cancelled(1, T).await, "the gRPC stream was dropped");
 }
+
+/// The root of the error bursts under load (issue: "locally-reset streams
+/// reached limit"): a run that finished is read to its end, not reset, though
+/// the answer goes out at `finished`. Every needless reset is a step towards the
+/// GOAWAY that fails every run on the connection.
+#[tokio::test]
+async fn a_finished_run_is_read_to_its_end_not_reset() {
+    let fake = FakeAgentSvc::start().await;
+    // agent-svc closes the stream a moment after `finished` (its trailers come late).
+    let late_end = Duration::from_millis(300);
+    let gw = gateway(&fake, config(1 << 20)).await;
+    for stream in [false, true] {
+        let steps =
+            vec![started("agent:beta:openai:x"), text("done"), finished("stop"), Step::Sleep(late_end)];
+        fake.push(Script::steps(steps));
+        let r = send(gw.chat(&body(stream))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.text.contains("done"), "{}", r.text);
+    }
+    // Both answers are out; the streams end on their own a little later. A reset
+    // would show as a cancelled run.
+    assert!(
+        !fake.wait_for_cancelled(1, late_end * 3).await,
+        "the gateway reset a run that had finished ({} cancelled)",
+        fake.cancelled()
+    );
+}

@@ -8,16 +8,11 @@
 //! connection's life it sends GOAWAY: every run on the connection failed with
 //! `503 agent_unavailable` in bursts.
 
-use e2e::gateway::{http_client, json_body, Stack};
-use e2e::harness::{self, ConfigBuilder};
-use e2e::mock::{Behavior, MockUpstream};
+use e2e::gateway::http_client;
+use e2e::prelude::*;
 use futures::StreamExt;
-use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-const TOKEN: &str = "load-token";
 /// Runs in all (the issue asks for at least 10,000).
 const RUNS: usize = 10_000;
 /// Concurrent clients.
@@ -106,11 +101,9 @@ async fn one_run(gw_url: &str, http: &reqwest::Client, i: usize, tally: &Tally) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_mixed_runs_over_one_connection_never_fail() {
-    harness::init_tracing();
     let mock = MockUpstream::start().await;
     mock.set_for_model("slow", Behavior::echo_slow(Duration::from_millis(20)));
-    let cfg = ConfigBuilder::with_mock(&mock).enable_chat_completions().auth_token(TOKEN);
-    let stack = Stack::start(&cfg, Some(TOKEN)).await;
+    let stack = stack(config(&mock)).await;
     let url = stack.gw.url();
     let http = http_client();
     let next = Arc::new(AtomicUsize::new(0));

@@ -8,15 +8,10 @@
 //! which replica ran it. They share one SQLite file, as replicas share a
 //! PostgreSQL database in production.
 
-use e2e::gateway::{json_body, send, Gateway};
-use e2e::harness::{self, AgentSvc, ConfigBuilder, TempDir};
-use e2e::mock::MockUpstream;
-use serde_json::{json, Value};
+use e2e::harness::TempDir;
+use e2e::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-const TOKEN: &str = "replicas-token";
 
 struct Cluster {
     mocks: Vec<MockUpstream>,
@@ -38,7 +33,7 @@ impl Cluster {
             mocks.push(mock);
         }
         let targets: Vec<String> = svcs.iter().map(|s| s.addr().to_string()).collect();
-        let cfg = ConfigBuilder::with_mock(&mocks[0]).enable_chat_completions().auth_token(TOKEN).build();
+        let cfg = config(&mocks[0]).build();
         let gw = Gateway::start(&cfg, Some(&targets.join(","))).await.with_bearer(TOKEN);
         Cluster { mocks, svcs, gw, _dir: dir }
     }
