@@ -83,9 +83,9 @@ impl AgentError {
             AgentError::Timeout(_) => (Code::DeadlineExceeded, "api_error", Some("timeout"), None),
             AgentError::Aborted => (Code::Cancelled, "api_error", Some("aborted"), None),
             AgentError::ShuttingDown => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
-            AgentError::Store(_) | AgentError::Startup(_) => {
-                (Code::Internal, "api_error", Some("internal_error"), None)
-            }
+            // A store that fails or stalls is unavailable for now: retryable, never a 500.
+            AgentError::Store(_) => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
+            AgentError::Startup(_) => (Code::Internal, "api_error", Some("internal_error"), None),
         }
     }
 }
@@ -102,8 +102,12 @@ impl From<AgentError> for Status {
         if let Some(p) = param.and_then(|p| MetadataValue::try_from(p).ok()) {
             md.insert(error_meta::PARAM, p);
         }
-        if matches!(e, AgentError::ShuttingDown) {
+        if matches!(e, AgentError::ShuttingDown | AgentError::Store(_)) {
             md.insert(error_meta::RETRY_AFTER, MetadataValue::from_static("1"));
+        }
+        if matches!(e, AgentError::ShuttingDown) {
+            // This replica takes no new runs: a caller may try another one.
+            md.insert(error_meta::DRAINING, MetadataValue::from_static("1"));
         }
         status
     }

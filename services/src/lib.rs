@@ -33,4 +33,7 @@ pub mod error_meta {
     pub const PARAM: &str = "openclaw-error-param";
     /// Seconds a client should wait before retrying.
     pub const RETRY_AFTER: &str = "openclaw-retry-after";
+    /// Present (`1`) when this agent-svc replica is shutting down and takes no
+    /// new runs: the call may be tried on another replica.
+    pub const DRAINING: &str = "openclaw-draining";
 }

@@ -1,6 +1,13 @@
-//! The life of a started run: wait for the session's turn, commit the user
-//! turn, try the model chain, forward deltas, store the assistant message and
-//! send the last event. Everything here runs in the run's own task.
+//! The life of a started run: wait for the session's turn, load the
+//! transcript, try the model chain, forward deltas, store the turn and send
+//! the last event. Everything here runs in the run's own task.
+//!
+//! A stable session's turn (the user's messages and the assistant's answer,
+//! marked interrupted when the run did not finish) is stored in one append at
+//! its end: a turn is in the transcript whole or not at all, so a store that
+//! fails half-way, or a replica that dies mid-run, never leaves half a turn
+//! behind, and `finished` (the client's `200`) is only ever sent for a turn
+//! that is stored.
 
 use super::prepare::Prepared;
 use super::produced::Produced;
@@ -129,8 +136,6 @@ impl Runner {
                 }))
             }
         };
-        // Committing the user turn is not cancelled half-way: once it is stored, a
-        // cancel is seen by `drive`, which stores the interrupted assistant message.
         let begun = match waited {
             Some(Ok(turn)) => Some(self.begin_turn(&mut p).await.map(|()| turn)),
             Some(Err(e)) => Some(Err(e)),
@@ -151,24 +156,10 @@ impl Runner {
         }
     }
 
-    /// Loads the transcript, commits the user turn (before any provider is
-    /// called) and assembles the upstream messages.
+    /// Loads the transcript and assembles the upstream messages.
     async fn begin_turn(&self, p: &mut Prepared) -> Result<(), AgentError> {
         let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
-        if p.stable {
-            let now = now_ms();
-            let user_turn = p
-                .new_turn
-                .iter()
-                .map(|m| StoredMessage {
-                    message: m.clone(),
-                    interrupted: false,
-                    created_at_ms: now,
-                    run_id: p.run_id.clone(),
-                })
-                .collect();
-            self.store.append(&p.session_key, &p.agent.id, user_turn).await?;
-        }
+        p.began_at_ms = now_ms();
         p.base.messages = assemble::upstream_messages(
             p.agent.system_prompt.as_deref(),
             p.system.as_deref(),
@@ -206,17 +197,15 @@ impl Runner {
         // forwarding deltas, which is what the gateway's overhead figure wants.
         let provider_elapsed = started_at.elapsed();
         let finished = matches!(outcome, Outcome::Finished { .. });
-        if p.stable {
-            let stored = StoredMessage {
-                message: produced.assistant_message(),
-                interrupted: !finished,
-                created_at_ms: now_ms(),
-                run_id: p.run_id.clone(),
-            };
-            if let Err(e) = self.store.append(&p.session_key, &p.agent.id, vec![stored]).await {
-                tracing::error!(session = %p.session_key, error = %e, "storing the assistant message failed");
+        let outcome = match self.store_turn(p, &produced, finished).await {
+            Ok(()) => outcome,
+            // The answer was not stored: the client must not be told it was.
+            Err(e) if finished => Outcome::Failed(e),
+            Err(e) => {
+                tracing::error!(session = %p.session_key, error = %e, "storing an interrupted turn failed");
+                outcome
             }
-        }
+        };
         drop(turn);
 
         let label = match &outcome {
@@ -246,6 +235,24 @@ impl Runner {
         if let Some(last) = last {
             send_last(tx, last).await;
         }
+    }
+
+    /// Stores a stable session's turn in one append: the user's messages, then
+    /// the assistant's answer (marked interrupted unless the run finished).
+    async fn store_turn(&self, p: &Prepared, produced: &Produced, finished: bool) -> Result<(), AgentError> {
+        if !p.stable {
+            return Ok(());
+        }
+        let stored = |message, interrupted, created_at_ms| StoredMessage {
+            message,
+            interrupted,
+            created_at_ms,
+            run_id: p.run_id.clone(),
+        };
+        let mut turn: Vec<StoredMessage> =
+            p.new_turn.iter().map(|m| stored(m.clone(), false, p.began_at_ms)).collect();
+        turn.push(stored(produced.assistant_message(), !finished, now_ms()));
+        self.store.append(&p.session_key, &p.agent.id, turn).await
     }
 
     /// Tries each model of the chain until one answers; returns the model that

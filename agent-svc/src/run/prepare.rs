@@ -29,6 +29,8 @@ pub(super) struct Prepared {
     /// Earlier turns carried by a stateless request.
     pub(super) client_history: Vec<Message>,
     pub(super) new_turn: Vec<Message>,
+    /// When the turn got its session (Unix ms): the time its user messages are stored with.
+    pub(super) began_at_ms: i64,
     /// Everything but `model` and `messages`, which each attempt fills in.
     pub(super) base: ProviderRequest,
 }
@@ -94,6 +96,7 @@ pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Res
         // calls carry their history in the request.
         client_history: if session.stable { Vec::new() } else { split.history },
         new_turn: split.new_turn,
+        began_at_ms: 0,
         base,
     })
 }

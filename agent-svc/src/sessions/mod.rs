@@ -3,6 +3,7 @@
 //! share their row layout (`rows.rs`). The key rules are shared with the
 //! gateway: [`services::session_key`].
 
+pub mod bounded;
 pub mod memory;
 pub mod postgres;
 pub mod queue;
@@ -92,22 +93,27 @@ impl std::fmt::Debug for TurnLock {
 }
 
 /// Opens the store named by `session.store`: `memory`, `sqlite:PATH`,
-/// `postgres://…` (or `postgresql://…`).
+/// `postgres://…` (or `postgresql://…`), with every operation bounded by
+/// [`bounded::STORE_TIMEOUT`].
 pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn SessionStore>, AgentError> {
-    if spec == "memory" {
-        return Ok(std::sync::Arc::new(memory::MemoryStore::default()));
-    }
-    if let Some(path) = spec.strip_prefix("sqlite:") {
-        return Ok(std::sync::Arc::new(sqlite::SqliteStore::open(path).await?));
-    }
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        return Ok(std::sync::Arc::new(postgres::PostgresStore::open(spec).await?));
-    }
-    Err(AgentError::Startup(format!(
+    let store: std::sync::Arc<dyn SessionStore> = if spec == "memory" {
+        std::sync::Arc::new(memory::MemoryStore::default())
+    } else if let Some(path) = spec.strip_prefix("sqlite:") {
+        std::sync::Arc::new(sqlite::SqliteStore::open(path).await?)
+    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        std::sync::Arc::new(postgres::PostgresStore::open(spec).await?)
+    } else {
+        return Err(unsupported(spec));
+    };
+    Ok(std::sync::Arc::new(bounded::BoundedStore::new(store, bounded::STORE_TIMEOUT)))
+}
+
+fn unsupported(spec: &str) -> AgentError {
+    AgentError::Startup(format!(
         "session.store: unsupported store {:?} (memory, sqlite:PATH, postgres://…)",
         // A mistyped database URL must not put its password into logs.
         services::redact::redact_url(spec)
-    )))
+    ))
 }
 
 /// Current Unix time in milliseconds.

@@ -17,6 +17,9 @@ const DATA_CONNECTIONS: u32 = 16;
 /// on this replica. Waiting turns hold none.
 const LOCK_CONNECTIONS: u32 = 64;
 
+/// How long a call may wait for a pooled connection (or a new one).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long `open` retries a server that refuses connections.
 const CONNECT_RETRY_FOR: Duration = Duration::from_secs(10);
 
@@ -129,6 +132,8 @@ impl PostgresStore {
         }
         let data = PgPoolOptions::new()
             .max_connections(DATA_CONNECTIONS)
+            // A server that went away must fail calls quickly, not after sqlx's 30 s.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .min_connections(1)
             .connect_with(options.clone())
             .await
@@ -136,6 +141,7 @@ impl PostgresStore {
         create_schema(&data).await.map_err(|e| fail("create the schema in", e))?;
         let locks = PgPoolOptions::new()
             .max_connections(LOCK_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             // Whatever happened to a lock connection (a guard dropped, a try
             // cancelled after the server granted it), it goes back unlocked.
             .after_release(|conn, _| {

@@ -27,9 +27,7 @@ pub fn kind(s: &tonic::Status) -> Kind {
             _ => Kind::Transport,
         };
     }
-    let draining = s.code() == Code::Unavailable
-        && md.get(error_meta::CODE).is_some_and(|c| c.as_bytes() == b"agent_unavailable");
-    if draining {
+    if md.get(error_meta::DRAINING).is_some() {
         Kind::Draining
     } else {
         Kind::Answer
@@ -127,9 +125,20 @@ mod tests {
         let draining = status(
             Code::Unavailable,
             "agent-svc is shutting down",
-            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "agent_unavailable")],
+            &[
+                (error_meta::TYPE, "api_error"),
+                (error_meta::CODE, "agent_unavailable"),
+                (error_meta::DRAINING, "1"),
+            ],
         );
         assert_eq!(kind(&draining), Kind::Draining);
+        // The session store being down is the same 503, but not a reason to leave the replica.
+        let store = status(
+            Code::Unavailable,
+            "session store error",
+            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "agent_unavailable")],
+        );
+        assert_eq!(kind(&store), Kind::Answer);
         let upstream = status(
             Code::Unavailable,
             "boom",
