@@ -34,14 +34,65 @@ struct Cli {
     /// Bind address: loopback (127.0.0.1), lan (0.0.0.0) or an IP (overrides gateway.bind).
     #[arg(long, value_name = "loopback|lan|IP")]
     bind: Option<String>,
-    /// agent-svc URL, e.g. http://agent-svc:50051 (overrides gateway.agentService.url).
+    /// agent-svc address: a URL or host:port, a DNS name that resolves to every
+    /// replica, or a comma-separated list (overrides gateway.agentService.url).
     #[arg(long = "agent-svc", value_name = "URL", env = "AGENT_SVC_URL")]
     agent_svc: Option<String>,
+    /// Ask a running gateway on 127.0.0.1 (the port from --port or the config)
+    /// for GET /readyz and exit 0 when it answers 200, 1 otherwise (for
+    /// container health checks, which need no curl this way).
+    #[arg(long)]
+    healthcheck: bool,
+}
+
+/// How long `--healthcheck` waits for the answer.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `--healthcheck`: one plain HTTP/1.1 request to the local port.
+fn healthcheck(cli: &Cli) -> ExitCode {
+    use std::io::Read;
+    let port = match cli.port {
+        Some(p) => p,
+        None => {
+            let path = cli.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+            match services::config::load(path) {
+                Ok(c) => c.config.gateway.port,
+                Err(e) => {
+                    eprintln!("gateway-http: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let ready = (|| -> std::io::Result<bool> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut tcp = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
+        tcp.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        tcp.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    })();
+    match ready {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("gateway-http: not ready");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("gateway-http: health check failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.healthcheck {
+        return healthcheck(&cli);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

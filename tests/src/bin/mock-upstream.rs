@@ -12,8 +12,15 @@
 //! The answer is fixed ([`ANSWER`]); the request's `model` is echoed. Anything
 //! else is `404`; a body that is not JSON is `400`.
 //!
+//! With `--stats` (the cluster test) it also counts requests per client address
+//! (which agent-svc replica called) and, for requests whose text carries
+//! session markers `[sess:NAME#ATTEMPT]`, how many markers each request held
+//! (the new turn and every earlier user turn of the session sent along):
+//! `GET /_stats` answers `{"peers": {ip: n}, "sessions": {name: [{"peer",
+//! "attempt", "turns"}]}}`, requests in arrival order.
+//!
 //! ```text
-//! mock-upstream [--listen 127.0.0.1:0] [--chunk-delay-ms 0]
+//! mock-upstream [--listen 127.0.0.1:0] [--chunk-delay-ms 0] [--stats]
 //! ```
 //!
 //! Prints `mock-upstream listening on http://ADDR` on stdout once it accepts
@@ -56,7 +63,62 @@ struct Cli {
     /// Tokio worker threads (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Count requests per client and session marker, served at `GET /_stats`.
+    #[arg(long)]
+    stats: bool,
 }
+
+/// What `--stats` records.
+#[derive(Default)]
+struct Stats {
+    peers: std::collections::BTreeMap<std::net::IpAddr, u64>,
+    /// Per session: (peer, attempt, markers in the request).
+    sessions: std::collections::BTreeMap<String, Vec<(std::net::IpAddr, String, usize)>>,
+}
+
+/// The marker that names a session in the cluster test's messages.
+const MARKER: &[u8] = b"[sess:";
+
+impl Stats {
+    fn record(&mut self, peer: std::net::IpAddr, body: &[u8]) {
+        *self.peers.entry(peer).or_default() += 1;
+        let mut turns = 0;
+        let mut last = None;
+        let mut rest = body;
+        while let Some(at) = rest.windows(MARKER.len()).position(|w| w == MARKER) {
+            let after = &rest[at + MARKER.len()..];
+            let end = after.iter().position(|b| *b == b']').unwrap_or(after.len());
+            last = Some(String::from_utf8_lossy(&after[..end]).into_owned());
+            turns += 1;
+            rest = &after[end..];
+        }
+        if let Some(last) = last {
+            let (name, attempt) = last.split_once('#').unwrap_or((&last, ""));
+            self.sessions.entry(name.to_owned()).or_default().push((peer, attempt.to_owned(), turns));
+        }
+    }
+
+    fn to_json(&self) -> String {
+        let peers: serde_json::Map<String, serde_json::Value> =
+            self.peers.iter().map(|(ip, n)| (ip.to_string(), (*n).into())).collect();
+        let sessions: serde_json::Map<String, serde_json::Value> = self
+            .sessions
+            .iter()
+            .map(|(name, reqs)| {
+                let list = reqs
+                    .iter()
+                    .map(|(ip, attempt, turns)| {
+                        serde_json::json!({"peer": ip.to_string(), "attempt": attempt, "turns": turns})
+                    })
+                    .collect();
+                (name.clone(), serde_json::Value::Array(list))
+            })
+            .collect();
+        serde_json::json!({"peers": peers, "sessions": sessions}).to_string()
+    }
+}
+
+type SharedStats = Option<std::sync::Arc<parking_lot::Mutex<Stats>>>;
 
 /// The part of a chat completion request the mock looks at; serde skips the rest
 /// (messages included) without building values for it.
@@ -102,8 +164,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     let delay = Duration::from_millis(cli.chunk_delay_ms);
     let ids = std::sync::Arc::new(AtomicU64::new(1));
+    let stats: SharedStats = cli.stats.then(Default::default);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -114,8 +177,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let ids = ids.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, delay, ids.fetch_add(1, Ordering::Relaxed)));
+            let svc = service_fn(move |req| {
+                handle(req, delay, ids.fetch_add(1, Ordering::Relaxed), peer.ip(), stats.clone())
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .keep_alive(true)
@@ -127,8 +193,24 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Routes one request.
-async fn handle(req: Request<Incoming>, delay: Duration, id: u64) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    delay: Duration,
+    id: u64,
+    peer: std::net::IpAddr,
+    stats: SharedStats,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
+    if path == "/_stats" {
+        return Ok(match &stats {
+            Some(s) => {
+                let mut resp = Response::new(Full::new(Bytes::from(s.lock().to_json())).boxed());
+                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
+            None => plain(StatusCode::NOT_FOUND, "Not Found"),
+        });
+    }
     if path != "/v1/chat/completions" && path != "/chat/completions" {
         return Ok(plain(StatusCode::NOT_FOUND, "Not Found"));
     }
@@ -139,6 +221,9 @@ async fn handle(req: Request<Incoming>, delay: Duration, id: u64) -> Result<Resp
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"))),
     };
+    if let Some(s) = &stats {
+        s.lock().record(peer, &body);
+    }
     let parsed: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return Ok(error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}"))),
