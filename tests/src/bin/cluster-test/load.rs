@@ -66,7 +66,9 @@ impl Load {
                 let mut n = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let a = once(&http, &url, &token, session.as_deref(), n, (w + n as usize) % 2 == 0).await;
+                    let a =
+                        once(&http, &url, &token, session.as_deref(), n, (w + n as usize).is_multiple_of(2))
+                            .await;
                     attempts.lock().push(a);
                 }
             }));
