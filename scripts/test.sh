@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README): formatting, lints, then every test in the workspace.
-# Starts a throwaway PostgreSQL for the postgres session-store tests unless
-# OPENCLAW_TEST_POSTGRES_URL already names one.
+# The test command (README): formatting, lints, every test in the workspace, the
+# Kubernetes manifests against the API schemas, then the cluster test (real containers
+# with docker compose; skipped with one line when no Docker engine answers, or with
+# OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
+# session-store tests unless OPENCLAW_TEST_POSTGRES_URL already names one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
@@ -23,3 +25,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   exit 1
 fi
 cargo nextest run --workspace --no-fail-fast "$@"
+scripts/validate-k8s.sh
+if [ "${OPENCLAW_SKIP_CLUSTER:-0}" = 1 ]; then
+  echo "cluster test skipped: OPENCLAW_SKIP_CLUSTER=1"
+else
+  scripts/cluster-test.sh
+fi
