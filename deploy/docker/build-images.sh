@@ -3,8 +3,8 @@
 #
 #   deploy/docker/build-images.sh [--profile release|debug] [--skip-cargo] [--no-postgres]
 #
-# - openclaw:local          gateway-http, agent-svc and mock-upstream (one image; compose picks
-#                           the binary per service). FROM scratch: the binaries built here with
+# - openclaw:local          gateway-http, agent-svc, agent-call (an internal gRPC caller) and
+#                           mock-upstream (one image; compose picks the binary per service). FROM scratch: the binaries built here with
 #                           cargo, exactly the shared libraries they load (from ldd), CA
 #                           certificates, a non-root user (10001) and a /data volume.
 # - openclaw-postgres:local PostgreSQL 15 from Debian's packages: a bookworm root filesystem made
@@ -31,10 +31,10 @@ while [ $# -gt 0 ]; do
 done
 case "$profile" in release|debug) ;; *) echo "--profile is release or debug" >&2; exit 2 ;; esac
 
-bins=(gateway-http agent-svc mock-upstream)
+bins=(gateway-http agent-svc agent-call mock-upstream)
 if [ "$skip_cargo" = 0 ]; then
   flag=(); [ "$profile" = release ] && flag=(--release)
-  cargo build "${flag[@]}" -p gateway-http -p agent-svc -p openclaw-e2e --bin gateway-http --bin agent-svc --bin mock-upstream
+  cargo build "${flag[@]}" -p gateway-http -p agent-svc -p openclaw-e2e --bin gateway-http --bin agent-svc --bin agent-call --bin mock-upstream
 fi
 work="$root/target/docker"
 stage="$work/app"

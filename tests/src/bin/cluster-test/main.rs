@@ -210,6 +210,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ready.as_secs_f64()
     );
 
+    // An internal caller on the compose network reaches agent-svc's gRPC directly.
+    let internal = c.compose.run(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "agent-svc",
+        "agent-call",
+        "--target",
+        "agent-svc:50051",
+        "--user",
+        "internal",
+        "hello over gRPC",
+    ])?;
+    ensure!(internal.contains("\"finished\""), "agent-call on the compose network: {internal}");
+    println!(
+        "internal gRPC: agent-call on the compose network ran a turn ({} events)",
+        internal.lines().count()
+    );
+
     let sessions: Vec<String> = (0..cli.sessions).map(|i| format!("s{i}")).collect();
     let load = Load::start(&c.gateway, TOKEN, cli.stateless, &sessions);
 
@@ -247,11 +267,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let retries_before = c.retries().await?;
     let killed_at = Instant::now();
     docker(&["kill", &victim])?;
-    let ejected = c
-        .until(Duration::from_secs(20), "killed replica out of rotation", || async {
-            Ok(c.replica_up(victim_ip).await? != Some(1.0))
-        })
-        .await?;
+    c.until(Duration::from_secs(20), "killed replica out of rotation", || async {
+        Ok(c.replica_up(victim_ip).await? != Some(1.0))
+    })
+    .await?;
+    // From the kill (the docker command included) to the gateway taking it out.
+    let ejected = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after_kill = load.attempts();
     let failed = failures(&after_kill, killed_at - Duration::from_secs(1), Instant::now());
