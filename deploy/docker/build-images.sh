@@ -31,40 +31,14 @@ while [ $# -gt 0 ]; do
 done
 case "$profile" in release|debug) ;; *) echo "--profile is release or debug" >&2; exit 2 ;; esac
 
-bins=(gateway-http agent-svc agent-call mock-upstream)
 if [ "$skip_cargo" = 0 ]; then
   flag=(); [ "$profile" = release ] && flag=(--release)
-  cargo build "${flag[@]}" -p gateway-http -p agent-svc -p openclaw-e2e --bin gateway-http --bin agent-svc --bin agent-call --bin mock-upstream
+  cargo build "${flag[@]}" -p gateway-http -p agent-svc -p openclaw-e2e \
+    --bin gateway-http --bin agent-svc --bin agent-call --bin mock-upstream
 fi
 work="$root/target/docker"
 stage="$work/app"
-rm -rf "$stage"
-mkdir -p "$stage/rootfs/usr/local/bin" "$stage/rootfs/etc/ssl/certs" "$stage/rootfs/etc/openclaw" "$stage/rootfs/tmp" "$stage/data"
-
-# The binaries, without their debug info, and every library they load.
-for b in "${bins[@]}"; do
-  src="$root/target/$profile/$b"
-  [ -x "$src" ] || { echo "missing $src (build it, or drop --skip-cargo)" >&2; exit 1; }
-  objcopy --strip-debug "$src" "$stage/rootfs/usr/local/bin/$b"
-  # `name => /path (addr)` lines, and the loader's own `/lib64/ld-linux… (addr)` line.
-  ldd "$src" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
-    real=$(readlink -f "$lib")
-    mkdir -p "$stage/rootfs$(dirname "$lib")"
-    cp -n "$real" "$stage/rootfs$lib"
-  done
-done
-[ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$stage/rootfs/etc/ssl/certs/"
-cp "$root/examples/compose.json5" "$stage/rootfs/etc/openclaw/openclaw.json5"
-cat > "$stage/rootfs/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/sbin/nologin
-openclaw:x:10001:10001:openclaw:/data:/sbin/nologin
-PASSWD
-cat > "$stage/rootfs/etc/group" <<'GROUP'
-root:x:0:
-openclaw:x:10001:
-GROUP
-printf 'hosts: files dns\n' > "$stage/rootfs/etc/nsswitch.conf"
-chmod 1777 "$stage/rootfs/tmp"
+"$root/deploy/docker/stage-rootfs.sh" "$root/target/$profile" "$stage" "$root/examples/compose.json5"
 cp "$root/deploy/docker/Dockerfile.runtime" "$stage/Dockerfile"
 docker build -q -t openclaw:local "$stage" >/dev/null
 echo "built openclaw:local ($(docker image inspect -f '{{.Size}}' openclaw:local | awk '{printf "%.1f MB", $1/1e6}'))"
