@@ -1,32 +1,136 @@
 //! Authentication (SPEC §3): `Authorization: Bearer <secret>` against the
-//! configured token or password, compared in constant time, plus a per-IP
-//! failed-attempt limiter.
+//! configured token or password, compared in constant time; or, in mode
+//! `trusted-proxy`, the identity a trusted reverse proxy put in a header.
 //!
-//! [`Auth::check_secret`] is the single check; the HTTP routes call it through
-//! [`Auth::check_header`], and the WebSocket `connect` calls it with the secret
-//! from its `auth` params, so both share one limiter.
+//! Guessing is made slow everywhere:
+//! - wrong secrets are counted per client IP; after `maxAttempts` within
+//!   `windowMs` the IP is locked out (`429` + `Retry-After`) for `lockoutMs`,
+//!   even with the right secret;
+//! - loopback clients are exempt from the lockout (`exemptLoopback`), but each
+//!   of their wrong secrets is answered late: 250 ms × 2^(n−1), at most 5 s, for
+//!   the n-th in the window; and the exemption never applies to a request that
+//!   carries a browser `Origin` (a web page open in the user's browser);
+//! - above `maxFailuresPerSecond` wrong secrets from everyone together, every
+//!   attempt is refused at once until the next second, without being compared,
+//!   so no spread of addresses can test more than that many secrets a second.
+//!
+//! [`Auth::check_secret`] is the single secret check; the HTTP routes call it
+//! through [`Auth::check_request`], and the WebSocket `connect` calls it with the
+//! secret from its `auth` params, so both share one limiter. A refusal carries
+//! the delay its answer must wait ([`Refusal`]); the callers sleep it, outside
+//! any lock.
 
 use crate::error::ApiError;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use metrics::Counter;
 use parking_lot::Mutex;
-use services::config::{AuthMode, LoadedConfig, RateLimitConfig};
+use services::config::{AuthMode, LoadedConfig, RateLimitConfig, TrustedProxyConfig};
+use services::net::Cidr;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// Most client IPs the limiter tracks at once; beyond it the entry closest to
 /// expiry is dropped, so memory stays bounded under a spray of addresses.
 const MAX_TRACKED_IPS: usize = 10_000;
+/// The first wrong secret of an exempt (loopback) client waits this long…
+const EXEMPT_DELAY_BASE: Duration = Duration::from_millis(250);
+/// …doubling with each further one, up to this.
+const EXEMPT_DELAY_MAX: Duration = Duration::from_secs(5);
 
-/// The configured secret check and its failed-attempt limiter.
+/// Who presents credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The client's address (the TCP peer).
+    pub ip: IpAddr,
+    /// The request carries a browser `Origin`: never exempt from the lockout.
+    pub browser: bool,
+}
+
+/// Why an attempt was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No secret, a wrong one, or no trusted identity: `401`.
+    Unauthorized,
+    /// Locked out (or over the global ceiling) for this many seconds: `429`.
+    LockedOut(u64),
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> ApiError {
+        match d {
+            Denied::Unauthorized => ApiError::Unauthorized,
+            Denied::LockedOut(retry_after_secs) => ApiError::AuthLockedOut { retry_after_secs },
+        }
+    }
+}
+
+/// A refused attempt: why, and how long to hold the answer back first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub denied: Denied,
+    /// How long to wait before answering (exempt clients' wrong secrets).
+    pub delay: Duration,
+}
+
+impl Refusal {
+    fn now(denied: Denied) -> Refusal {
+        Refusal { denied, delay: Duration::ZERO }
+    }
+
+    /// Waits out the delay, then gives the error to answer with.
+    pub async fn answer(self) -> ApiError {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.denied.into()
+    }
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Refusal {
+        Refusal::now(denied)
+    }
+}
+
+/// The auth counters (`openclaw_gateway_auth_*`).
+#[derive(Clone)]
+pub struct AuthMetrics {
+    /// Wrong secrets.
+    pub failures: Counter,
+    /// Client IPs locked out.
+    pub lockouts: Counter,
+    /// Attempts refused by the global ceiling.
+    pub throttled: Counter,
+    /// Wrong secrets of exempt clients answered late.
+    pub delayed: Counter,
+}
+
+impl Default for AuthMetrics {
+    fn default() -> Self {
+        AuthMetrics {
+            failures: Counter::noop(),
+            lockouts: Counter::noop(),
+            throttled: Counter::noop(),
+            delayed: Counter::noop(),
+        }
+    }
+}
+
+/// The configured check, its limiters and (mode `trusted-proxy`) the proxy rules.
 pub struct Auth {
     mode: AuthMode,
-    /// The token or password; `None` in mode `none` (or when none is configured,
-    /// which `validate_gateway` refuses at startup: then nothing matches).
+    /// The token or password; `None` in modes `none` and `trusted-proxy` (or when
+    /// none is configured, which `validate_gateway` refuses at startup: then
+    /// nothing matches).
     secret: Option<Box<[u8]>>,
     limiter: Limiter,
+    ceiling: Ceiling,
+    proxy: Option<TrustedProxy>,
+    metrics: AuthMetrics,
 }
 
 // Hand-written so the secret can never be printed.
@@ -37,24 +141,41 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Builds the check from `gateway.auth` (with the env fallbacks for the secrets).
+    /// Builds the check from `gateway.auth` (with the env fallbacks for the
+    /// secrets) and `gateway.trustedProxies`.
     pub fn from_config(config: &LoadedConfig) -> Auth {
-        let auth = &config.config.gateway.auth;
+        let gw = &config.config.gateway;
+        let auth = &gw.auth;
         let secret = match auth.mode {
             AuthMode::Token => config.auth_token(),
             AuthMode::Password => config.auth_password(),
-            AuthMode::None => None,
+            AuthMode::None | AuthMode::TrustedProxy => None,
         };
-        Auth::new(auth.mode, secret, &auth.rate_limit)
+        let mut a = Auth::new(auth.mode, secret, &auth.rate_limit);
+        if auth.mode == AuthMode::TrustedProxy {
+            // `validate_gateway` refused unparsable entries at start.
+            let proxies = gw.trusted_proxies.iter().filter_map(|p| Cidr::parse(p)).collect();
+            a.proxy = TrustedProxy::new(proxies, &auth.trusted_proxy);
+        }
+        a
     }
 
-    /// Builds the check from its parts.
+    /// Builds the check from its parts (no trusted proxies).
     pub fn new(mode: AuthMode, secret: Option<String>, rate_limit: &RateLimitConfig) -> Auth {
         Auth {
             mode,
             secret: secret.map(|s| s.into_bytes().into_boxed_slice()),
             limiter: Limiter::new(rate_limit),
+            ceiling: Ceiling::new(rate_limit.max_failures_per_second),
+            proxy: None,
+            metrics: AuthMetrics::default(),
         }
+    }
+
+    /// Records into these counters.
+    pub fn with_metrics(mut self, metrics: AuthMetrics) -> Auth {
+        self.metrics = metrics;
+        self
     }
 
     /// The configured mode (the WebSocket `connect` reads the secret from the
@@ -63,54 +184,96 @@ impl Auth {
         self.mode
     }
 
-    /// Checks an `Authorization` header value from `ip`.
-    pub fn check_header(&self, ip: IpAddr, header: Option<&HeaderValue>) -> Result<(), ApiError> {
-        if self.mode == AuthMode::None {
-            return Ok(());
+    /// Checks an HTTP request (or a WebSocket upgrade in mode `trusted-proxy`):
+    /// its `Authorization` header, or the proxy's identity header.
+    pub fn check_request(&self, caller: Caller, headers: &HeaderMap) -> Result<(), Refusal> {
+        match self.mode {
+            AuthMode::None => Ok(()),
+            AuthMode::TrustedProxy => self.proxy_identity(caller.ip, headers).map(drop).map_err(Refusal::now),
+            AuthMode::Token | AuthMode::Password => {
+                self.check_secret(caller, headers.get(http::header::AUTHORIZATION).and_then(bearer_secret))
+            }
         }
-        self.check_secret(ip, header.and_then(bearer_secret))
     }
 
-    /// Checks a presented secret (`None`: nothing presented) from `ip`: lockout
-    /// first (a locked-out IP is refused even with the right secret), then the
-    /// constant-time comparison. A wrong secret counts as a failed attempt, a
-    /// missing one does not; a success clears the IP's count.
-    pub fn check_secret(&self, ip: IpAddr, presented: Option<&str>) -> Result<(), ApiError> {
-        if self.mode == AuthMode::None {
-            return Ok(());
+    /// The user a trusted proxy vouches for: the peer must be one of
+    /// `gateway.trustedProxies`, send every required header and name a user
+    /// (one of `allowUsers`, when set). `401` otherwise; never counted as a
+    /// guess (the proxy is not guessing, and must not be locked out).
+    pub fn proxy_identity(&self, peer: IpAddr, headers: &HeaderMap) -> Result<String, Denied> {
+        let Some(p) = &self.proxy else { return Err(Denied::Unauthorized) };
+        p.identity(peer, headers).ok_or(Denied::Unauthorized)
+    }
+
+    /// Checks a presented secret (`None`: nothing presented) from `caller`:
+    /// the global ceiling and the lockout first (a locked-out IP is refused even
+    /// with the right secret), then the constant-time comparison. A wrong secret
+    /// counts as a failed attempt, a missing one does not; a success clears the
+    /// IP's count.
+    pub fn check_secret(&self, caller: Caller, presented: Option<&str>) -> Result<(), Refusal> {
+        match self.mode {
+            AuthMode::None => return Ok(()),
+            // Mode `trusted-proxy` takes no secret: the WebSocket connect is checked
+            // on its upgrade's headers.
+            AuthMode::TrustedProxy => return Err(Refusal::now(Denied::Unauthorized)),
+            AuthMode::Token | AuthMode::Password => {}
         }
-        let limited = self.limiter.applies_to(ip);
-        let now = if limited { Some(Instant::now()) } else { None };
-        self.check_at(ip, presented, now)
+        let Some(presented) = presented else {
+            // Nothing to compare: no guess, nothing to count (but a lockout holds).
+            return match self.limiter.locked_for(caller.ip.to_canonical(), Instant::now()) {
+                Some(left) => Err(Refusal::now(Denied::LockedOut(ceil_secs(left)))),
+                None => Err(Refusal::now(Denied::Unauthorized)),
+            };
+        };
+        if self.ceiling.exhausted() {
+            self.metrics.throttled.increment(1);
+            return Err(Refusal::now(Denied::LockedOut(1)));
+        }
+        let tracked = self.limiter.max_attempts > 0;
+        self.check_at(caller, presented, tracked.then(Instant::now))
     }
 
     /// [`Auth::check_secret`] at a given time; `now` is `None` when the limiter is
-    /// off for this IP (so the hot path never reads the clock).
-    fn check_at(&self, ip: IpAddr, presented: Option<&str>, now: Option<Instant>) -> Result<(), ApiError> {
-        let ip = ip.to_canonical();
-        if let Some(now) = now {
+    /// off (so the hot path of a right secret never reads the clock).
+    fn check_at(&self, caller: Caller, presented: &str, now: Option<Instant>) -> Result<(), Refusal> {
+        let ip = caller.ip.to_canonical();
+        let exempt = self.limiter.exempt(caller);
+        if let (Some(now), false) = (now, exempt) {
             if let Some(left) = self.limiter.locked_for(ip, now) {
-                return Err(ApiError::AuthLockedOut { retry_after_secs: ceil_secs(left) });
+                return Err(Refusal::now(Denied::LockedOut(ceil_secs(left))));
             }
         }
-        let Some(presented) = presented else { return Err(ApiError::Unauthorized) };
         let ok = match &self.secret {
             Some(secret) => constant_time_eq(secret.as_ref(), presented.as_bytes()),
             None => false,
         };
-        match (ok, now) {
-            (true, Some(_)) => {
+        if ok {
+            if now.is_some() {
                 self.limiter.reset(ip);
-                Ok(())
             }
-            (true, None) => Ok(()),
-            (false, Some(now)) => {
-                self.limiter.record_failure(ip, now);
-                Err(ApiError::Unauthorized)
-            }
-            (false, None) => Err(ApiError::Unauthorized),
+            return Ok(());
         }
+        self.metrics.failures.increment(1);
+        self.ceiling.record();
+        let Some(now) = now else { return Err(Refusal::now(Denied::Unauthorized)) };
+        let failures = self.limiter.record_failure(ip, now, !exempt);
+        if exempt {
+            self.metrics.delayed.increment(1);
+            return Err(Refusal { denied: Denied::Unauthorized, delay: exempt_delay(failures) });
+        }
+        if failures == 0 {
+            // This failure locked the IP out.
+            self.metrics.lockouts.increment(1);
+        }
+        Err(Refusal::now(Denied::Unauthorized))
     }
+}
+
+/// How long the n-th wrong secret (n ≥ 1) of an exempt client waits:
+/// 250 ms × 2^(n−1), at most 5 s.
+fn exempt_delay(n: u32) -> Duration {
+    let doublings = n.saturating_sub(1).min(16);
+    EXEMPT_DELAY_BASE.saturating_mul(1 << doublings).min(EXEMPT_DELAY_MAX)
 }
 
 /// The secret of `Bearer <secret>` (scheme case-insensitive); `None` for another
@@ -128,6 +291,83 @@ pub fn bearer_secret(value: &HeaderValue) -> Option<&str> {
 fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     s.max(1)
+}
+
+/// Mode `trusted-proxy`: whose headers are believed, and what they must say.
+struct TrustedProxy {
+    proxies: Vec<Cidr>,
+    user_header: HeaderName,
+    required: Vec<HeaderName>,
+    allow_users: Vec<String>,
+}
+
+impl TrustedProxy {
+    fn new(proxies: Vec<Cidr>, cfg: &TrustedProxyConfig) -> Option<TrustedProxy> {
+        Some(TrustedProxy {
+            proxies,
+            user_header: HeaderName::from_bytes(cfg.user_header.as_bytes()).ok()?,
+            required: cfg
+                .required_headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            allow_users: cfg.allow_users.clone(),
+        })
+    }
+
+    fn identity(&self, peer: IpAddr, headers: &HeaderMap) -> Option<String> {
+        if !self.proxies.iter().any(|c| c.contains(peer)) {
+            return None;
+        }
+        if !self.required.iter().all(|h| headers.contains_key(h)) {
+            return None;
+        }
+        let user = headers.get(&self.user_header)?.to_str().ok()?.trim();
+        if user.is_empty() || (!self.allow_users.is_empty() && !self.allow_users.iter().any(|u| u == user)) {
+            return None;
+        }
+        Some(user.to_owned())
+    }
+}
+
+/// The ceiling on wrong secrets per second from everyone together: one atomic
+/// word holding (second, count), so checking it costs a load and no clock read
+/// while the count is low.
+struct Ceiling {
+    max: u32,
+    /// `second << 32 | count`, seconds since `epoch`.
+    state: AtomicU64,
+    epoch: Instant,
+}
+
+impl Ceiling {
+    fn new(max: u32) -> Ceiling {
+        Ceiling { max, state: AtomicU64::new(0), epoch: Instant::now() }
+    }
+
+    fn second(&self) -> u64 {
+        self.epoch.elapsed().as_secs() & u64::from(u32::MAX)
+    }
+
+    /// Whether this second's failures already reached the ceiling.
+    fn exhausted(&self) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let s = self.state.load(Ordering::Relaxed);
+        (s & u64::from(u32::MAX)) >= u64::from(self.max) && (s >> 32) == self.second()
+    }
+
+    fn record(&self) {
+        if self.max == 0 {
+            return;
+        }
+        let now = self.second();
+        let _ = self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+            let count = if (s >> 32) == now { (s & u64::from(u32::MAX)).saturating_add(1) } else { 1 };
+            Some((now << 32) | count.min(u64::from(u32::MAX)))
+        });
+    }
 }
 
 /// Per-IP failed-attempt counts and lockouts.
@@ -175,9 +415,9 @@ impl Limiter {
         }
     }
 
-    /// Whether failures from `ip` are counted. `maxAttempts: 0` turns the limiter off.
-    fn applies_to(&self, ip: IpAddr) -> bool {
-        self.max_attempts > 0 && !(self.exempt_loopback && ip.to_canonical().is_loopback())
+    /// Whether `caller` is exempt from the lockout (its failures are delayed instead).
+    fn exempt(&self, caller: Caller) -> bool {
+        self.exempt_loopback && !caller.browser && caller.ip.to_canonical().is_loopback()
     }
 
     /// Time left on `ip`'s lockout, if it is locked out.
@@ -199,7 +439,9 @@ impl Limiter {
         self.tracked.store(map.len(), Ordering::Relaxed);
     }
 
-    fn record_failure(&self, ip: IpAddr, now: Instant) {
+    /// Counts a failure; with `lock`, locks the IP out at `max_attempts`.
+    /// Returns the failures now in the window (0 when this one locked it out).
+    fn record_failure(&self, ip: IpAddr, now: Instant, lock: bool) -> u32 {
         let mut map = self.entries.lock();
         if !map.contains_key(&ip) && map.len() >= MAX_TRACKED_IPS {
             self.make_room(&mut map, now);
@@ -214,12 +456,19 @@ impl Limiter {
             e.window_start = now;
         }
         e.failures = e.failures.saturating_add(1);
-        if e.failures >= self.max_attempts {
+        let failures = e.failures;
+        let locked = lock && e.failures >= self.max_attempts;
+        if locked {
             e.locked_until = Some(add(now, self.lockout));
             e.failures = 0;
             e.window_start = now;
         }
         self.tracked.store(map.len(), Ordering::Relaxed);
+        if locked {
+            0
+        } else {
+            failures
+        }
     }
 
     /// Drops expired entries; if the map is still full, the one closest to expiry.
@@ -253,6 +502,48 @@ fn constant_time_eq(secret: &[u8], presented: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    const REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn remote() -> Caller {
+        Caller { ip: REMOTE, browser: false }
+    }
+
+    fn local(browser: bool) -> Caller {
+        Caller { ip: LOOPBACK, browser }
+    }
+
+    fn err(d: Denied) -> Result<(), Refusal> {
+        Err(Refusal::now(d))
+    }
+
+    fn rate_limit(max: u32, window_ms: u64, lockout_ms: u64, exempt: bool) -> RateLimitConfig {
+        RateLimitConfig {
+            max_attempts: max,
+            window_ms,
+            lockout_ms,
+            exempt_loopback: exempt,
+            max_failures_per_second: 0,
+        }
+    }
+
+    fn auth(max: u32, window_ms: u64, lockout_ms: u64, exempt: bool) -> Auth {
+        Auth::new(AuthMode::Token, Some("s3cret".into()), &rate_limit(max, window_ms, lockout_ms, exempt))
+    }
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, hv(v));
+        }
+        h
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_values() {
@@ -262,19 +553,6 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secre"));
         assert!(!constant_time_eq(b"secret", b""));
         assert!(!constant_time_eq(b"ab", b"ab\0"));
-    }
-    use std::net::Ipv4Addr;
-
-    const REMOTE: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
-    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-    fn auth(max: u32, window_ms: u64, lockout_ms: u64, exempt: bool) -> Auth {
-        let rl = RateLimitConfig { max_attempts: max, window_ms, lockout_ms, exempt_loopback: exempt };
-        Auth::new(AuthMode::Token, Some("s3cret".into()), &rl)
-    }
-
-    fn hv(s: &str) -> HeaderValue {
-        HeaderValue::from_str(s).unwrap()
     }
 
     #[test]
@@ -291,24 +569,25 @@ mod tests {
     #[test]
     fn token_mode() {
         let a = auth(10, 60_000, 300_000, true);
-        assert!(a.check_header(REMOTE, Some(&hv("Bearer s3cret"))).is_ok());
-        assert!(a.check_header(REMOTE, Some(&hv("bEaReR s3cret"))).is_ok());
-        assert_eq!(a.check_header(REMOTE, Some(&hv("Bearer nope"))), Err(ApiError::Unauthorized));
-        assert_eq!(a.check_header(REMOTE, Some(&hv("Bearer s3cre"))), Err(ApiError::Unauthorized));
-        assert_eq!(a.check_header(REMOTE, None), Err(ApiError::Unauthorized));
+        let with = |v: &str| headers(&[("authorization", v)]);
+        assert!(a.check_request(remote(), &with("Bearer s3cret")).is_ok());
+        assert!(a.check_request(remote(), &with("bEaReR s3cret")).is_ok());
+        assert_eq!(a.check_request(remote(), &with("Bearer nope")), err(Denied::Unauthorized));
+        assert_eq!(a.check_request(remote(), &with("Bearer s3cre")), err(Denied::Unauthorized));
+        assert_eq!(a.check_request(remote(), &HeaderMap::new()), err(Denied::Unauthorized));
     }
 
     #[test]
     fn none_mode_needs_nothing() {
         let a = Auth::new(AuthMode::None, None, &RateLimitConfig::default());
-        assert!(a.check_header(REMOTE, None).is_ok());
-        assert!(a.check_secret(REMOTE, Some("anything")).is_ok());
+        assert!(a.check_request(remote(), &HeaderMap::new()).is_ok());
+        assert!(a.check_secret(remote(), Some("anything")).is_ok());
     }
 
     #[test]
     fn password_mode_without_secret_refuses_all() {
         let a = Auth::new(AuthMode::Password, None, &RateLimitConfig::default());
-        assert_eq!(a.check_secret(REMOTE, Some("")), Err(ApiError::Unauthorized));
+        assert_eq!(a.check_secret(remote(), Some("")), err(Denied::Unauthorized));
     }
 
     #[test]
@@ -317,76 +596,140 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..3 {
             let now = t0 + Duration::from_millis(i);
-            assert_eq!(a.check_at(REMOTE, Some("bad"), Some(now)), Err(ApiError::Unauthorized));
+            assert_eq!(a.check_at(remote(), "bad", Some(now)), err(Denied::Unauthorized));
         }
         let now = t0 + Duration::from_millis(10);
         // Locked: refused with the right secret too, Retry-After rounded up.
-        assert_eq!(
-            a.check_at(REMOTE, Some("s3cret"), Some(now)),
-            Err(ApiError::AuthLockedOut { retry_after_secs: 11 })
-        );
-        assert_eq!(
-            a.check_at(REMOTE, None, Some(now)),
-            Err(ApiError::AuthLockedOut { retry_after_secs: 11 })
-        );
+        assert_eq!(a.check_at(remote(), "s3cret", Some(now)), err(Denied::LockedOut(11)));
         // Another IP is unaffected.
-        let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
-        assert!(a.check_at(other, Some("s3cret"), Some(now)).is_ok());
+        let other = Caller { ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), browser: false };
+        assert!(a.check_at(other, "s3cret", Some(now)).is_ok());
         // After the lockout the right secret works again.
         let later = t0 + Duration::from_millis(2 + 10_500);
-        assert!(a.check_at(REMOTE, Some("s3cret"), Some(later)).is_ok());
+        assert!(a.check_at(remote(), "s3cret", Some(later)).is_ok());
         assert_eq!(a.limiter.len(), 0);
     }
 
     #[test]
     fn missing_header_does_not_count() {
         let a = auth(2, 60_000, 60_000, false);
-        let now = Instant::now();
         for _ in 0..5 {
-            assert_eq!(a.check_at(REMOTE, None, Some(now)), Err(ApiError::Unauthorized));
+            assert_eq!(a.check_secret(remote(), None), err(Denied::Unauthorized));
         }
-        assert!(a.check_at(REMOTE, Some("s3cret"), Some(now)).is_ok());
+        assert!(a.check_secret(remote(), Some("s3cret")).is_ok());
     }
 
     #[test]
     fn failures_outside_the_window_do_not_add_up() {
         let a = auth(3, 1_000, 60_000, false);
         let t0 = Instant::now();
-        a.check_at(REMOTE, Some("bad"), Some(t0)).unwrap_err();
-        a.check_at(REMOTE, Some("bad"), Some(t0 + Duration::from_millis(500))).unwrap_err();
+        a.check_at(remote(), "bad", Some(t0)).unwrap_err();
+        a.check_at(remote(), "bad", Some(t0 + Duration::from_millis(500))).unwrap_err();
         // The window has passed: counting restarts.
         let t1 = t0 + Duration::from_millis(1_200);
-        a.check_at(REMOTE, Some("bad"), Some(t1)).unwrap_err();
-        a.check_at(REMOTE, Some("bad"), Some(t1)).unwrap_err();
-        assert!(a.check_at(REMOTE, Some("s3cret"), Some(t1)).is_ok());
+        a.check_at(remote(), "bad", Some(t1)).unwrap_err();
+        a.check_at(remote(), "bad", Some(t1)).unwrap_err();
+        assert!(a.check_at(remote(), "s3cret", Some(t1)).is_ok());
     }
 
     #[test]
     fn success_resets_the_count() {
         let a = auth(3, 60_000, 60_000, false);
         let now = Instant::now();
-        a.check_at(REMOTE, Some("bad"), Some(now)).unwrap_err();
-        a.check_at(REMOTE, Some("bad"), Some(now)).unwrap_err();
-        a.check_at(REMOTE, Some("s3cret"), Some(now)).unwrap();
-        a.check_at(REMOTE, Some("bad"), Some(now)).unwrap_err();
-        a.check_at(REMOTE, Some("bad"), Some(now)).unwrap_err();
-        assert!(a.check_at(REMOTE, Some("s3cret"), Some(now)).is_ok());
+        a.check_at(remote(), "bad", Some(now)).unwrap_err();
+        a.check_at(remote(), "bad", Some(now)).unwrap_err();
+        a.check_at(remote(), "s3cret", Some(now)).unwrap();
+        a.check_at(remote(), "bad", Some(now)).unwrap_err();
+        a.check_at(remote(), "bad", Some(now)).unwrap_err();
+        assert!(a.check_at(remote(), "s3cret", Some(now)).is_ok());
     }
 
     #[test]
-    fn loopback_exemption() {
+    fn loopback_is_not_locked_out_but_each_wrong_secret_waits_longer() {
         let a = auth(1, 60_000, 60_000, true);
-        for _ in 0..5 {
-            assert_eq!(a.check_secret(LOOPBACK, Some("bad")), Err(ApiError::Unauthorized));
-        }
-        assert!(a.check_secret(LOOPBACK, Some("s3cret")).is_ok());
+        let delays: Vec<Duration> = (0..7)
+            .map(|_| {
+                let r = a.check_secret(local(false), Some("bad")).unwrap_err();
+                assert_eq!(r.denied, Denied::Unauthorized);
+                r.delay
+            })
+            .collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(delays, [ms(250), ms(500), ms(1000), ms(2000), ms(4000), ms(5000), ms(5000)]);
+        assert!(a.check_secret(local(false), Some("s3cret")).is_ok(), "never locked out");
+        // A success starts the doubling over.
+        assert_eq!(a.check_secret(local(false), Some("bad")).unwrap_err().delay, ms(250));
         // IPv4-mapped loopback is loopback too.
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(!a.limiter.applies_to(mapped));
+        let mapped = Caller { ip: "::ffff:127.0.0.1".parse().unwrap(), browser: false };
+        assert!(a.limiter.exempt(mapped));
         // Without the exemption loopback is counted like anyone else.
         let a = auth(1, 60_000, 60_000, false);
-        assert_eq!(a.check_secret(LOOPBACK, Some("bad")), Err(ApiError::Unauthorized));
-        assert!(matches!(a.check_secret(LOOPBACK, Some("s3cret")), Err(ApiError::AuthLockedOut { .. })));
+        assert_eq!(a.check_secret(local(false), Some("bad")), err(Denied::Unauthorized));
+        assert!(matches!(
+            a.check_secret(local(false), Some("s3cret")),
+            Err(Refusal { denied: Denied::LockedOut(_), .. })
+        ));
+    }
+
+    #[test]
+    fn a_browser_origin_voids_the_loopback_exemption() {
+        let a = auth(2, 60_000, 60_000, true);
+        assert_eq!(a.check_secret(local(true), Some("bad")), err(Denied::Unauthorized));
+        assert_eq!(a.check_secret(local(true), Some("bad")), err(Denied::Unauthorized));
+        // Locked out: a web page cannot keep guessing, not even with the right secret.
+        assert!(matches!(
+            a.check_secret(local(true), Some("s3cret")),
+            Err(Refusal { denied: Denied::LockedOut(_), delay }) if delay.is_zero()
+        ));
+    }
+
+    #[test]
+    fn the_global_ceiling_refuses_every_attempt_for_the_rest_of_the_second() {
+        let mut rl = rate_limit(1000, 60_000, 60_000, false);
+        rl.max_failures_per_second = 3;
+        let a = Auth::new(AuthMode::Token, Some("s3cret".into()), &rl);
+        for i in 0..3u8 {
+            let c = Caller { ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), browser: false };
+            assert_eq!(a.check_secret(c, Some("bad")), err(Denied::Unauthorized));
+        }
+        // A fourth address, with the right secret even: refused without a comparison.
+        let c = Caller { ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)), browser: false };
+        let second = a.ceiling.second();
+        let r = a.check_secret(c, Some("s3cret"));
+        if a.ceiling.second() == second {
+            assert_eq!(r, err(Denied::LockedOut(1)));
+        }
+        // No secret at all is not an attempt.
+        assert_eq!(a.check_secret(c, None), err(Denied::Unauthorized));
+    }
+
+    #[test]
+    fn trusted_proxy_identity() {
+        let cfg = TrustedProxyConfig {
+            user_header: "x-forwarded-user".into(),
+            required_headers: vec!["x-forwarded-proto".into()],
+            allow_users: vec![],
+            allow_loopback: false,
+        };
+        let mut a = Auth::new(AuthMode::TrustedProxy, None, &RateLimitConfig::default());
+        a.proxy = TrustedProxy::new(vec![Cidr::parse("10.0.0.0/8").unwrap()], &cfg);
+        let proxy = Caller { ip: "10.1.2.3".parse().unwrap(), browser: false };
+        let good = headers(&[("x-forwarded-user", "nick@example.com"), ("x-forwarded-proto", "https")]);
+        assert!(a.check_request(proxy, &good).is_ok());
+        assert_eq!(a.proxy_identity(proxy.ip, &good).as_deref(), Ok("nick@example.com"));
+        // Not from a trusted proxy: the header is anyone's to forge.
+        assert_eq!(a.check_request(remote(), &good), err(Denied::Unauthorized));
+        // A required header missing, or no user.
+        let partial = headers(&[("x-forwarded-user", "nick@example.com")]);
+        assert_eq!(a.check_request(proxy, &partial), err(Denied::Unauthorized));
+        let nobody = headers(&[("x-forwarded-user", " "), ("x-forwarded-proto", "https")]);
+        assert_eq!(a.check_request(proxy, &nobody), err(Denied::Unauthorized));
+        // A bearer secret means nothing in this mode.
+        assert_eq!(a.check_secret(proxy, Some("anything")), err(Denied::Unauthorized));
+        // allowUsers restricts who.
+        let cfg = TrustedProxyConfig { allow_users: vec!["admin@example.com".into()], ..cfg };
+        a.proxy = TrustedProxy::new(vec![Cidr::parse("10.0.0.0/8").unwrap()], &cfg);
+        assert_eq!(a.check_request(proxy, &good), err(Denied::Unauthorized));
     }
 
     #[test]
@@ -394,12 +737,12 @@ mod tests {
         let a = auth(100, 60_000, 60_000, false);
         let now = Instant::now();
         for i in 0..(MAX_TRACKED_IPS as u32 + 50) {
-            a.limiter.record_failure(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), now);
+            a.limiter.record_failure(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), now, true);
         }
         assert_eq!(a.limiter.len(), MAX_TRACKED_IPS);
         // Expired entries are pruned first.
         let later = now + Duration::from_secs(120);
-        a.limiter.record_failure(REMOTE, later);
+        a.limiter.record_failure(REMOTE, later, true);
         assert_eq!(a.limiter.len(), 1);
     }
 

@@ -46,6 +46,14 @@ pub enum ApiError {
     /// The body is over `maxBodyBytes` (on HTTP/1 the chat handler also closes the connection).
     #[error("Payload too large")]
     PayloadTooLarge,
+    /// A browser `Origin` that is neither the gateway's own nor allowed (`403`,
+    /// before authentication).
+    #[error("Origin not allowed")]
+    OriginNotAllowed,
+    /// A chat completion whose body is not declared JSON (`415`): a cross-site
+    /// form or `text/plain` "simple" request must not run.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
     /// `GET /v1/models/{id}` for an id that is not listed (see [`ApiError::model_not_found`]).
     #[error("{0}")]
     ModelNotFound(String),
@@ -125,6 +133,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AuthLockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Agent { status, .. } => *status,
             ApiError::AgentUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -181,6 +191,18 @@ impl ApiError {
                 Some("auth_rate_limited"),
             ),
             ApiError::PayloadTooLarge => ("Payload too large", "invalid_request_error", None, None),
+            ApiError::OriginNotAllowed => (
+                "This origin may not use the gateway (gateway.allowedOrigins).",
+                "forbidden",
+                None,
+                Some("origin_not_allowed"),
+            ),
+            ApiError::UnsupportedMediaType => (
+                "Content-Type must be application/json.",
+                "invalid_request_error",
+                None,
+                Some("unsupported_media_type"),
+            ),
             ApiError::ModelNotFound(message) => {
                 (message, "invalid_request_error", Some("model"), Some("model_not_found"))
             }

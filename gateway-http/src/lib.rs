@@ -24,6 +24,7 @@
 //! ```
 
 pub mod auth;
+pub mod browser;
 pub mod client;
 pub mod error;
 pub mod metrics;

@@ -73,6 +73,7 @@ pub struct Metrics {
     /// The embedded agent-svc's own metrics, rendered after the gateway's.
     embedded: std::sync::OnceLock<PrometheusHandle>,
     stream_errors: Counter,
+    origin_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,6 +115,8 @@ impl Metrics {
         let in_flight = recorder.register_gauge(&Key::from_name("openclaw_gateway_runs_in_flight"), &META);
         let stream_errors =
             recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
+        let origin_refused =
+            recorder.register_counter(&Key::from_name("openclaw_gateway_origin_refused_total"), &META);
         Metrics {
             recorder,
             handle,
@@ -127,6 +130,7 @@ impl Metrics {
             in_flight,
             embedded: std::sync::OnceLock::new(),
             stream_errors,
+            origin_refused,
         }
     }
 
@@ -157,6 +161,22 @@ impl Metrics {
     pub fn run_finished(&self, started_at: std::time::Instant, finished: &services::proto::RunFinished) {
         let provider = Duration::from_micros(finished.provider_micros);
         self.overhead.record(started_at.elapsed().saturating_sub(provider).as_secs_f64());
+    }
+
+    /// Counts a request refused for its browser `Origin`.
+    pub fn origin_refused(&self) {
+        self.origin_refused.increment(1);
+    }
+
+    /// The auth counters.
+    pub fn auth(&self) -> crate::auth::AuthMetrics {
+        let c = |name: &'static str| self.recorder.register_counter(&Key::from_name(name), &META);
+        crate::auth::AuthMetrics {
+            failures: c("openclaw_gateway_auth_failures_total"),
+            lockouts: c("openclaw_gateway_auth_lockouts_total"),
+            throttled: c("openclaw_gateway_auth_throttled_total"),
+            delayed: c("openclaw_gateway_auth_delayed_total"),
+        }
     }
 
     /// Counts an error delivered inside an already-started SSE stream.
@@ -274,6 +294,24 @@ fn describe(r: &PrometheusRecorder) {
         "Calls that failed on the replica before it started them and were retried on another.".into(),
     );
     r.describe_gauge("openclaw_gateway_runs_in_flight".into(), None, "Agent runs being served.".into());
+    for (name, help) in [
+        (
+            "openclaw_gateway_origin_refused_total",
+            "Requests refused for a browser Origin that is not allowed.",
+        ),
+        ("openclaw_gateway_auth_failures_total", "Wrong secrets presented (HTTP and WebSocket connect)."),
+        ("openclaw_gateway_auth_lockouts_total", "Client IPs locked out after too many wrong secrets."),
+        (
+            "openclaw_gateway_auth_throttled_total",
+            "Attempts refused by the global ceiling on wrong secrets per second.",
+        ),
+        (
+            "openclaw_gateway_auth_delayed_total",
+            "Wrong secrets of lockout-exempt (loopback) clients answered late.",
+        ),
+    ] {
+        r.describe_counter(name.into(), Some(Unit::Count), help.into());
+    }
     r.describe_counter(
         "openclaw_gateway_stream_errors_total".into(),
         Some(Unit::Count),

@@ -3,6 +3,7 @@
 //! shutdown signal.
 
 use crate::auth::Auth;
+use crate::browser::Origins;
 use crate::client::AgentClient;
 use crate::metrics::Metrics;
 use crate::openai::ImagePolicy;
@@ -61,13 +62,17 @@ struct Inner {
     ws_runs: ChatRuns,
     /// The open WebSocket connections (served outside the HTTP server once upgraded).
     ws_connections: TaskTracker,
+    /// Browser origins allowed besides the gateway's own.
+    origins: Origins,
 }
 
 impl AppState {
     /// State for `config`, talking to agent-svc through `client`.
     pub fn new(config: &LoadedConfig, client: AgentClient) -> AppState {
         let chat = ChatSettings::from_config(config);
-        AppState::with_ws(client, Auth::from_config(config), chat, WsSettings::from_config(config))
+        let auth = Auth::from_config(config).with_metrics(client.metrics().auth());
+        let origins = Origins::new(&config.config.gateway.allowed_origins);
+        AppState::build(client, auth, chat, WsSettings::from_config(config), origins)
     }
 
     /// State from its parts (the client's metrics, default WebSocket settings).
@@ -77,6 +82,16 @@ impl AppState {
 
     /// State from its parts, with these WebSocket settings.
     pub fn with_ws(client: AgentClient, auth: Auth, chat: ChatSettings, ws: WsSettings) -> AppState {
+        AppState::build(client, auth, chat, ws, Origins::default())
+    }
+
+    fn build(
+        client: AgentClient,
+        auth: Auth,
+        chat: ChatSettings,
+        ws: WsSettings,
+        origins: Origins,
+    ) -> AppState {
         AppState(Arc::new(Inner {
             metrics: client.metrics().clone(),
             client,
@@ -86,7 +101,18 @@ impl AppState {
             ws,
             ws_runs: ChatRuns::default(),
             ws_connections: TaskTracker::new(),
+            origins,
         }))
+    }
+
+    /// Browser origins allowed besides the gateway's own.
+    pub fn origins(&self) -> &Origins {
+        &self.0.origins
+    }
+
+    /// The metrics, shared.
+    pub fn metrics_handle(&self) -> &Arc<Metrics> {
+        &self.0.metrics
     }
 
     /// The agent-svc client.

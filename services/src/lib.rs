@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod messages;
+pub mod net;
 pub mod redact;
 pub mod rules;
 pub mod run_events;

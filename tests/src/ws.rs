@@ -109,8 +109,26 @@ impl WsClient {
         addr: SocketAddr,
         path: &str,
     ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
-        let url = format!("ws://{addr}{path}");
-        let (ws, _resp) = tokio_tungstenite::connect_async(url).await?;
+        Self::try_open_with(addr, path, &[]).await
+    }
+
+    /// Opens `ws://addr<path>` with extra headers on the upgrade request (a
+    /// browser's `Origin`, a proxy's identity header). A refused upgrade is
+    /// `Err(Http(response))` with the server's status.
+    pub async fn try_open_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        let mut req = format!("ws://{addr}{path}").into_client_request()?;
+        for (k, v) in headers {
+            let v = HeaderValue::from_str(v)
+                .map_err(|e| tokio_tungstenite::tungstenite::Error::HttpFormat(e.into()))?;
+            req.headers_mut().insert(*k, v);
+        }
+        let (ws, _resp) = tokio_tungstenite::connect_async(req).await?;
         Ok(WsClient { ws, events: VecDeque::new(), replies: HashMap::new(), next_id: 0, pings: 0 })
     }
 

@@ -64,8 +64,24 @@ async fn order_of_checks() {
     let r = send(gw.post(chat).header("authorization", "Bearer nope").body("{")).await;
     assert_eq!(r.status, 401);
 
+    // A JSON content type after auth, before the body is read (a browser's
+    // "simple" cross-site request cannot send one).
+    for ct in
+        [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data")]
+    {
+        let mut rb = gw.post(chat).bearer_auth(TOKEN).body("x".repeat(5000));
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
+        }
+        let r = send(rb).await;
+        assert_eq!(r.status, 415, "{ct:?}");
+        assert_eq!(r.json()["error"]["code"], "unsupported_media_type");
+    }
+    let json_post =
+        || gw.post(chat).bearer_auth(TOKEN).header("content-type", "application/json; charset=utf-8");
+
     // Body size (declared) before JSON.
-    let r = send(gw.post(chat).bearer_auth(TOKEN).body("x".repeat(5000))).await;
+    let r = send(json_post().body("x".repeat(5000))).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.header("connection"), Some("close"));
     let v = r.json();
@@ -73,15 +89,17 @@ async fn order_of_checks() {
     assert_eq!(v["error"]["type"], "invalid_request_error");
     // Body size without Content-Length (chunked): the read is capped.
     let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 200])));
-    let r = send(gw.post(chat).bearer_auth(TOKEN).body(reqwest::Body::wrap_stream(chunks))).await;
+    let r = send(json_post().body(reqwest::Body::wrap_stream(chunks))).await;
     assert_eq!(r.status, 413);
 
     // JSON, then semantics.
-    let r = send(gw.post(chat).bearer_auth(TOKEN).body("{\"messages\": [")).await;
+    let r = send(json_post().body("{\"messages\": [")).await;
     assert_eq!(r.status, 400);
     let v = r.json();
     assert!(v["error"]["message"].as_str().unwrap_or_default().contains("line 1"), "{v}");
-    let r = send(gw.post(chat).bearer_auth(TOKEN).body("[1]")).await;
+    let r =
+        send(gw.post(chat).bearer_auth(TOKEN).header("content-type", "application/vnd.api+json").body("[1]"))
+            .await;
     assert_eq!(r.status, 400);
     let r = send(gw.chat(&json!({"model": "gpt-4", "messages": []}))).await;
     assert_eq!(r.status, 400);

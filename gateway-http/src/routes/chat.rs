@@ -20,8 +20,8 @@ const SESSION_KEY: &str = "x-openclaw-session-key";
 const REQUEST_ID: &str = "x-request-id";
 const TRACEPARENT: &str = "traceparent";
 
-/// Checks come in SPEC order: auth (the extractor) → body size → JSON →
-/// semantics (here, then agent-svc).
+/// Checks come in SPEC order: auth (the extractor) → JSON content type →
+/// body size → JSON → semantics (here, then agent-svc).
 pub async fn completions(
     State(state): State<AppState>,
     _: Authorized,
@@ -30,6 +30,9 @@ pub async fn completions(
     let started_at = Instant::now();
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
+    if !is_json(headers) {
+        return Ok(unread_body(ApiError::UnsupportedMediaType, parts.version));
+    }
     let body = match read_body(headers, body, state.chat().max_body_bytes).await {
         Ok(body) => body,
         Err(e) => return Ok(unread_body(e, parts.version)),
@@ -96,6 +99,20 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&
             Err(_) => Err(ApiError::invalid_no_param(format!("The `{name}` header must be UTF-8."))),
         },
     }
+}
+
+/// Whether the body is declared JSON (`application/json` or `application/*+json`,
+/// parameters allowed). A browser's "simple" cross-site request can only send
+/// `text/plain`, form or multipart bodies, so this keeps it from running.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else { return false };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
 /// The answer when the body was not read to its end: on HTTP/1 the rest of it

@@ -16,6 +16,8 @@ mod chat;
 mod health;
 mod models;
 
+use crate::auth::Caller;
+use crate::browser::BrowserGuardLayer;
 use crate::error::ApiError;
 use crate::metrics::Route;
 use crate::state::AppState;
@@ -45,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     r.fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(crate::ws::UpgradeLayer::new(state.clone()))
+        .layer(BrowserGuardLayer::new(state.origins().clone(), state.metrics_handle().clone()))
         .with_state(state)
 }
 
@@ -83,9 +86,17 @@ impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth().check_header(client_ip(parts), parts.headers.get(http::header::AUTHORIZATION))?;
-        Ok(Authorized)
+        match state.auth().check_request(caller(parts), &parts.headers) {
+            Ok(()) => Ok(Authorized),
+            // A wrong secret from an exempt client is answered late (guessing made slow).
+            Err(refusal) => Err(refusal.answer().await),
+        }
     }
+}
+
+/// Who is asking: the peer address, and whether a browser sent the request.
+pub(crate) fn caller(parts: &Parts) -> Caller {
+    Caller { ip: client_ip(parts), browser: parts.headers.contains_key(http::header::ORIGIN) }
 }
 
 /// The peer address of the connection (never a header: those are client-chosen).

@@ -11,6 +11,7 @@ use super::methods::{self, Conn};
 use super::outbox::{write_loop, Closing, Outbox};
 use super::protocol::{self, close, code, ErrorShape, PRECONNECT_MAX_BYTES, PROTOCOL_VERSION};
 use super::WsSettings;
+use crate::auth::{Caller, Denied};
 use crate::state::AppState;
 use axum::extract::ws::{Message, WebSocket};
 use futures::stream::SplitStream;
@@ -18,7 +19,6 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use services::config::AuthMode;
-use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +36,11 @@ const TOO_BIG_LINGER: Duration = Duration::from_millis(500);
 
 type Stream = SplitStream<WebSocket>;
 
-/// Serves one upgraded connection from `ip` until it closes.
-pub(crate) async fn serve(socket: WebSocket, state: AppState, ip: IpAddr) {
+/// Serves one upgraded connection from `caller` until it closes. `proxied`
+/// (mode `trusted-proxy` only) says whether the upgrade carried an identity
+/// from a trusted proxy.
+pub(crate) async fn serve(socket: WebSocket, state: AppState, caller: Caller, proxied: Option<bool>) {
+    let ip = caller.ip;
     let settings = *state.ws();
     let conn_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
     let (sink, mut stream) = socket.split();
@@ -47,7 +50,7 @@ pub(crate) async fn serve(socket: WebSocket, state: AppState, ip: IpAddr) {
 
     if state.force_close().is_cancelled() {
         outbox.close(Closing::with(close::RESTART, "service restart"));
-    } else if handshake(&state, &settings, &mut stream, &outbox, ip, &conn_id).await {
+    } else if handshake(&state, &settings, &mut stream, &outbox, caller, proxied, &conn_id).await {
         let conn = Conn {
             state,
             outbox: outbox.clone(),
@@ -134,7 +137,8 @@ async fn handshake(
     settings: &WsSettings,
     stream: &mut Stream,
     outbox: &Outbox,
-    ip: IpAddr,
+    caller: Caller,
+    proxied: Option<bool>,
     conn_id: &str,
 ) -> bool {
     let challenge = json!({"nonce": uuid::Uuid::new_v4().to_string(), "ts": protocol::now_ms()});
@@ -218,12 +222,16 @@ async fn handshake(
         return false;
     }
     let auth = params.auth.unwrap_or_default();
-    let presented = match state.auth().mode() {
-        AuthMode::Token => auth.token,
-        AuthMode::Password => auth.password,
-        AuthMode::None => None,
+    let checked = match state.auth().mode() {
+        AuthMode::Token => state.auth().check_secret(caller, auth.token.as_deref()),
+        AuthMode::Password => state.auth().check_secret(caller, auth.password.as_deref()),
+        AuthMode::None => Ok(()),
+        AuthMode::TrustedProxy if proxied == Some(true) => Ok(()),
+        AuthMode::TrustedProxy => Err(Denied::Unauthorized.into()),
     };
-    if let Err(e) = state.auth().check_secret(ip, presented.as_deref()) {
+    if let Err(refusal) = checked {
+        // A wrong secret from an exempt client is answered late (guessing made slow).
+        let e = refusal.answer().await;
         let shape = ErrorShape::from(&e);
         let reason = if shape.code == code::RATE_LIMITED { "rate limited" } else { "unauthorized" };
         refuse(outbox, &req.id, &shape, reason);

@@ -27,7 +27,7 @@ use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, Either};
 use http::{header, HeaderMap, Method};
-use services::config::{LoadedConfig, WsConfig};
+use services::config::{AuthMode, LoadedConfig, WsConfig};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -99,7 +99,10 @@ fn connection_upgrade(headers: &HeaderMap) -> bool {
 /// incomplete) and serves the connection in its own task.
 async fn accept(state: AppState, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let ip = crate::routes::client_ip(&parts);
+    let caller = crate::routes::caller(&parts);
+    // Mode `trusted-proxy`: the identity rides on the upgrade request, not in `connect`.
+    let proxied = (state.auth().mode() == AuthMode::TrustedProxy)
+        .then(|| state.auth().proxy_identity(caller.ip, &parts.headers).is_ok());
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -110,7 +113,7 @@ async fn accept(state: AppState, req: Request) -> Response {
         .max_message_size(settings.max_payload)
         .max_frame_size(settings.max_payload)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, ip)))
+        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, caller, proxied)))
 }
 
 /// The layer that takes WebSocket requests off the routes (see the module docs).

@@ -273,6 +273,53 @@ impl LoadedConfig {
         let ip = parse_bind(bind).ok_or_else(|| {
             self.error(bind_key, format!("invalid bind {bind:?} (loopback, lan or an IP address)"))
         })?;
+        for (i, o) in self.config.gateway.allowed_origins.iter().enumerate() {
+            if crate::net::normalize_origin(o).is_none() {
+                return Err(self.error(
+                    format!("gateway.allowedOrigins[{i}]"),
+                    format!("{o:?} is not an origin (scheme://host[:port], http or https)"),
+                ));
+            }
+        }
+        let mut proxies = Vec::new();
+        for (i, p) in self.config.gateway.trusted_proxies.iter().enumerate() {
+            let cidr = crate::net::Cidr::parse(p).ok_or_else(|| {
+                self.error(
+                    format!("gateway.trustedProxies[{i}]"),
+                    format!("{p:?} is not an IP address or CIDR range"),
+                )
+            })?;
+            proxies.push((i, cidr));
+        }
+        let tp = &auth.trusted_proxy;
+        if auth.mode == AuthMode::TrustedProxy {
+            if proxies.is_empty() {
+                return Err(self.error(
+                    "gateway.trustedProxies",
+                    "auth mode \"trusted-proxy\" needs the proxies' addresses (gateway.trustedProxies)",
+                ));
+            }
+            if http::HeaderName::from_bytes(tp.user_header.as_bytes()).is_err() {
+                return Err(self.error(
+                    "gateway.auth.trustedProxy.userHeader",
+                    "auth mode \"trusted-proxy\" needs the name of the header that carries the user",
+                ));
+            }
+            for (i, h) in tp.required_headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(self.error(
+                        format!("gateway.auth.trustedProxy.requiredHeaders[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    ));
+                }
+            }
+            if let Some((i, _)) = proxies.iter().find(|(_, c)| c.is_loopback() && !tp.allow_loopback) {
+                return Err(self.error(
+                    format!("gateway.trustedProxies[{i}]"),
+                    "a loopback proxy is trusted only with gateway.auth.trustedProxy.allowLoopback: true",
+                ));
+            }
+        }
         match auth.mode {
             AuthMode::Token if self.auth_token_from(env).is_none() => Err(self.error(
                 "gateway.auth.token",

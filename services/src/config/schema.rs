@@ -37,6 +37,12 @@ pub struct GatewayConfig {
     pub agent_service: AgentServiceConfig,
     /// WebSocket protocol limits.
     pub ws: WsConfig,
+    /// Browser origins (`scheme://host[:port]`) allowed besides the gateway's
+    /// own; a request or WebSocket upgrade from any other `Origin` gets `403`.
+    pub allowed_origins: Vec<String>,
+    /// Proxies (IPs or CIDRs) whose forwarded headers are believed: the
+    /// identity header of auth mode `trusted-proxy`.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -48,13 +54,15 @@ impl Default for GatewayConfig {
             http: HttpConfig::default(),
             agent_service: AgentServiceConfig::default(),
             ws: WsConfig::default(),
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
 /// `gateway.auth.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
     /// Bearer token.
     #[default]
@@ -63,6 +71,9 @@ pub enum AuthMode {
     Password,
     /// No authentication (loopback binds only).
     None,
+    /// The identity a trusted reverse proxy puts in a header
+    /// (`gateway.auth.trustedProxy`), believed only from `gateway.trustedProxies`.
+    TrustedProxy,
 }
 
 /// `gateway.auth.*`.
@@ -77,6 +88,22 @@ pub struct AuthConfig {
     pub password: Option<String>,
     /// Failed-attempt lockout.
     pub rate_limit: RateLimitConfig,
+    /// Mode `trusted-proxy`: which header carries the identity, and what else must hold.
+    pub trusted_proxy: TrustedProxyConfig,
+}
+
+/// `gateway.auth.trustedProxy.*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrustedProxyConfig {
+    /// The header with the authenticated user (e.g. `x-forwarded-user`); required in that mode.
+    pub user_header: String,
+    /// Headers the proxy always sets, which must all be present.
+    pub required_headers: Vec<String>,
+    /// Only these users (empty: any user the proxy vouches for).
+    pub allow_users: Vec<String>,
+    /// Also trust a proxy on a loopback address (it must then be in `trustedProxies`).
+    pub allow_loopback: bool,
 }
 
 // Secrets must never reach logs, so Debug is written by hand.
@@ -87,6 +114,7 @@ impl fmt::Debug for AuthConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("rate_limit", &self.rate_limit)
+            .field("trusted_proxy", &self.trusted_proxy)
             .finish()
     }
 }
@@ -101,13 +129,23 @@ pub struct RateLimitConfig {
     pub window_ms: u64,
     /// How long a locked-out IP is refused.
     pub lockout_ms: u64,
-    /// Loopback clients are never locked out.
+    /// Loopback clients are never locked out (each wrong secret is delayed instead),
+    /// unless the request carries a browser `Origin`.
     pub exempt_loopback: bool,
+    /// Wrong secrets accepted per second from everyone together; beyond it every
+    /// attempt is refused at once (`429`) until the next second. 0: no ceiling.
+    pub max_failures_per_second: u32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { max_attempts: 10, window_ms: 60_000, lockout_ms: 300_000, exempt_loopback: true }
+        Self {
+            max_attempts: 10,
+            window_ms: 60_000,
+            lockout_ms: 300_000,
+            exempt_loopback: true,
+            max_failures_per_second: 20,
+        }
     }
 }
 
