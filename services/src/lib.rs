@@ -13,6 +13,7 @@ pub mod rules;
 pub mod run_events;
 pub mod session_key;
 pub mod signal;
+pub mod sse;
 pub mod telemetry;
 
 /// Generated code for package `openclaw.agent.v1`.

@@ -38,6 +38,7 @@ use axum::routing::post;
 use axum::Router;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use futures::StreamExt as _;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -156,6 +157,9 @@ pub enum Behavior {
     },
     /// `200` SSE whose second event is `data: {not json`.
     Malformed,
+    /// `200` SSE whose second event is a `data:` line that never ends (64 KiB
+    /// of `x` after another, for as long as the client reads).
+    EndlessLine,
     /// A plain `200` JSON answer (an upstream that ignores `stream: true`).
     Json(Value),
     /// `200` SSE with these JSON values as the `data:` of successive events, then
@@ -717,6 +721,23 @@ fn respond(behavior: Behavior, ctx: Ctx, mut guard: ResponseGuard) -> BoxFuture<
                     events.iter().map(|v| Step::Data(format!("data: {v}\n\n"))).collect();
                 steps.push(Step::Data("data: [DONE]\n\n".to_string()));
                 sse(steps, guard)
+            }
+            Behavior::EndlessLine => {
+                let head =
+                    format!("{}data: ", chunk(&ctx, json!({"role": "assistant", "content": ""}), None));
+                let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+                let body = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) })
+                    .chain(futures::stream::repeat_with(move || Ok(piece.clone())));
+                // The guard stays: the client's drop is what ends this answer.
+                let body = body.map(move |b| {
+                    let _ = &guard;
+                    b
+                });
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .body(Body::from_stream(body))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
             }
             Behavior::Malformed => {
                 let steps = vec![

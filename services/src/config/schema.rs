@@ -323,6 +323,9 @@ pub struct ProviderConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed until the first byte of the answer.
     pub first_byte_timeout_ms: u64,
+    /// Time allowed between two chunks of an answer once it has begun (a
+    /// provider that stalls mid-answer); 0: no limit but the run's own.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ProviderConfig {
@@ -335,6 +338,7 @@ impl Default for ProviderConfig {
             headers: BTreeMap::new(),
             connect_timeout_ms: 10_000,
             first_byte_timeout_ms: 120_000,
+            idle_timeout_ms: 120_000,
         }
     }
 }
@@ -345,6 +349,7 @@ impl fmt::Debug for ProviderConfig {
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("api", &self.api)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
             .field("models", &self.models)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()

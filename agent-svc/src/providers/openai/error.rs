@@ -6,7 +6,6 @@
 use super::read_capped;
 use super::wire::{ErrorEnvelope, ErrorField};
 use crate::providers::ProviderError;
-use eventsource_stream::EventStreamError;
 use std::time::Duration;
 
 /// Cap on an error response body we read (enough for any real error message).
@@ -31,7 +30,7 @@ pub(super) fn send_error(e: reqwest::Error) -> ProviderError {
 pub(super) async fn error_from_response(resp: reqwest::Response, limit: Duration) -> ProviderError {
     let status = resp.status();
     // A body that is slow or breaks off still leaves us the status to report.
-    let body = match tokio::time::timeout(limit, read_capped(resp, MAX_ERROR_BODY)).await {
+    let body = match tokio::time::timeout(limit, read_capped(resp, MAX_ERROR_BODY, None)).await {
         Ok(Ok(b)) => b,
         _ => Vec::new(),
     };
@@ -97,19 +96,6 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         src = s.source();
     }
     out
-}
-
-/// A stream that could not be read as server-sent events.
-pub(super) fn sse_error<E: std::error::Error + 'static>(e: EventStreamError<E>) -> ProviderError {
-    match e {
-        EventStreamError::Transport(e) => {
-            ProviderError::Upstream(format!("provider stream broke off: {}", describe(&e)))
-        }
-        EventStreamError::Utf8(e) => ProviderError::Upstream(format!("malformed stream from provider: {e}")),
-        EventStreamError::Parser(e) => {
-            ProviderError::Upstream(format!("malformed stream from provider: {e}"))
-        }
-    }
 }
 
 #[cfg(test)]

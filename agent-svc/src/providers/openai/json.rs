@@ -2,7 +2,7 @@
 //! answered one `application/json` completion gets read whole (capped) and
 //! turned into the event sequence a stream would have produced.
 
-use super::error::{describe, reported};
+use super::error::reported;
 use super::read_capped;
 use super::wire::Completion;
 use crate::providers::{ProviderError, ProviderEvent};
@@ -12,10 +12,11 @@ use services::run_events::finish_reason_with_calls;
 const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
 /// Reads a whole completion response into its events.
-pub(super) async fn read_completion(resp: reqwest::Response) -> Result<Vec<ProviderEvent>, ProviderError> {
-    let body = read_capped(resp, MAX_JSON_BODY).await.map_err(|e| {
-        ProviderError::Upstream(format!("reading provider response failed: {}", describe(&e)))
-    })?;
+pub(super) async fn read_completion(
+    resp: reqwest::Response,
+    idle: Option<std::time::Duration>,
+) -> Result<Vec<ProviderEvent>, ProviderError> {
+    let body = read_capped(resp, MAX_JSON_BODY, idle).await?;
     if body.len() >= MAX_JSON_BODY {
         return Err(ProviderError::Upstream("provider response too large".into()));
     }

@@ -41,6 +41,7 @@ pub struct OpenAiProvider {
     url: reqwest::Url,
     client: reqwest::Client,
     first_byte_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
 }
 
 // Hand-written so that headers (the API key) can never reach a log.
@@ -114,6 +115,7 @@ impl OpenAiProvider {
             client,
             first_byte_timeout: (cfg.first_byte_timeout_ms > 0)
                 .then(|| Duration::from_millis(cfg.first_byte_timeout_ms)),
+            idle_timeout: (cfg.idle_timeout_ms > 0).then(|| Duration::from_millis(cfg.idle_timeout_ms)),
         })
     }
 
@@ -142,6 +144,7 @@ impl Provider for OpenAiProvider {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body);
         let first_byte = self.first_byte_timeout;
+        let idle = self.idle_timeout;
         let name = self.name.clone();
         Box::pin(async move {
             let sent = match first_byte {
@@ -171,18 +174,39 @@ impl Provider for OpenAiProvider {
             }
             if is_json(resp.headers()) {
                 // An upstream that ignored `stream: true`: same events, all at once.
-                let events = json::read_completion(resp).await?;
+                let events = json::read_completion(resp, idle).await?;
                 return Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed());
             }
-            Ok(stream::SseStream::new(resp.bytes_stream()).boxed())
+            Ok(stream::SseStream::new(resp.bytes_stream(), idle).boxed())
         })
     }
 }
 
-/// Reads a body up to `cap` bytes (the rest is left unread and the connection dropped).
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
+/// Reads a body up to `cap` bytes (the rest is left unread and the connection
+/// dropped); `idle` bounds the wait for each chunk.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+    idle: Option<Duration>,
+) -> Result<Vec<u8>, ProviderError> {
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
+    loop {
+        let next = match idle {
+            Some(limit) => tokio::time::timeout(limit, resp.chunk()).await.map_err(|_| {
+                ProviderError::Timeout(format!("provider sent nothing for {} ms", limit.as_millis()))
+            })?,
+            None => resp.chunk().await,
+        };
+        let chunk = match next {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ProviderError::Upstream(format!(
+                    "reading provider response failed: {}",
+                    error::describe(&e)
+                )))
+            }
+        };
         let room = cap - buf.len();
         if chunk.len() >= room {
             buf.extend_from_slice(&chunk[..room]);

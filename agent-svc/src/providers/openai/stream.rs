@@ -1,17 +1,30 @@
-//! The streamed answer: the response body read as server-sent events
-//! (`eventsource-stream`, which never reconnects, so an answer is never
-//! replayed) and turned into [`ProviderEvent`]s as chunks arrive, in the order
-//! the [`Provider`](crate::providers::Provider) trait promises.
+//! The streamed answer: the response body read as server-sent events with the
+//! incremental [`SseParser`] (no reconnection, so an answer is never replayed)
+//! and turned into [`ProviderEvent`]s as chunks arrive, in the order the
+//! [`Provider`](crate::providers::Provider) trait promises.
+//!
+//! Bounded in memory and time: an event that grows past [`MAX_EVENT_BYTES`]
+//! (a `data:` line that never ends, endless `data:` lines without a blank one)
+//! is a bad response (`502`) as soon as it passes the bound, and a provider that
+//! sends nothing for the idle timeout once its answer has begun ends the run
+//! (`504`), instead of either holding the turn until the run timeout.
 
-use super::error::{reported, sse_error};
+use super::error::{describe, reported};
 use super::wire::StreamChunk;
 use crate::providers::{ProviderError, ProviderEvent};
 use futures::Stream;
 use services::run_events::finish_reason_with_calls;
+use services::sse::{SseItem, SseParser};
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
+
+/// The most one SSE event (its unfinished line and data) may hold.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 fn non_empty(s: Option<Cow<'_, str>>) -> Option<String> {
     s.filter(|s| !s.is_empty()).map(Cow::into_owned)
@@ -106,17 +119,51 @@ impl ChunkState {
 ///
 /// Owns the body: dropping it, or reaching the end, drops the connection.
 pub(super) struct SseStream<S> {
-    inner: Option<Pin<Box<eventsource_stream::EventStream<S>>>>,
+    body: Option<Pin<Box<S>>>,
+    parser: SseParser,
     pending: VecDeque<ProviderEvent>,
     state: ChunkState,
+    /// The idle timeout and its timer, reset by every chunk.
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
 }
 
 impl<S> SseStream<S> {
-    pub(super) fn new(bytes: S) -> Self {
+    /// Reads `bytes`; `idle` bounds the silence between two chunks.
+    pub(super) fn new(bytes: S, idle: Option<Duration>) -> Self {
         Self {
-            inner: Some(Box::pin(eventsource_stream::EventStream::new(bytes))),
+            body: Some(Box::pin(bytes)),
+            parser: SseParser::new(),
             pending: VecDeque::new(),
             state: ChunkState::default(),
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        }
+    }
+
+    /// Parses one chunk of the body into `pending`; `Done` at `[DONE]`.
+    fn on_chunk(&mut self, chunk: &[u8]) -> Result<Flow, ProviderError> {
+        let Self { parser, pending, state, .. } = self;
+        let mut flow = Flow::Continue;
+        let parsed = parser.feed(chunk, |item| {
+            let SseItem::Event { data, .. } = item else { return Ok(()) };
+            let data = std::str::from_utf8(data)
+                .map_err(|e| ProviderError::Upstream(format!("malformed stream from provider: {e}")))?;
+            match state.on_data(data, pending)? {
+                Flow::Continue => Ok(()),
+                Flow::Done => {
+                    flow = Flow::Done;
+                    // Nothing after `[DONE]` matters: stop parsing this chunk.
+                    Err(ProviderError::Upstream(String::new()))
+                }
+            }
+        });
+        match parsed {
+            Err(_) if flow == Flow::Done => Ok(Flow::Done),
+            Err(e) => Err(e),
+            Ok(()) if parser.pending_bytes() > MAX_EVENT_BYTES => Err(ProviderError::Upstream(format!(
+                "provider sent a stream event over {} MiB",
+                MAX_EVENT_BYTES >> 20
+            ))),
+            Ok(()) => Ok(Flow::Continue),
         }
     }
 }
@@ -135,40 +182,61 @@ where
             if let Some(ev) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(ev)));
             }
-            let Some(inner) = this.inner.as_mut() else {
+            let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(None);
             };
-            let item = match inner.as_mut().poll_next(cx) {
+            let item = match body.as_mut().poll_next(cx) {
                 Poll::Ready(item) => item,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let Some((limit, timer)) = this.idle.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            this.body = None;
+                            return Poll::Ready(Some(Err(ProviderError::Timeout(format!(
+                                "provider sent nothing for {} ms in the middle of its answer",
+                                limit.as_millis()
+                            )))));
+                        }
+                    }
+                    return Poll::Pending;
+                }
             };
             match item {
-                Some(Ok(event)) => match this.state.on_data(&event.data, &mut this.pending) {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Done) => {
-                        // The end of the HTTP body usually sits in the same read as
-                        // `[DONE]`: consuming it lets the connection go back to the
-                        // pool. Never wait for it, though.
-                        for _ in 0..4 {
-                            match inner.as_mut().poll_next(cx) {
-                                Poll::Ready(Some(Ok(_))) => continue,
-                                _ => break,
+                Some(Ok(chunk)) => {
+                    if let Some((limit, timer)) = this.idle.as_mut() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+                    }
+                    match this.on_chunk(chunk.as_ref()) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Done) => {
+                            // The end of the HTTP body usually sits in the same read as
+                            // `[DONE]`: consuming it lets the connection go back to the
+                            // pool. Never wait for it, though.
+                            if let Some(body) = this.body.as_mut() {
+                                for _ in 0..4 {
+                                    match body.as_mut().poll_next(cx) {
+                                        Poll::Ready(Some(Ok(_))) => continue,
+                                        _ => break,
+                                    }
+                                }
                             }
+                            this.body = None;
+                            this.state.on_end(&mut this.pending);
                         }
-                        this.inner = None;
-                        this.state.on_end(&mut this.pending);
+                        Err(e) => {
+                            this.body = None;
+                            return Poll::Ready(Some(Err(e)));
+                        }
                     }
-                    Err(e) => {
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
+                }
                 Some(Err(e)) => {
-                    this.inner = None;
-                    return Poll::Ready(Some(Err(sse_error(e))));
+                    this.body = None;
+                    return Poll::Ready(Some(Err(ProviderError::Upstream(format!(
+                        "provider stream broke off: {}",
+                        describe(&e)
+                    )))));
                 }
                 None => {
-                    this.inner = None;
+                    this.body = None;
                     if !this.state.finished {
                         return Poll::Ready(Some(Err(ProviderError::Upstream(
                             "provider stream ended before finishing".into(),
@@ -190,7 +258,7 @@ mod tests {
     async fn run_sse(chunks: &[&str]) -> Vec<Result<ProviderEvent, ProviderError>> {
         let owned: Vec<Result<Vec<u8>, std::io::Error>> =
             chunks.iter().map(|c| Ok(c.as_bytes().to_vec())).collect();
-        SseStream::new(futures::stream::iter(owned)).collect().await
+        SseStream::new(futures::stream::iter(owned), None).collect().await
     }
 
     fn data(json: &str) -> String {
@@ -277,7 +345,7 @@ mod tests {
         let cut1 = full.find('é').unwrap() + 1; // inside the 2-byte 'é'
         let parts: Vec<Result<Vec<u8>, std::io::Error>> =
             vec![Ok(bytes[..10].to_vec()), Ok(bytes[10..cut1].to_vec()), Ok(bytes[cut1..].to_vec())];
-        let got: Vec<_> = SseStream::new(futures::stream::iter(parts)).collect().await;
+        let got: Vec<_> = SseStream::new(futures::stream::iter(parts), None).collect().await;
         assert_eq!(got, vec![text("héllo"), finish("length")]);
     }
 
@@ -371,12 +439,46 @@ mod tests {
             Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset")),
             Ok(b"data: [DONE]\n\n".to_vec()),
         ];
-        let got: Vec<_> = SseStream::new(futures::stream::iter(parts)).collect().await;
+        let got: Vec<_> = SseStream::new(futures::stream::iter(parts), None).collect().await;
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], text("a"));
         match &got[1] {
             Err(ProviderError::Upstream(m)) => assert!(m.contains("connection reset"), "{m}"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A body that repeats `piece` forever (an upstream gone wrong).
+    fn endless(
+        head: &'static str,
+        piece: &'static str,
+    ) -> impl Stream<Item = Result<Vec<u8>, std::io::Error>> {
+        futures::stream::once(async move { Ok(head.as_bytes().to_vec()) })
+            .chain(futures::stream::repeat_with(move || Ok(piece.repeat(16 * 1024).into_bytes())))
+    }
+
+    #[tokio::test]
+    async fn a_line_that_never_ends_is_a_bad_response_once_it_passes_the_bound() {
+        let mut s = SseStream::new(endless("data: ", "x"), None);
+        let got = s.next().await;
+        assert!(matches!(&got, Some(Err(ProviderError::Upstream(m))) if m.contains("over 4 MiB")), "{got:?}");
+        assert!(s.next().await.is_none(), "and the stream is over");
+    }
+
+    #[tokio::test]
+    async fn data_lines_without_a_blank_line_are_bounded_too() {
+        let mut s = SseStream::new(endless("", "data: y\n"), None);
+        assert!(matches!(s.next().await, Some(Err(ProviderError::Upstream(m))) if m.contains("over 4 MiB")));
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_stalls_mid_answer_times_out() {
+        let first = data(r#"{"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#);
+        let body = futures::stream::once(async move { Ok::<_, std::io::Error>(first.into_bytes()) })
+            .chain(futures::stream::pending());
+        let mut s = SseStream::new(body, Some(std::time::Duration::from_millis(50)));
+        assert_eq!(s.next().await, Some(text("Hel")));
+        let got = s.next().await;
+        assert!(matches!(&got, Some(Err(ProviderError::Timeout(m))) if m.contains("50 ms")), "{got:?}");
     }
 }
