@@ -799,6 +799,33 @@ async fn abort_run_by_id_and_by_session_key() {
     assert!(h[3].interrupted);
 }
 
+/// `AbortRun` by session key aborts the session's running turn, not the turns
+/// queued behind it (the proto says "the running turn").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_by_session_key_leaves_queued_turns_alone() {
+    let mock = start_mock().await;
+    mock.push(Behavior::trickle("x", 100, Duration::from_millis(50)));
+    mock.push(Behavior::text("second answer"));
+    let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
+    let key = "agent:main:openai-user:gina";
+    let mut running = open_run(&mut client, for_user("gina", vec![user("first")])).await;
+    let Event::Started(first) = next_event(&mut running).await else { panic!("started first") };
+    assert!(matches!(next_event(&mut running).await, Event::Text(_)), "the first turn is running");
+    let mut queued = open_run(&mut client, for_user("gina", vec![user("second")])).await;
+    assert!(matches!(next_event(&mut queued).await, Event::Started(_)), "the second turn is queued");
+    let resp = client
+        .clone()
+        .abort_run(AbortRunRequest { run_id: String::new(), session_key: key.into() })
+        .await
+        .expect("AbortRun by session")
+        .into_inner();
+    assert_eq!(resp.aborted_run_ids, vec![first.run_id.clone()]);
+    assert_eq!(drain(&mut running).await.1.expect("status").code(), Code::Cancelled);
+    let (events, end) = drain(&mut queued).await;
+    assert!(end.is_none(), "the queued turn was not aborted: {end:?}");
+    assert_eq!(summarize(&events).text, "second answer");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_timeout_is_deadline_exceeded_and_aborts_the_upstream() {
     let mock = start_mock().await;

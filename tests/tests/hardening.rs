@@ -45,3 +45,38 @@ async fn an_upstream_that_stalls_mid_answer_times_out_after_the_idle_timeout() {
     assert!(started.elapsed() < Duration::from_secs(25), "ended by the idle timeout, not the stall");
     assert!(mock.wait_for_disconnect(T).await, "the stalled upstream request is dropped");
 }
+
+/// A provider error inside the answer that says the request was at fault
+/// (context too long) is the client's `400`, as SPEC §4 says, not a `502`.
+#[tokio::test]
+async fn an_in_stream_error_blaming_the_request_is_a_400() {
+    let mock = MockUpstream::start().await;
+    let s = stack(config(&mock)).await;
+    mock.push(Behavior::RawSse(vec![json!({"error": {
+        "message": "This model's maximum context length is 8192 tokens.",
+        "type": "invalid_request_error", "code": "context_length_exceeded"}})]));
+    let r = chat(&s, &ask("a very long conversation")).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("maximum context length"), "{v}");
+    // A server-side error in the answer stays the provider's fault.
+    mock.push(Behavior::RawSse(vec![json!({"error": {"message": "overloaded", "type": "server_error"}})]));
+    let r = chat(&s, &ask("again")).await;
+    assert_eq!(r.status, 502, "{}", r.text);
+}
+
+/// A provider that lists its models accepts only those, in the agents' config
+/// as in the `x-openclaw-model` header: a start-up error naming the key.
+#[tokio::test]
+async fn an_agent_model_the_provider_does_not_list_refuses_to_start() {
+    let mock = MockUpstream::start().await;
+    let cfg = config(&mock)
+        .set("models.providers.mock.models", json!([{"id": "gpt-mock"}]))
+        .set("agents.list", json!([{"id": "main", "model": "mock/not-listed"}]))
+        .build();
+    let e = AgentSvc::try_start(&cfg).await.expect_err("must refuse");
+    assert!(e.to_string().contains("agents.list[0].model"), "{e}");
+    let e = Gateway::try_start(&cfg, Some("127.0.0.1:1")).await.expect_err("must refuse");
+    assert!(e.to_string().contains("agents.list[0].model"), "{e}");
+}

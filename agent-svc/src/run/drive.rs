@@ -19,7 +19,6 @@ use crate::sessions::queue::{QueuePlace, SessionTurn};
 use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
 use futures::StreamExt;
 use services::proto::{agent_run_event::Event, AgentRunEvent, RunFinished};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,9 +82,6 @@ impl Drop for RunCleanup<'_> {
     fn drop(&mut self) {
         self.runner.runs.remove(&self.run_id);
         metrics::gauge!("openclaw_agent_runs_in_flight").decrement(1.0);
-        if self.runner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.runner.idle.notify_waiters();
-        }
     }
 }
 
@@ -137,7 +133,10 @@ impl Runner {
             }
         };
         let begun = match waited {
-            Some(Ok(turn)) => Some(self.begin_turn(&mut p).await.map(|()| turn)),
+            Some(Ok(turn)) => {
+                cancel.mark_running();
+                Some(self.begin_turn(&mut p).await.map(|()| turn))
+            }
             Some(Err(e)) => Some(Err(e)),
             None => None,
         };

@@ -28,7 +28,6 @@ use crate::sessions::SessionStore;
 use futures::Stream;
 use services::proto::{agent_run_event::Event, AgentRunEvent, AgentRunRequest, RunStarted};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
@@ -48,8 +47,6 @@ pub struct Runner {
     store: Arc<dyn SessionStore>,
     queues: Arc<SessionQueues>,
     runs: RunRegistry,
-    in_flight: AtomicUsize,
-    idle: tokio::sync::Notify,
 }
 
 /// The event stream of one run; a failure is its last item. Dropping it
@@ -85,8 +82,6 @@ impl Runner {
             store,
             queues: SessionQueues::new(MAX_QUEUED_TURNS),
             runs: RunRegistry::default(),
-            in_flight: AtomicUsize::new(0),
-            idle: tokio::sync::Notify::new(),
         })
     }
 
@@ -105,15 +100,11 @@ impl Runner {
         &self.runs
     }
 
-    /// Waits until no run is in flight.
+    /// Refuses new runs from now on (they get `ShuttingDown`) and waits until
+    /// none is in flight (shutdown).
     pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        self.runs.close();
+        self.runs.wait_empty().await;
     }
 
     /// Starts a run. Errors found before the stream (validation, unknown agent,
@@ -129,7 +120,6 @@ impl Runner {
         // each then waits in its own task. A full line is refused right here.
         let place = if p.stable { Some(self.queues.reserve(&p.session_key)?) } else { None };
         let cancel = self.runs.insert(&p.run_id, &p.session_key)?;
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!("openclaw_agent_runs_in_flight").increment(1.0);
 
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);

@@ -212,6 +212,16 @@ impl LoadedConfig {
         if !self.provider_exists(&r.provider) {
             return Err(self.error(key, format!("unknown provider {:?} in model ref {s:?}", r.provider)));
         }
+        // A provider that lists its models accepts only those, from config as from requests.
+        if !self.model_known(&r) {
+            return Err(self.error(
+                key,
+                format!(
+                    "unknown model {s:?}: provider {:?} lists its models (models.providers.{}.models)",
+                    r.provider, r.provider
+                ),
+            ));
+        }
         Ok(r)
     }
 
@@ -393,6 +403,20 @@ mod tests {
             .resolve_agents()
             .unwrap_err();
         assert_eq!(e.key, "agents.defaults.model.fallbacks[0]");
+    }
+
+    #[test]
+    fn a_provider_listing_its_models_accepts_only_those_in_agent_config_too() {
+        let cfg = |model: &str| {
+            format!(
+                r#"{{models: {{providers: {{o: {{baseUrl: "http://x", models: [{{id: "gpt-a"}}]}}}}}},
+                    agents: {{list: [{{id: "a", model: "{model}"}}]}}}}"#
+            )
+        };
+        assert!(load_str(&cfg("o/gpt-a")).unwrap().resolve_agents().is_ok());
+        let e = load_str(&cfg("o/gpt-b")).unwrap().resolve_agents().unwrap_err();
+        assert_eq!(e.key, "agents.list[0].model");
+        assert!(e.message.contains("lists its models"), "{e}");
     }
 
     #[test]

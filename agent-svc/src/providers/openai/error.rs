@@ -54,10 +54,16 @@ fn status_error(status: u16, msg: String) -> ProviderError {
 }
 
 /// An error the upstream reported inside an answer (a stream chunk or a
-/// completion with `error`).
+/// completion with `error`): the request's fault (`Rejected`, a `400`) when its
+/// type or code says so (e.g. `context_length_exceeded`), else the provider's.
 pub(super) fn reported(err: ErrorField) -> ProviderError {
-    let msg = err.message().filter(|m| !m.is_empty());
-    ProviderError::Upstream(msg.unwrap_or_else(|| "provider reported an error".into()))
+    let request_fault = err.is_request_fault();
+    let msg = err.message().filter(|m| !m.is_empty()).unwrap_or_else(|| "provider reported an error".into());
+    if request_fault {
+        ProviderError::Rejected(msg)
+    } else {
+        ProviderError::Upstream(msg)
+    }
 }
 
 /// Upstream's error message from an error body: `error.message`, `error` as a
@@ -101,6 +107,23 @@ pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_reported_in_an_answer_blame_the_request_when_they_say_so() {
+        let field = |v: serde_json::Value| serde_json::from_value::<ErrorField>(v).unwrap();
+        let e = reported(field(
+            serde_json::json!({"message": "This model's maximum context length is 8192 tokens",
+            "type": "invalid_request_error", "code": "context_length_exceeded"}),
+        ));
+        assert!(matches!(e, ProviderError::Rejected(m) if m.contains("maximum context length")));
+        let e =
+            reported(field(serde_json::json!({"message": "too long", "code": "context_length_exceeded"})));
+        assert!(matches!(e, ProviderError::Rejected(_)));
+        let e = reported(field(serde_json::json!({"message": "overloaded", "type": "server_error"})));
+        assert!(matches!(e, ProviderError::Upstream(m) if m == "overloaded"));
+        let e = reported(field(serde_json::json!("boom")));
+        assert!(matches!(e, ProviderError::Upstream(m) if m == "boom"));
+    }
 
     #[test]
     fn error_bodies_and_status_mapping() {

@@ -268,19 +268,36 @@ fn estimate_body_len(req: &ProviderRequest) -> usize {
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub(super) enum ErrorField {
-    Object { message: Option<String> },
+    Object {
+        message: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        code: Option<serde_json::Value>,
+    },
     Text(String),
     Other(serde::de::IgnoredAny),
 }
+
+/// Error types and codes by which an upstream says the request itself was at
+/// fault (too long a context, a bad parameter), not the provider.
+const REQUEST_FAULTS: [&str; 4] =
+    ["invalid_request_error", "context_length_exceeded", "string_above_max_length", "invalid_prompt"];
 
 impl ErrorField {
     /// Upstream's message, if it gave one.
     pub(super) fn message(self) -> Option<String> {
         match self {
-            ErrorField::Object { message } => message,
+            ErrorField::Object { message, .. } => message,
             ErrorField::Text(t) => Some(t),
             ErrorField::Other(_) => None,
         }
+    }
+
+    /// Whether the error says the request was at fault (`400` to the client).
+    pub(super) fn is_request_fault(&self) -> bool {
+        let ErrorField::Object { kind, code, .. } = self else { return false };
+        let code = code.as_ref().and_then(serde_json::Value::as_str);
+        [kind.as_deref(), code].into_iter().flatten().any(|k| REQUEST_FAULTS.contains(&k))
     }
 }
 
