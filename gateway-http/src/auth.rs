@@ -43,10 +43,30 @@ const EXEMPT_DELAY_MAX: Duration = Duration::from_secs(5);
 /// Who presents credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    /// The client's address (the TCP peer).
+    /// The TCP peer (a trusted proxy's address, when there is one).
+    pub peer: IpAddr,
+    /// The client: the peer, or behind `gateway.trustedProxies` the address they
+    /// forwarded (`X-Forwarded-For` / `Forwarded`). Failed attempts are counted
+    /// per client, IPv6 clients per /64.
     pub ip: IpAddr,
     /// The request carries a browser `Origin`: never exempt from the lockout.
     pub browser: bool,
+}
+
+impl Caller {
+    /// A direct caller (no proxy in between).
+    pub fn direct(ip: IpAddr, browser: bool) -> Caller {
+        Caller { peer: ip, ip, browser }
+    }
+}
+
+/// The limiter's key for a client: IPv4 as is, IPv6 by its /64 (one host gets
+/// a whole /64, so counting per address would count per guess).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
 }
 
 /// Why an attempt was refused.
@@ -130,6 +150,8 @@ pub struct Auth {
     limiter: Limiter,
     ceiling: Ceiling,
     proxy: Option<TrustedProxy>,
+    /// `gateway.trustedProxies`: peers whose forwarded client address is believed.
+    proxies: Vec<Cidr>,
     metrics: AuthMetrics,
 }
 
@@ -152,10 +174,10 @@ impl Auth {
             AuthMode::None | AuthMode::TrustedProxy => None,
         };
         let mut a = Auth::new(auth.mode, secret, &auth.rate_limit);
+        // `validate_gateway` refused unparsable entries at start.
+        a.proxies = gw.trusted_proxies.iter().filter_map(|p| Cidr::parse(p)).collect();
         if auth.mode == AuthMode::TrustedProxy {
-            // `validate_gateway` refused unparsable entries at start.
-            let proxies = gw.trusted_proxies.iter().filter_map(|p| Cidr::parse(p)).collect();
-            a.proxy = TrustedProxy::new(proxies, &auth.trusted_proxy);
+            a.proxy = TrustedProxy::new(a.proxies.clone(), &auth.trusted_proxy);
         }
         a
     }
@@ -168,8 +190,22 @@ impl Auth {
             limiter: Limiter::new(rate_limit),
             ceiling: Ceiling::new(rate_limit.max_failures_per_second),
             proxy: None,
+            proxies: Vec::new(),
             metrics: AuthMetrics::default(),
         }
+    }
+
+    /// Who is asking: the TCP `peer`, and the client behind it when the peer is
+    /// a trusted proxy. The client is the right-most forwarded address that is
+    /// not itself a trusted proxy (the addresses to its left are the client's
+    /// own claims, which anyone can forge).
+    pub fn caller(&self, peer: IpAddr, headers: &HeaderMap, browser: bool) -> Caller {
+        let trusted = |ip: IpAddr| self.proxies.iter().any(|c| c.contains(ip));
+        if self.proxies.is_empty() || !trusted(peer) {
+            return Caller::direct(peer, browser);
+        }
+        let client = forwarded_for(headers).into_iter().rev().find(|ip| !trusted(*ip)).unwrap_or(peer);
+        Caller { peer, ip: client, browser }
     }
 
     /// Records into these counters.
@@ -189,7 +225,7 @@ impl Auth {
     pub fn check_request(&self, caller: Caller, headers: &HeaderMap) -> Result<(), Refusal> {
         match self.mode {
             AuthMode::None => Ok(()),
-            AuthMode::TrustedProxy => self.proxy_identity(caller.ip, headers).map(drop).map_err(Refusal::now),
+            AuthMode::TrustedProxy => self.proxy_identity(caller.peer, headers).map(drop).map_err(Refusal::now),
             AuthMode::Token | AuthMode::Password => {
                 self.check_secret(caller, headers.get(http::header::AUTHORIZATION).and_then(bearer_secret))
             }
@@ -220,7 +256,7 @@ impl Auth {
         }
         let Some(presented) = presented else {
             // Nothing to compare: no guess, nothing to count (but a lockout holds).
-            return match self.limiter.locked_for(caller.ip.to_canonical(), Instant::now()) {
+            return match self.limiter.locked_for(limit_key(caller.ip), Instant::now()) {
                 Some(left) => Err(Refusal::now(Denied::LockedOut(ceil_secs(left)))),
                 None => Err(Refusal::now(Denied::Unauthorized)),
             };
@@ -236,7 +272,7 @@ impl Auth {
     /// [`Auth::check_secret`] at a given time; `now` is `None` when the limiter is
     /// off (so the hot path of a right secret never reads the clock).
     fn check_at(&self, caller: Caller, presented: &str, now: Option<Instant>) -> Result<(), Refusal> {
-        let ip = caller.ip.to_canonical();
+        let ip = limit_key(caller.ip);
         let exempt = self.limiter.exempt(caller);
         if let (Some(now), false) = (now, exempt) {
             if let Some(left) = self.limiter.locked_for(ip, now) {
@@ -267,6 +303,45 @@ impl Auth {
         }
         Err(Refusal::now(Denied::Unauthorized))
     }
+}
+
+/// The addresses a proxy chain forwarded, left (the original client) to right:
+/// every `X-Forwarded-For` list, else `Forwarded: for=…` (RFC 7239).
+/// Unparsable entries (`unknown`, obfuscated names) are left out.
+fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    let xff: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| parse_forwarded_addr(a.trim()))
+        .collect();
+    if !xff.is_empty() {
+        return xff;
+    }
+    headers
+        .get_all(http::header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|elem| {
+            elem.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then(|| parse_forwarded_addr(v.trim().trim_matches('"')))?
+            })
+        })
+        .collect()
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:5678`.
+fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')?.split(']').next()?.parse().ok()
 }
 
 /// How long the n-th wrong secret (n ≥ 1) of an exempt client waits:
@@ -508,11 +583,11 @@ mod tests {
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn remote() -> Caller {
-        Caller { ip: REMOTE, browser: false }
+        Caller::direct(REMOTE, false)
     }
 
     fn local(browser: bool) -> Caller {
-        Caller { ip: LOOPBACK, browser }
+        Caller::direct(LOOPBACK, browser)
     }
 
     fn err(d: Denied) -> Result<(), Refusal> {
@@ -602,7 +677,7 @@ mod tests {
         // Locked: refused with the right secret too, Retry-After rounded up.
         assert_eq!(a.check_at(remote(), "s3cret", Some(now)), err(Denied::LockedOut(11)));
         // Another IP is unaffected.
-        let other = Caller { ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), browser: false };
+        let other = Caller::direct(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), false);
         assert!(a.check_at(other, "s3cret", Some(now)).is_ok());
         // After the lockout the right secret works again.
         let later = t0 + Duration::from_millis(2 + 10_500);
@@ -660,7 +735,7 @@ mod tests {
         // A success starts the doubling over.
         assert_eq!(a.check_secret(local(false), Some("bad")).unwrap_err().delay, ms(250));
         // IPv4-mapped loopback is loopback too.
-        let mapped = Caller { ip: "::ffff:127.0.0.1".parse().unwrap(), browser: false };
+        let mapped = Caller::direct("::ffff:127.0.0.1".parse().unwrap(), false);
         assert!(a.limiter.exempt(mapped));
         // Without the exemption loopback is counted like anyone else.
         let a = auth(1, 60_000, 60_000, false);
@@ -689,11 +764,11 @@ mod tests {
         rl.max_failures_per_second = 3;
         let a = Auth::new(AuthMode::Token, Some("s3cret".into()), &rl);
         for i in 0..3u8 {
-            let c = Caller { ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), browser: false };
+            let c = Caller::direct(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)), false);
             assert_eq!(a.check_secret(c, Some("bad")), err(Denied::Unauthorized));
         }
         // A fourth address, with the right secret even: refused without a comparison.
-        let c = Caller { ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)), browser: false };
+        let c = Caller::direct(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)), false);
         let second = a.ceiling.second();
         let r = a.check_secret(c, Some("s3cret"));
         if a.ceiling.second() == second {
@@ -713,10 +788,10 @@ mod tests {
         };
         let mut a = Auth::new(AuthMode::TrustedProxy, None, &RateLimitConfig::default());
         a.proxy = TrustedProxy::new(vec![Cidr::parse("10.0.0.0/8").unwrap()], &cfg);
-        let proxy = Caller { ip: "10.1.2.3".parse().unwrap(), browser: false };
+        let proxy = Caller::direct("10.1.2.3".parse().unwrap(), false);
         let good = headers(&[("x-forwarded-user", "nick@example.com"), ("x-forwarded-proto", "https")]);
         assert!(a.check_request(proxy, &good).is_ok());
-        assert_eq!(a.proxy_identity(proxy.ip, &good).as_deref(), Ok("nick@example.com"));
+        assert_eq!(a.proxy_identity(proxy.peer, &good).as_deref(), Ok("nick@example.com"));
         // Not from a trusted proxy: the header is anyone's to forge.
         assert_eq!(a.check_request(remote(), &good), err(Denied::Unauthorized));
         // A required header missing, or no user.
@@ -730,6 +805,40 @@ mod tests {
         let cfg = TrustedProxyConfig { allow_users: vec!["admin@example.com".into()], ..cfg };
         a.proxy = TrustedProxy::new(vec![Cidr::parse("10.0.0.0/8").unwrap()], &cfg);
         assert_eq!(a.check_request(proxy, &good), err(Denied::Unauthorized));
+    }
+
+    #[test]
+    fn clients_behind_trusted_proxies_and_ipv6_prefixes() {
+        let mut a = auth(2, 60_000, 60_000, false);
+        a.proxies = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.9")]);
+        // The right-most address that is not a trusted proxy is the client.
+        let c = a.caller(proxy, &h, false);
+        assert_eq!((c.peer, c.ip), (proxy, "198.51.100.7".parse().unwrap()));
+        // From an untrusted peer the header is ignored (anyone can send it).
+        assert_eq!(a.caller(REMOTE, &h, false).ip, REMOTE);
+        let fwd = headers(&[("forwarded", r#"for="[2001:db8::1]:443";proto=https, for=10.0.0.8"#)]);
+        assert_eq!(a.caller(proxy, &fwd, false).ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(a.caller(proxy, &HeaderMap::new(), false).ip, proxy, "no header: the proxy itself");
+
+        // Two clients behind the proxy are counted apart; the proxy is never locked out.
+        let c1 = a.caller(proxy, &headers(&[("x-forwarded-for", "198.51.100.1")]), false);
+        let c2 = a.caller(proxy, &headers(&[("x-forwarded-for", "198.51.100.2")]), false);
+        a.check_secret(c1, Some("bad")).unwrap_err();
+        a.check_secret(c1, Some("bad")).unwrap_err();
+        assert!(matches!(a.check_secret(c1, Some("s3cret")), Err(Refusal { denied: Denied::LockedOut(_), .. })));
+        assert!(a.check_secret(c2, Some("s3cret")).is_ok());
+
+        // IPv6: every address of a /64 is one client.
+        let v6 = |s: &str| Caller::direct(s.parse().unwrap(), false);
+        a.check_secret(v6("2001:db8:1:2::1"), Some("bad")).unwrap_err();
+        a.check_secret(v6("2001:db8:1:2:ffff::9"), Some("bad")).unwrap_err();
+        assert!(matches!(
+            a.check_secret(v6("2001:db8:1:2::77"), Some("s3cret")),
+            Err(Refusal { denied: Denied::LockedOut(_), .. })
+        ));
+        assert!(a.check_secret(v6("2001:db8:1:3::1"), Some("s3cret")).is_ok(), "another /64");
     }
 
     #[test]

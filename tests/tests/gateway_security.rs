@@ -260,3 +260,37 @@ async fn bad_security_settings_refuse_to_start_naming_the_key() {
         assert!(e.to_string().contains(key), "{key}: {e}");
     }
 }
+
+/// Behind a trusted proxy, the lockout counts the clients it forwards (not the
+/// proxy, which would lock everyone out), IPv6 clients per /64; from anyone
+/// else `X-Forwarded-For` is ignored.
+#[tokio::test]
+async fn the_lockout_counts_forwarded_clients_behind_trusted_proxies_and_ipv6_per_64() {
+    let mock = MockUpstream::start().await;
+    let (_svc, gw) = gateway(
+        config(&mock)
+            // The test connects from loopback: that is the "proxy".
+            .set("gateway.trustedProxies", json!(["127.0.0.1"]))
+            .set("gateway.auth.rateLimit", json!({"maxAttempts": 2, "exemptLoopback": false})),
+    )
+    .await;
+    let attempt = |xff: &'static str, token: &'static str| {
+        let gw = &gw;
+        async move {
+            send(json_body(gw.post("/v1/chat/completions"), &hello()).bearer_auth(token).header("x-forwarded-for", xff))
+                .await
+                .status
+        }
+    };
+    assert_eq!(attempt("203.0.113.9", "bad").await, 401);
+    assert_eq!(attempt("203.0.113.9", "bad").await, 401);
+    assert_eq!(attempt("203.0.113.9", TOKEN).await, 429, "that client is locked out");
+    assert_eq!(attempt("203.0.113.10", TOKEN).await, 200, "another client behind the same proxy is not");
+    // A forged left-most entry does not help: the right-most untrusted address counts.
+    assert_eq!(attempt("1.1.1.1, 203.0.113.9", TOKEN).await, 429);
+    // IPv6: one /64 is one client.
+    assert_eq!(attempt("2001:db8:1:2::1", "bad").await, 401);
+    assert_eq!(attempt("2001:db8:1:2::99", "bad").await, 401);
+    assert_eq!(attempt("2001:db8:1:2::abc", TOKEN).await, 429);
+    assert_eq!(attempt("2001:db8:1:3::1", TOKEN).await, 200);
+}

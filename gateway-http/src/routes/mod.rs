@@ -86,7 +86,7 @@ impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match state.auth().check_request(caller(parts), &parts.headers) {
+        match state.auth().check_request(caller(parts, state), &parts.headers) {
             Ok(()) => Ok(Authorized),
             // A wrong secret from an exempt client is answered late (guessing made slow).
             Err(refusal) => Err(refusal.answer().await),
@@ -94,9 +94,11 @@ impl FromRequestParts<AppState> for Authorized {
     }
 }
 
-/// Who is asking: the peer address, and whether a browser sent the request.
-pub(crate) fn caller(parts: &Parts) -> Caller {
-    Caller { ip: client_ip(parts), browser: parts.headers.contains_key(http::header::ORIGIN) }
+/// Who is asking: the peer, the client behind it when the peer is a trusted
+/// proxy, and whether a browser sent the request.
+pub(crate) fn caller(parts: &Parts, state: &AppState) -> Caller {
+    let browser = parts.headers.contains_key(http::header::ORIGIN);
+    state.auth().caller(client_ip(parts), &parts.headers, browser)
 }
 
 /// The peer address of the connection (never a header: those are client-chosen).

@@ -99,10 +99,10 @@ fn connection_upgrade(headers: &HeaderMap) -> bool {
 /// incomplete) and serves the connection in its own task.
 async fn accept(state: AppState, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let caller = crate::routes::caller(&parts);
+    let caller = crate::routes::caller(&parts, &state);
     // Mode `trusted-proxy`: the identity rides on the upgrade request, not in `connect`.
     let proxied = (state.auth().mode() == AuthMode::TrustedProxy)
-        .then(|| state.auth().proxy_identity(caller.ip, &parts.headers).is_ok());
+        .then(|| state.auth().proxy_identity(caller.peer, &parts.headers).is_ok());
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
