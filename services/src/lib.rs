@@ -3,7 +3,8 @@
 //! both services apply, each once: session keys ([`session_key`]), the new turn
 //! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
 //! the rules over a run's events ([`run_events`]); hiding the credentials of a
-//! URL ([`redact`]) and the Prometheus setup ([`telemetry`]).
+//! URL ([`redact`]) and the Prometheus setup ([`telemetry`]); TLS from
+//! reloaded PEM files for the public port and the internal hop ([`tls`]).
 
 pub mod config;
 pub mod messages;
@@ -13,6 +14,7 @@ pub mod run_events;
 pub mod session_key;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated code for package `openclaw.agent.v1`.
 pub mod proto {
