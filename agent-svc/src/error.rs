@@ -86,7 +86,9 @@ impl AgentError {
             AgentError::Timeout(_) => (Code::DeadlineExceeded, "api_error", Some("timeout"), None),
             AgentError::Aborted => (Code::Cancelled, "api_error", Some("aborted"), None),
             AgentError::ShuttingDown => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
-            AgentError::Unauthenticated => (Code::Unauthenticated, "unauthorized", Some("unauthenticated"), None),
+            AgentError::Unauthenticated => {
+                (Code::Unauthenticated, "unauthorized", Some("unauthenticated"), None)
+            }
             // A store that fails or stalls is unavailable for now: retryable, never a 500.
             AgentError::Store(_) => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
             AgentError::Startup(_) => (Code::Internal, "api_error", Some("internal_error"), None),

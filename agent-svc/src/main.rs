@@ -102,11 +102,8 @@ fn healthcheck(cli: &Cli) -> ExitCode {
     let tls = match services::config::load(cli.config.as_deref()).and_then(|c| c.agent_service_tls()) {
         Ok(None) => None,
         Ok(Some(hop)) => {
-            let pinned = services::tls::pinned_client(
-                &hop.paths.cert,
-                Some(&hop.paths),
-                &[services::tls::ALPN_H2],
-            );
+            let pinned =
+                services::tls::pinned_client(&hop.paths.cert, Some(&hop.paths), &[services::tls::ALPN_H2]);
             match pinned {
                 Ok(config) => Some((services::tls::Reloading::fixed(config), None)),
                 Err(e) => {

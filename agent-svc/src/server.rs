@@ -85,7 +85,10 @@ pub struct Hop {
 
 impl std::fmt::Debug for Hop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hop").field("token", &self.token.as_ref().map(|_| "<redacted>")).field("tls", &self.tls).finish()
+        f.debug_struct("Hop")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -141,10 +144,8 @@ pub async fn start_with(
     let service = AgentServiceServer::new(AgentSvc::new(runner.clone(), draining.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Only AgentService needs the token: health and reflection stay open for probes.
-    let service = tonic::service::interceptor::InterceptedService::new(
-        service,
-        CallerToken::new(hop.token.as_deref()),
-    );
+    let service =
+        tonic::service::interceptor::InterceptedService::new(service, CallerToken::new(hop.token.as_deref()));
     if hop.token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,

@@ -61,13 +61,16 @@ struct Inner {
     ws_runs: ChatRuns,
     /// The open WebSocket connections (served outside the HTTP server once upgraded).
     ws_connections: TaskTracker,
+    /// `https` when the public port speaks TLS (`gateway.tls.enabled`), else `http`.
+    public_scheme: &'static str,
 }
 
 impl AppState {
     /// State for `config`, talking to agent-svc through `client`.
     pub fn new(config: &LoadedConfig, client: AgentClient) -> AppState {
         let chat = ChatSettings::from_config(config);
-        AppState::with_ws(client, Auth::from_config(config), chat, WsSettings::from_config(config))
+        let scheme = if config.config.gateway.tls.enabled { "https" } else { "http" };
+        AppState::build(client, Auth::from_config(config), chat, WsSettings::from_config(config), scheme)
     }
 
     /// State from its parts (the client's metrics, default WebSocket settings).
@@ -75,8 +78,18 @@ impl AppState {
         AppState::with_ws(client, auth, chat, WsSettings::default())
     }
 
-    /// State from its parts, with these WebSocket settings.
+    /// State from its parts, with these WebSocket settings (plain HTTP).
     pub fn with_ws(client: AgentClient, auth: Auth, chat: ChatSettings, ws: WsSettings) -> AppState {
+        AppState::build(client, auth, chat, ws, "http")
+    }
+
+    fn build(
+        client: AgentClient,
+        auth: Auth,
+        chat: ChatSettings,
+        ws: WsSettings,
+        public_scheme: &'static str,
+    ) -> AppState {
         AppState(Arc::new(Inner {
             metrics: client.metrics().clone(),
             client,
@@ -86,7 +99,13 @@ impl AppState {
             ws,
             ws_runs: ChatRuns::default(),
             ws_connections: TaskTracker::new(),
+            public_scheme,
         }))
+    }
+
+    /// The public port's scheme: `https` with `gateway.tls`, else `http`.
+    pub fn public_scheme(&self) -> &'static str {
+        self.0.public_scheme
     }
 
     /// The agent-svc client.

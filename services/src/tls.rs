@@ -298,7 +298,11 @@ impl Reloading<ServerConfig> {
     /// A server config from `paths` offering `alpn`, reloaded on change (see
     /// [`Reloading`]). With `paths.ca`, clients must present a certificate that
     /// chains to it.
-    pub async fn server(paths: TlsPaths, alpn: &[&'static [u8]], every: Duration) -> Result<ServerTls, TlsError> {
+    pub async fn server(
+        paths: TlsPaths,
+        alpn: &[&'static [u8]],
+        every: Duration,
+    ) -> Result<ServerTls, TlsError> {
         let alpn = alpn.to_vec();
         let p = paths.clone();
         let build: Build<ServerConfig> =
@@ -314,7 +318,11 @@ impl Reloading<ServerConfig> {
 
 impl Reloading<ClientConfig> {
     /// A client config from `paths` (`ca` required) offering `alpn`, reloaded on change.
-    pub async fn client(paths: TlsPaths, alpn: &[&'static [u8]], every: Duration) -> Result<ClientTls, TlsError> {
+    pub async fn client(
+        paths: TlsPaths,
+        alpn: &[&'static [u8]],
+        every: Duration,
+    ) -> Result<ClientTls, TlsError> {
         if paths.ca.is_none() {
             return Err(TlsError::new(TlsFile::Ca, Path::new(""), "a CA is required"));
         }

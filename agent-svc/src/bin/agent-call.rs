@@ -79,7 +79,8 @@ async fn credentials(cli: &Cli) -> Result<(Option<String>, Option<ClientSide>), 
         Some(path) => Some(services::config::load(Some(path))?),
         None => None,
     };
-    let token = cli.token.clone().filter(|t| !t.is_empty()).or_else(|| config.as_ref()?.agent_service_token());
+    let token =
+        cli.token.clone().filter(|t| !t.is_empty()).or_else(|| config.as_ref()?.agent_service_token());
     let from_config = match &config {
         Some(c) => c.agent_service_tls()?,
         None => None,

@@ -48,8 +48,7 @@ pub(super) fn read_secret_files(config: &mut Config) -> Result<(), (String, Stri
 
 /// A secret file's content without one trailing newline.
 fn read_secret_file(path: &Path) -> Result<String, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let secret = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
     if secret.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -198,7 +197,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             literal_secrets(&raw),
-            ["gateway.auth.token", "gateway.agentService.token", "models.providers.b.apiKey", "session.store"]
+            [
+                "gateway.auth.token",
+                "gateway.agentService.token",
+                "models.providers.b.apiKey",
+                "session.store"
+            ]
         );
         let raw: serde_json::Value = json5::from_str(r#"{session: {store: "postgres://db/x"}}"#).unwrap();
         assert!(literal_secrets(&raw).is_empty());

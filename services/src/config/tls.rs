@@ -72,7 +72,8 @@ mod tests {
     #[test]
     fn tls_settings_need_their_files() {
         assert_eq!(load_str("{}").unwrap().public_tls().unwrap(), None);
-        let e = load_str(r#"{gateway: {tls: {enabled: true, keyPath: "k"}}}"#).unwrap().public_tls().unwrap_err();
+        let e =
+            load_str(r#"{gateway: {tls: {enabled: true, keyPath: "k"}}}"#).unwrap().public_tls().unwrap_err();
         assert_eq!(e.key, "gateway.tls.certPath");
         let t = load_str(r#"{gateway: {tls: {enabled: true, certPath: "c", keyPath: "k"}}}"#).unwrap();
         assert_eq!(t.public_tls().unwrap().unwrap().cert.to_str(), Some("c"));
