@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // Tests and the benchmark wait for exactly this line.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "gateway-http listening on http://{}", gateway.local_addr())
+    writeln!(out, "gateway-http listening on {}://{}", gateway.state().public_scheme(), gateway.local_addr())
         .context("writing to stdout")?;
     out.flush().context("writing to stdout")?;
     drop(out);
