@@ -140,19 +140,12 @@ pub fn tls_incoming(
                 () = stop.cancelled() => return,
             };
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                accepted = services::net::accept(&listener) => match accepted {
+                    Some(conn) => conn,
+                    None => continue,
                 },
                 () = stop.cancelled() => return,
             };
-            // Nagle's algorithm would hold back small delta frames.
-            let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -287,20 +287,14 @@ async fn serve(
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
+        // Nagle off: small SSE frames and JSON answers must not wait.
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = services::net::accept(&listener) => match accepted {
+                Some(conn) => conn,
+                None => continue,
             },
             () = stop.cancelled() => break,
         };
-        // Small SSE frames and JSON answers must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));

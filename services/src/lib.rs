@@ -4,10 +4,12 @@
 //! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
 //! the rules over a run's events ([`run_events`]); hiding the credentials of a
 //! URL ([`redact`]) and the Prometheus setup ([`telemetry`]); TLS from
-//! reloaded PEM files for the public port and the internal hop ([`tls`]).
+//! reloaded PEM files for the public port and the internal hop ([`tls`]), and
+//! the accept step of the services' own accept loops ([`net`]).
 
 pub mod config;
 pub mod messages;
+pub mod net;
 pub mod redact;
 pub mod rules;
 pub mod run_events;
