@@ -10,7 +10,16 @@ use std::time::Duration;
 /// OpenClaw agent service: agents, providers, sessions and runs over gRPC
 /// (`openclaw.agent.v1.AgentService`, plus grpc.health.v1 and server reflection).
 #[derive(Parser, Debug)]
-#[command(name = "agent-svc", version, about, long_about = None)]
+#[command(
+    name = "agent-svc",
+    version,
+    about,
+    long_about = None,
+    after_help = "Environment:
+  OPENCLAW_AGENT_SVC_TOKEN  internal token every AgentService call must carry, when
+                            gateway.agentService.token is not set (health and reflection stay open)
+  RUST_LOG                  log filter (default: info); logs go to stderr"
+)]
 struct Cli {
     /// Config file (JSON5). Default: $OPENCLAW_CONFIG_PATH, else ~/.openclaw/openclaw.json
     /// (a missing default file means built-in defaults).

@@ -29,7 +29,8 @@ use std::time::Duration;
 use tonic::metadata::AsciiMetadataValue;
 
 /// Calls agent-svc's gRPC API directly (one turn, a history, or the agents).
-#[derive(Parser, Debug)]
+// No Debug: it holds the token.
+#[derive(Parser)]
 #[command(name = "agent-call", version)]
 struct Cli {
     /// agent-svc address, `host:port` or `http://host:port`.
