@@ -43,6 +43,9 @@ pub enum AgentError {
     /// The service is shutting down.
     #[error("agent-svc is shutting down")]
     ShuttingDown,
+    /// The caller did not send the internal token (`gateway.agentService.token`).
+    #[error("missing or wrong agent-svc token")]
+    Unauthenticated,
     /// The session store failed.
     #[error("session store error: {0}")]
     Store(String),
@@ -83,6 +86,9 @@ impl AgentError {
             AgentError::Timeout(_) => (Code::DeadlineExceeded, "api_error", Some("timeout"), None),
             AgentError::Aborted => (Code::Cancelled, "api_error", Some("aborted"), None),
             AgentError::ShuttingDown => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
+            AgentError::Unauthenticated => {
+                (Code::Unauthenticated, "unauthorized", Some("unauthenticated"), None)
+            }
             // A store that fails or stalls is unavailable for now: retryable, never a 500.
             AgentError::Store(_) => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
             AgentError::Startup(_) => (Code::Internal, "api_error", Some("internal_error"), None),

@@ -4,6 +4,7 @@
 //! `main.rs` is a thin CLI over [`start`]; gateway-http calls the same function
 //! for its embedded mode, and the end-to-end tests start real servers with it.
 //!
+//! Callers are checked in [`security`] (the internal token, mutual TLS).
 //! A run reads in one direction: [`service`] (gRPC in, statuses out) →
 //! [`run`] (prepare, queue, drive) → [`providers`] and [`sessions`]. Rules
 //! shared with the gateway live in the `services` crate.
@@ -13,9 +14,10 @@ pub mod error;
 pub mod metrics;
 pub mod providers;
 pub mod run;
+pub mod security;
 pub mod server;
 pub mod service;
 pub mod sessions;
 
 pub use error::AgentError;
-pub use server::{start, ServerHandle};
+pub use server::{start, start_with, Hop, ServerHandle};

@@ -10,7 +10,16 @@ use std::time::Duration;
 /// OpenClaw agent service: agents, providers, sessions and runs over gRPC
 /// (`openclaw.agent.v1.AgentService`, plus grpc.health.v1 and server reflection).
 #[derive(Parser, Debug)]
-#[command(name = "agent-svc", version, about, long_about = None)]
+#[command(
+    name = "agent-svc",
+    version,
+    about,
+    long_about = None,
+    after_help = "Environment:
+  OPENCLAW_AGENT_SVC_TOKEN  internal token every AgentService call must carry, when
+                            gateway.agentService.token is not set (health and reflection stay open)
+  RUST_LOG                  log filter (default: info); logs go to stderr"
+)]
 struct Cli {
     /// Config file (JSON5). Default: $OPENCLAW_CONFIG_PATH, else ~/.openclaw/openclaw.json
     /// (a missing default file means built-in defaults).
@@ -27,6 +36,8 @@ struct Cli {
     shutdown_grace_seconds: u64,
     /// Probe a running agent-svc at `--listen` with grpc.health.v1 and exit 0 when it is
     /// SERVING, 1 otherwise (for container health checks; 0.0.0.0 is probed on 127.0.0.1).
+    /// With gateway.agentService.tls in the config, it connects with the configured
+    /// certificate and accepts exactly the server certificate of certPath.
     #[arg(long)]
     healthcheck: bool,
 }
@@ -34,7 +45,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.healthcheck {
-        return healthcheck(cli.listen);
+        return healthcheck(&cli);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -91,21 +102,36 @@ async fn run(cli: Cli, config: services::config::LoadedConfig) -> anyhow::Result
     Ok(())
 }
 
-fn healthcheck(mut addr: SocketAddr) -> ExitCode {
+fn healthcheck(cli: &Cli) -> ExitCode {
+    let mut addr = cli.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    // Its own certificate, pinned: no CA or host name to get right for a probe of itself.
+    let tls = match services::config::load(cli.config.as_deref()).and_then(|c| c.agent_service_tls()) {
+        Ok(None) => None,
+        Ok(Some(hop)) => {
+            let pinned =
+                services::tls::pinned_client(&hop.paths.cert, Some(&hop.paths), &[services::tls::ALPN_H2]);
+            match pinned {
+                Ok(config) => Some((services::tls::Reloading::fixed(config), None)),
+                Err(e) => {
+                    eprintln!("agent-svc: health check: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("agent-svc: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let probe = async move {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await?;
+        let channel = agent_svc::security::channel(&addr.to_string(), tls, Duration::from_secs(2)).await?;
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-        let reply = client
-            .check(tonic_health::pb::HealthCheckRequest { service: "openclaw.agent.v1.AgentService".into() })
-            .await?
-            .into_inner();
+        let check = client
+            .check(tonic_health::pb::HealthCheckRequest { service: "openclaw.agent.v1.AgentService".into() });
+        let reply = tokio::time::timeout(Duration::from_secs(2), check).await??.into_inner();
         anyhow::ensure!(
             reply.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
         );

@@ -1,14 +1,17 @@
-//! Building and running the tonic server: AgentService next to the standard
-//! health and reflection services.
+//! Building and running the tonic server: AgentService (behind the caller
+//! token check) next to the standard health and reflection services, on plain
+//! TCP or mutual TLS.
 
 use crate::agents::AgentRegistry;
 use crate::error::AgentError;
 use crate::run::Runner;
+use crate::security::{tls_incoming, CallerToken};
 use crate::service::AgentSvc;
 use crate::sessions;
-use futures::StreamExt;
-use services::config::LoadedConfig;
+use futures::{Stream, StreamExt};
+use services::config::{HopTls, LoadedConfig, AGENT_SERVICE_TLS_KEY};
 use services::proto::agent_service_server::AgentServiceServer;
+use services::tls::{ServerTls, ALPN_H2, RELOAD_INTERVAL};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -71,9 +74,54 @@ impl ServerHandle {
     }
 }
 
-/// Starts agent-svc on `listener`. Returns once the store is open, the agents
-/// are resolved and the server is accepting calls.
+/// How callers must prove themselves: the internal token and mutual TLS.
+#[derive(Clone, Default)]
+pub struct Hop {
+    /// The token every `AgentService` call must carry (`None`: open).
+    pub token: Option<String>,
+    /// Mutual TLS on the listener (`None`: plain TCP).
+    pub tls: Option<HopTls>,
+}
+
+impl std::fmt::Debug for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hop")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl Hop {
+    /// The hop as the shared config says (`gateway.agentService.token`/`tls`,
+    /// env `OPENCLAW_AGENT_SVC_TOKEN`).
+    pub fn from_config(config: &LoadedConfig) -> Result<Hop, AgentError> {
+        let tls = config.agent_service_tls().map_err(|e| AgentError::Startup(e.to_string()))?;
+        Ok(Hop { token: config.agent_service_token(), tls })
+    }
+}
+
+/// Starts agent-svc on `listener`, its callers checked as the config says
+/// ([`Hop::from_config`]). Returns once the store is open, the agents are
+/// resolved and the server is accepting calls.
 pub async fn start(config: &LoadedConfig, listener: TcpListener) -> Result<ServerHandle, AgentError> {
+    start_with(config, listener, Hop::from_config(config)?).await
+}
+
+/// [`start`] with the callers checked as `hop` says.
+pub async fn start_with(
+    config: &LoadedConfig,
+    listener: TcpListener,
+    hop: Hop,
+) -> Result<ServerHandle, AgentError> {
+    let tls = match &hop.tls {
+        Some(t) => Some(
+            ServerTls::server(t.paths.clone(), &[ALPN_H2], RELOAD_INTERVAL)
+                .await
+                .map_err(|e| AgentError::Startup(config.tls_error(AGENT_SERVICE_TLS_KEY, e).to_string()))?,
+        ),
+        None => None,
+    };
     let registry = Arc::new(AgentRegistry::from_config(config)?);
     let store = sessions::open(&config.config.session.store).await?;
     let runner = Runner::new(registry, store);
@@ -95,13 +143,17 @@ pub async fn start(config: &LoadedConfig, listener: TcpListener) -> Result<Serve
         .map_err(|e| AgentError::Startup(format!("reflection: {e}")))?;
     let service = AgentServiceServer::new(AgentSvc::new(runner.clone(), draining.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Only AgentService needs the token: health and reflection stay open for probes.
+    let service =
+        tonic::service::interceptor::InterceptedService::new(service, CallerToken::new(hop.token.as_deref()));
+    if hop.token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "agent-svc listens beyond loopback without an internal token: anyone who reaches the port \
+             can run agents (set gateway.agentService.token or OPENCLAW_AGENT_SVC_TOKEN for both services)"
+        );
+    }
 
-    // Nagle's algorithm would hold back small delta frames.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone().cancelled_owned();
     let server = tonic::transport::Server::builder()
@@ -111,11 +163,41 @@ pub async fn start(config: &LoadedConfig, listener: TcpListener) -> Result<Serve
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
-    let task = tokio::spawn(async move {
-        server
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(|e| AgentError::Startup(format!("gRPC server: {e}")))
-    });
+    let task = match tls {
+        None => {
+            // Nagle's algorithm would hold back small delta frames.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            });
+            tokio::spawn(serve(server, incoming, signal))
+        }
+        Some(tls) => {
+            tracing::info!(%addr, "agent-svc requires mutual TLS");
+            tokio::spawn(serve(server, tls_incoming(listener, tls, shutdown.clone()), signal))
+        }
+    };
     Ok(ServerHandle { addr, shutdown, draining, runner, health, task })
+}
+
+/// Serves `router` on the connections of `incoming` until `signal`.
+async fn serve<I, IO>(
+    router: tonic::transport::server::Router,
+    incoming: I,
+    signal: tokio_util::sync::WaitForCancellationFutureOwned,
+) -> Result<(), AgentError>
+where
+    I: Stream<Item = std::io::Result<IO>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    router
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .map_err(|e| AgentError::Startup(format!("gRPC server: {e}")))
 }

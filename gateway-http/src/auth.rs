@@ -225,7 +225,9 @@ impl Auth {
     pub fn check_request(&self, caller: Caller, headers: &HeaderMap) -> Result<(), Refusal> {
         match self.mode {
             AuthMode::None => Ok(()),
-            AuthMode::TrustedProxy => self.proxy_identity(caller.peer, headers).map(drop).map_err(Refusal::now),
+            AuthMode::TrustedProxy => {
+                self.proxy_identity(caller.peer, headers).map(drop).map_err(Refusal::now)
+            }
             AuthMode::Token | AuthMode::Password => {
                 self.check_secret(caller, headers.get(http::header::AUTHORIZATION).and_then(bearer_secret))
             }
@@ -327,7 +329,9 @@ fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
         .filter_map(|elem| {
             elem.split(';').find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then(|| parse_forwarded_addr(v.trim().trim_matches('"')))?
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_forwarded_addr(v.trim().trim_matches('"')))?
             })
         })
         .collect()
@@ -827,7 +831,10 @@ mod tests {
         let c2 = a.caller(proxy, &headers(&[("x-forwarded-for", "198.51.100.2")]), false);
         a.check_secret(c1, Some("bad")).unwrap_err();
         a.check_secret(c1, Some("bad")).unwrap_err();
-        assert!(matches!(a.check_secret(c1, Some("s3cret")), Err(Refusal { denied: Denied::LockedOut(_), .. })));
+        assert!(matches!(
+            a.check_secret(c1, Some("s3cret")),
+            Err(Refusal { denied: Denied::LockedOut(_), .. })
+        ));
         assert!(a.check_secret(c2, Some("s3cret")).is_ok());
 
         // IPv6: every address of a /64 is one client.

@@ -1,7 +1,8 @@
 //! gateway-http: the public port of the OpenClaw gateway pair. It serves the
 //! OpenAI Chat Completions surface (`/v1/chat/completions`, `/v1/models`),
-//! health, metrics and the Gateway WebSocket protocol over HTTP/1.1 and h2c on
-//! one listener, and runs every request as an `AgentRun` on agent-svc over gRPC.
+//! health, metrics and the Gateway WebSocket protocol over HTTP/1.1 and h2c
+//! (or HTTPS with h2/http1.1 ALPN and WSS, with `gateway.tls`) on one listener,
+//! and runs every request as an `AgentRun` on agent-svc over gRPC.
 //!
 //! [`start`] is the whole server (the binary is a thin CLI over it, and the
 //! end-to-end tests call it directly); [`router`] is the same HTTP surface
@@ -33,13 +34,14 @@ pub mod routes;
 pub mod state;
 pub mod ws;
 
-pub use client::AgentClient;
+pub use client::{AgentClient, HopCredentials};
 pub use error::{ApiError, GatewayError};
 pub use routes::router;
 pub use state::AppState;
 
 use metrics::Metrics;
-use services::config::{parse_bind, LoadedConfig};
+use services::config::{parse_bind, LoadedConfig, PUBLIC_TLS_KEY};
+use services::tls::{ServerTls, ALPN_H2, ALPN_HTTP11, RELOAD_INTERVAL};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +69,12 @@ pub struct GatewayOptions {
     pub agent_svc_url: Option<String>,
     /// A pre-bound listener (tests pass `127.0.0.1:0`), used instead of binding.
     pub listener: Option<TcpListener>,
-    /// How long a client may take to send a request head; default [`HEADER_READ_TIMEOUT`].
+    /// How long a client may take to send a request head (and, with TLS, to
+    /// finish its handshake); default [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Option<Duration>,
+    /// How often the TLS files (`gateway.tls`, `gateway.agentService.tls`) are
+    /// checked for changes; default `services::tls::RELOAD_INTERVAL`.
+    pub tls_reload_interval: Option<Duration>,
 }
 
 /// A running gateway. Dropping it leaves the server running until the runtime
@@ -168,11 +174,24 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     let default_agent = config.resolve_agents()?.default_agent().id.clone();
 
     let metrics = Arc::new(Metrics::new());
+    let reload_every = opts.tls_reload_interval.unwrap_or(RELOAD_INTERVAL);
+    // The certificates are loaded before binding, so a bad file fails without side effects.
+    let public_tls = match config.public_tls()? {
+        Some(paths) => Some(
+            ServerTls::server(paths, &[ALPN_H2, ALPN_HTTP11], reload_every)
+                .await
+                .map_err(|e| config.tls_error(PUBLIC_TLS_KEY, e))?,
+        ),
+        None => None,
+    };
+    let credentials = HopCredentials::from_config(&config, reload_every).await?;
     let remote_url =
         opts.agent_svc_url.or_else(|| gw.agent_service.url.clone()).filter(|u| !u.trim().is_empty());
     // Checked before binding, so a bad URL fails without side effects.
     let remote = remote_url
-        .map(|u| AgentClient::connect(&u, &default_agent, metrics.clone()).map(|c| (u, c)))
+        .map(|u| {
+            AgentClient::connect(&u, &default_agent, metrics.clone(), credentials.clone()).map(|c| (u, c))
+        })
         .transpose()?;
 
     let listener = match opts.listener {
@@ -187,15 +206,25 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
         }
     };
     let addr = listener.local_addr()?;
+    if public_tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "gateway-http listens beyond loopback without TLS: tokens and conversations cross the \
+             network in clear text (set gateway.tls, or terminate TLS in front of it)"
+        );
+    }
 
     let (agent_svc_url, client, embedded) = match remote {
         Some((url, client)) => (url, client, None),
         None => {
-            // Embedded mode: agent-svc in this process, reached through the same gRPC client.
+            // Embedded mode: agent-svc in this process, reached through the same gRPC client,
+            // with the same token; its loopback hop inside one process needs no TLS.
             let l = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-            let handle = agent_svc::start(&config, l).await?;
+            let hop = agent_svc::Hop { tls: None, ..agent_svc::Hop::from_config(&config)? };
+            let handle = agent_svc::start_with(&config, l, hop).await?;
             let url = format!("http://{}", handle.local_addr());
-            let client = AgentClient::connect(&url, &default_agent, metrics.clone())?;
+            let client =
+                AgentClient::connect(&url, &default_agent, metrics.clone(), credentials.without_tls())?;
             (url, client, Some(handle))
         }
     };
@@ -203,7 +232,13 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     let state = AppState::new(&config, client);
     let stop_accepting = CancellationToken::new();
     let header_timeout = opts.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT);
-    let server = tokio::spawn(serve(listener, router(state.clone()), stop_accepting.clone(), header_timeout));
+    let server = tokio::spawn(serve(
+        listener,
+        public_tls,
+        router(state.clone()),
+        stop_accepting.clone(),
+        header_timeout,
+    ));
 
     if embedded.is_some() {
         if let Some(handle) = agent_svc::metrics::global() {
@@ -231,46 +266,55 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accepts connections until `stop` fires, then waits for open requests and
-/// streams (graceful). HTTP/1.1 (with WebSocket upgrades) and h2c share the port;
-/// every request carries the peer address as `ConnectInfo`.
+/// streams (graceful). HTTP/1.1 (with WebSocket upgrades) and h2c share the port,
+/// or with `tls` the same over TLS (ALPN `h2`, `http/1.1`): each connection's
+/// handshake runs in its own task, bounded by `header_timeout`, with the
+/// certificate current when it starts. Every request carries the peer address
+/// as `ConnectInfo`.
 async fn serve(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     app: axum::Router,
     stop: CancellationToken,
     header_timeout: Duration,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tokio_util::either::Either;
     use tower::Service;
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
+        // Nagle off: small SSE frames and JSON answers must not wait.
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            accepted = services::net::accept(&listener) => match accepted {
+                Some(conn) => conn,
+                None => continue,
             },
             () = stop.cancelled() => break,
         };
-        // Small SSE frames and JSON answers must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             app.clone().call(req)
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let (builder, tls) = (builder.clone(), tls.clone());
         tokio::spawn(async move {
+            let io = match tls {
+                None => Either::Left(tcp),
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.acceptor().accept(tcp)).await {
+                    Ok(Ok(stream)) => Either::Right(stream),
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             // Errors here are the peer's (reset, timeout, bad request line).
-            let _ = conn.await;
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use gateway_http::{GatewayError, GatewayOptions};
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,6 +18,7 @@ use std::process::ExitCode;
   AGENT_SVC_URL              agent-svc URL when --agent-svc is not given
   OPENCLAW_GATEWAY_TOKEN     token for auth mode \"token\" when gateway.auth.token is not set
   OPENCLAW_GATEWAY_PASSWORD  password for auth mode \"password\" when gateway.auth.password is not set
+  OPENCLAW_AGENT_SVC_TOKEN   internal token sent to agent-svc when gateway.agentService.token is not set
   RUST_LOG                   log filter (default: info); logs go to stderr
   TOKIO_WORKER_THREADS       runtime worker threads (default: one per CPU; 1 costs less CPU per
                              request when agent-svc shares a small machine)
@@ -40,7 +41,8 @@ struct Cli {
     agent_svc: Option<String>,
     /// Ask a running gateway on 127.0.0.1 (the port from --port or the config)
     /// for GET /readyz and exit 0 when it answers 200, 1 otherwise (for
-    /// container health checks, which need no curl this way).
+    /// container health checks, which need no curl this way). With gateway.tls
+    /// it speaks HTTPS and accepts exactly the certificate of gateway.tls.certPath.
     #[arg(long)]
     healthcheck: bool,
 }
@@ -48,30 +50,41 @@ struct Cli {
 /// How long `--healthcheck` waits for the answer.
 const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// `--healthcheck`: one plain HTTP/1.1 request to the local port.
+/// `--healthcheck`: one HTTP/1.1 request to the local port, over TLS (the
+/// configured leaf pinned, no host name) when the public port speaks it.
 fn healthcheck(cli: &Cli) -> ExitCode {
-    use std::io::Read;
-    let port = match cli.port {
-        Some(p) => p,
-        None => {
-            let path = cli.config.as_deref().filter(|p| !p.as_os_str().is_empty());
-            match services::config::load(path) {
-                Ok(c) => c.config.gateway.port,
-                Err(e) => {
-                    eprintln!("gateway-http: {e}");
-                    return ExitCode::FAILURE;
-                }
+    let path = cli.config.as_deref().filter(|p| !p.as_os_str().is_empty());
+    let (port, tls) =
+        match services::config::load(path).and_then(|c| Ok((c.config.gateway.port, c.public_tls()?))) {
+            Ok((port, tls)) => (cli.port.unwrap_or(port), tls),
+            Err(e) => {
+                eprintln!("gateway-http: {e}");
+                return ExitCode::FAILURE;
             }
-        }
-    };
-    let ready = (|| -> std::io::Result<bool> {
+        };
+    let ready = (|| -> Result<bool, Box<dyn std::error::Error>> {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let mut tcp = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
+        let tcp = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
         tcp.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
         tcp.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
-        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let request = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
         let mut head = [0u8; 12];
-        tcp.read_exact(&mut head)?;
+        match tls {
+            None => {
+                let mut tcp = tcp;
+                tcp.write_all(request)?;
+                tcp.read_exact(&mut head)?;
+            }
+            Some(paths) => {
+                let config = services::tls::pinned_client(&paths.cert, None, &[services::tls::ALPN_HTTP11])?;
+                // Any name: the pinned leaf is checked, not a host name.
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+                let mut stream = rustls::StreamOwned::new(conn, tcp);
+                stream.write_all(request)?;
+                stream.read_exact(&mut head)?;
+            }
+        }
         Ok(head.starts_with(b"HTTP/1.1 200"))
     })();
     match ready {
@@ -127,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     // Tests and the benchmark wait for exactly this line.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "gateway-http listening on http://{}", gateway.local_addr())
+    writeln!(out, "gateway-http listening on {}://{}", gateway.state().public_scheme(), gateway.local_addr())
         .context("writing to stdout")?;
     out.flush().context("writing to stdout")?;
     drop(out);

@@ -64,6 +64,8 @@ struct Inner {
     ws_connections: TaskTracker,
     /// Browser origins allowed besides the gateway's own.
     origins: Origins,
+    /// `https` when the public port speaks TLS (`gateway.tls.enabled`), else `http`.
+    public_scheme: &'static str,
 }
 
 impl AppState {
@@ -72,7 +74,8 @@ impl AppState {
         let chat = ChatSettings::from_config(config);
         let auth = Auth::from_config(config).with_metrics(client.metrics().auth());
         let origins = Origins::new(&config.config.gateway.allowed_origins);
-        AppState::build(client, auth, chat, WsSettings::from_config(config), origins)
+        let scheme = if config.config.gateway.tls.enabled { "https" } else { "http" };
+        AppState::build(client, auth, chat, WsSettings::from_config(config), origins, scheme)
     }
 
     /// State from its parts (the client's metrics, default WebSocket settings).
@@ -80,9 +83,9 @@ impl AppState {
         AppState::with_ws(client, auth, chat, WsSettings::default())
     }
 
-    /// State from its parts, with these WebSocket settings.
+    /// State from its parts, with these WebSocket settings (plain HTTP).
     pub fn with_ws(client: AgentClient, auth: Auth, chat: ChatSettings, ws: WsSettings) -> AppState {
-        AppState::build(client, auth, chat, ws, Origins::default())
+        AppState::build(client, auth, chat, ws, Origins::default(), "http")
     }
 
     fn build(
@@ -91,6 +94,7 @@ impl AppState {
         chat: ChatSettings,
         ws: WsSettings,
         origins: Origins,
+        public_scheme: &'static str,
     ) -> AppState {
         AppState(Arc::new(Inner {
             metrics: client.metrics().clone(),
@@ -102,6 +106,7 @@ impl AppState {
             ws_runs: ChatRuns::default(),
             ws_connections: TaskTracker::new(),
             origins,
+            public_scheme,
         }))
     }
 
@@ -113,6 +118,11 @@ impl AppState {
     /// The metrics, shared.
     pub fn metrics_handle(&self) -> &Arc<Metrics> {
         &self.0.metrics
+    }
+
+    /// The public port's scheme: `https` with `gateway.tls`, else `http`.
+    pub fn public_scheme(&self) -> &'static str {
+        self.0.public_scheme
     }
 
     /// The agent-svc client.

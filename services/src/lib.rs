@@ -3,7 +3,9 @@
 //! both services apply, each once: session keys ([`session_key`]), the new turn
 //! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
 //! the rules over a run's events ([`run_events`]); hiding the credentials of a
-//! URL ([`redact`]) and the Prometheus setup ([`telemetry`]).
+//! URL ([`redact`]) and the Prometheus setup ([`telemetry`]); TLS from
+//! reloaded PEM files for the public port and the internal hop ([`tls`]), and
+//! the accept step of the services' own accept loops ([`net`]).
 
 pub mod config;
 pub mod messages;
@@ -15,6 +17,7 @@ pub mod session_key;
 pub mod signal;
 pub mod sse;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated code for package `openclaw.agent.v1`.
 pub mod proto {

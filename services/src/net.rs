@@ -1,7 +1,12 @@
-//! Address ranges (`gateway.trustedProxies`) and browser origins
-//! (`gateway.allowedOrigins`), parsed once at start.
+//! Network odds and ends of both services: address ranges
+//! (`gateway.trustedProxies`) and browser origins (`gateway.allowedOrigins`),
+//! parsed once at start; and the accept step of the services' own accept loops
+//! (gateway-http's public port, agent-svc's mutual-TLS listener): Nagle off,
+//! and a back-off on accept errors instead of a spin.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 
 /// An IP range: an address and a prefix length (`10.0.0.0/8`, `::1`, `fd00::/8`).
 /// A bare address is a range of one.
@@ -66,6 +71,26 @@ pub fn normalize_origin(s: &str) -> Option<String> {
         return None;
     }
     Some(format!("{}://{}", scheme.to_ascii_lowercase(), rest.to_ascii_lowercase()))
+}
+
+/// How long to wait after a failed accept (out of descriptors and the like).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The next connection, with `TCP_NODELAY` set (small frames must not wait
+/// for Nagle). `None` after an accept error, which is logged and waited out
+/// for [`ACCEPT_BACKOFF`]: the caller just accepts again.
+pub async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((tcp, peer)) => {
+            let _ = tcp.set_nodelay(true);
+            Some((tcp, peer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ pub enum Step {
     Sleep(Duration),
     /// Say nothing until the caller drops the stream, which counts as a cancellation.
     Hang,
+    /// Say nothing until the test opens the gate (a stream held open on purpose);
+    /// a caller that drops the stream meanwhile counts as a cancellation.
+    Wait(Gate),
 }
 
 /// What the fake answers to one `AgentRun`.
@@ -233,6 +236,15 @@ impl AgentService for Service {
                         tx.closed().await;
                         cancelled();
                         return;
+                    }
+                    Step::Wait(gate) => {
+                        tokio::select! {
+                            () = gate.wait() => {}
+                            () = tx.closed() => {
+                                cancelled();
+                                return;
+                            }
+                        }
                     }
                 }
             }

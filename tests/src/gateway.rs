@@ -77,12 +77,21 @@ impl Gateway {
 
     /// [`Gateway::start`] returning the error.
     pub async fn try_start(config_json5: &str, agent_svc_url: Option<&str>) -> anyhow::Result<Gateway> {
+        Self::try_start_with(config_json5, agent_svc_url, GatewayOptions::default()).await
+    }
+
+    /// [`Gateway::try_start`] with more options (its listener and agent-svc URL are set here).
+    pub async fn try_start_with(
+        config_json5: &str,
+        agent_svc_url: Option<&str>,
+        opts: GatewayOptions,
+    ) -> anyhow::Result<Gateway> {
         let config = parse_config(config_json5)?;
         let (listener, _) = bind_loopback().await?;
         let opts = GatewayOptions {
             agent_svc_url: agent_svc_url.map(str::to_string),
             listener: Some(listener),
-            ..Default::default()
+            ..opts
         };
         let handle = gateway_http::start(config, opts).await?;
         Ok(Gateway {

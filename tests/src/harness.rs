@@ -247,6 +247,13 @@ pub fn parse_config(text: &str) -> Result<LoadedConfig, ConfigError> {
     services::config::parse(text, ConfigSource::File(label))
 }
 
+/// How agent-svc checks its callers: as the test's config says, whatever the
+/// environment of whoever runs the tests (`OPENCLAW_AGENT_SVC_TOKEN` is not read).
+fn hop(config: &LoadedConfig) -> Result<agent_svc::Hop, agent_svc::AgentError> {
+    let from_config = agent_svc::Hop::from_config(config)?;
+    Ok(agent_svc::Hop { token: config.agent_service_token_from(&|_| None), ..from_config })
+}
+
 /// A running agent-svc on `127.0.0.1`.
 pub struct AgentSvc {
     config: LoadedConfig,
@@ -276,7 +283,7 @@ impl AgentSvc {
     pub async fn try_start(config_json5: &str) -> anyhow::Result<AgentSvc> {
         let config = parse_config(config_json5)?;
         let (listener, _) = crate::serve::bind_loopback().await?;
-        let handle = agent_svc::start(&config, listener).await?;
+        let handle = agent_svc::start_with(&config, listener, hop(&config)?).await?;
         let addr = handle.local_addr();
         Ok(AgentSvc { config, handle: Some(handle), addr })
     }
@@ -361,7 +368,11 @@ impl AgentSvc {
             Ok(l) => l,
             Err(_) => crate::serve::must_bind_loopback("agent-svc restart").await.0,
         };
-        match agent_svc::start(&self.config, listener).await {
+        let started = match hop(&self.config) {
+            Ok(h) => agent_svc::start_with(&self.config, listener, h).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(h) => {
                 self.addr = h.local_addr();
                 self.handle = Some(h);

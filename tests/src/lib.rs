@@ -10,6 +10,7 @@
 //! - [`harness`]: starting agent-svc on a real socket, config builders, request
 //!   helpers and `AgentRun` stream folding.
 //! - [`ws`]: a real WebSocket client for the gateway protocol.
+//! - [`tls`]: a throwaway CA, certificate files, and TLS clients (HTTPS, WSS, gRPC).
 //! - [`prelude`]: what the gateway test files share (`use e2e::prelude::*;`).
 
 pub mod fake;
@@ -19,6 +20,7 @@ pub mod mock;
 pub mod prelude;
 mod serve;
 pub mod sse;
+pub mod tls;
 pub mod ws;
 
 pub use harness::{AgentSvc, ConfigBuilder, TempDir};

@@ -277,9 +277,13 @@ async fn the_lockout_counts_forwarded_clients_behind_trusted_proxies_and_ipv6_pe
     let attempt = |xff: &'static str, token: &'static str| {
         let gw = &gw;
         async move {
-            send(json_body(gw.post("/v1/chat/completions"), &hello()).bearer_auth(token).header("x-forwarded-for", xff))
-                .await
-                .status
+            send(
+                json_body(gw.post("/v1/chat/completions"), &hello())
+                    .bearer_auth(token)
+                    .header("x-forwarded-for", xff),
+            )
+            .await
+            .status
         }
     };
     assert_eq!(attempt("203.0.113.9", "bad").await, 401);

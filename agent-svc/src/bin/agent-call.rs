@@ -8,7 +8,12 @@
 //! agent-call --target agent-svc:50051 --history agent:main:openai-user:alice
 //! agent-call --target agent-svc:50051 --list-agents
 //! ```
+//!
+//! The internal token (`--token`, env `OPENCLAW_AGENT_SVC_TOKEN`, else the
+//! config's `gateway.agentService.token`) is sent on every call; mutual TLS is
+//! used with `--ca`/`--cert`/`--key` or the config's `gateway.agentService.tls`.
 
+use agent_svc::security::ClientSide;
 use clap::Parser;
 use serde_json::json;
 use services::proto::agent_run_event::Event;
@@ -17,10 +22,15 @@ use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
     content_part, AgentRunRequest, ContentPart, GetSessionHistoryRequest, ListAgentsRequest, Message,
 };
+use services::tls::{ClientTls, TlsPaths, ALPN_H2, RELOAD_INTERVAL};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+use tonic::metadata::AsciiMetadataValue;
 
 /// Calls agent-svc's gRPC API directly (one turn, a history, or the agents).
-#[derive(Parser, Debug)]
+// No Debug: it holds the token.
+#[derive(Parser)]
 #[command(name = "agent-call", version)]
 struct Cli {
     /// agent-svc address, `host:port` or `http://host:port`.
@@ -41,8 +51,61 @@ struct Cli {
     /// Print the configured agents instead of running a turn.
     #[arg(long)]
     list_agents: bool,
+    /// Config file whose `gateway.agentService` token and TLS settings are used
+    /// (flags win over it). Default: none.
+    #[arg(long, value_name = "PATH", env = "OPENCLAW_CONFIG_PATH")]
+    config: Option<PathBuf>,
+    /// The internal token agent-svc requires.
+    #[arg(long, env = "OPENCLAW_AGENT_SVC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA agent-svc's certificate must chain to (mutual TLS, with --cert and --key).
+    #[arg(long, value_name = "PATH", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// PEM client certificate.
+    #[arg(long, value_name = "PATH", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, value_name = "PATH", requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Name agent-svc's certificate is checked for (default: the target's host).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// The user message.
     message: Vec<String>,
+}
+
+/// The token and TLS settings: flags first, then the config.
+async fn credentials(cli: &Cli) -> Result<(Option<String>, Option<ClientSide>), Box<dyn std::error::Error>> {
+    let config = match cli.config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => Some(services::config::load(Some(path))?),
+        None => None,
+    };
+    let token =
+        cli.token.clone().filter(|t| !t.is_empty()).or_else(|| config.as_ref()?.agent_service_token());
+    let from_config = match &config {
+        Some(c) => c.agent_service_tls()?,
+        None => None,
+    };
+    let (paths, name) = match (&cli.ca, &cli.cert, &cli.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            (Some(TlsPaths { cert: cert.clone(), key: key.clone(), ca: Some(ca.clone()) }), None)
+        }
+        _ => match from_config {
+            Some(hop) => (Some(hop.paths), hop.server_name),
+            None => (None, None),
+        },
+    };
+    let tls = match paths {
+        None => None,
+        Some(paths) => {
+            let name = match cli.server_name.clone().or(name) {
+                Some(n) => Some(services::tls::server_name(&n)?),
+                None => None,
+            };
+            Some((ClientTls::client(paths, &[ALPN_H2], RELOAD_INTERVAL).await?, name))
+        }
+    };
+    Ok((token, tls))
 }
 
 fn main() -> ExitCode {
@@ -64,8 +127,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let url = if cli.target.contains("://") { cli.target.clone() } else { format!("http://{}", cli.target) };
-    let mut client = AgentServiceClient::connect(url).await?;
+    let (token, tls) = credentials(&cli).await?;
+    let channel = agent_svc::security::channel(&cli.target, tls, Duration::from_secs(5)).await?;
+    let bearer = match token {
+        Some(t) => Some(AsciiMetadataValue::try_from(format!("Bearer {t}"))?),
+        None => None,
+    };
+    let mut client = AgentServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        if let Some(b) = &bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    });
     if cli.list_agents {
         let r = client.list_agents(ListAgentsRequest {}).await?.into_inner();
         for a in r.agents {

@@ -35,8 +35,12 @@ pub fn system_resolver() -> Resolver {
     })
 }
 
-/// Makes the replica for a new address.
-pub type MakeReplica = Arc<dyn Fn(SocketAddr) -> Arc<Replica> + Send + Sync>;
+/// Makes the replica for a new address, given the host name it was found under
+/// (`None` for an IP target): the name its TLS certificate is checked for.
+pub type MakeReplica = Arc<dyn Fn(SocketAddr, Option<&str>) -> Arc<Replica> + Send + Sync>;
+
+/// An address and the host name it was resolved from.
+type Found = (SocketAddr, Option<String>);
 
 /// The state of discovery: targets, last known addresses per name.
 pub struct Discovery {
@@ -59,22 +63,20 @@ impl Discovery {
 
     /// Fills `pool` from targets that are all IP literals (nothing to resolve).
     pub fn apply_static(&self, pool: &Pool) {
-        let mut addrs: Vec<SocketAddr> = self
+        let addrs: Vec<Found> = self
             .targets
             .iter()
-            .filter_map(|t| if let Target::Addr(a) = t { Some(*a) } else { None })
+            .filter_map(|t| if let Target::Addr(a) = t { Some((*a, None)) } else { None })
             .collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        apply(pool, &addrs, &self.make);
+        apply(pool, addrs, &self.make);
     }
 
     /// Resolves every target once and brings `pool` in line with the result.
     pub async fn refresh(&mut self, pool: &Pool) {
-        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut addrs: Vec<Found> = Vec::new();
         for t in &self.targets {
             match t {
-                Target::Addr(a) => addrs.push(*a),
+                Target::Addr(a) => addrs.push((*a, None)),
                 Target::Name { host, port } => {
                     let found =
                         tokio::time::timeout(RESOLVE_TIMEOUT, (self.resolver)(host.clone(), *port)).await;
@@ -93,13 +95,11 @@ impl Discovery {
                             self.last.get(t).cloned().unwrap_or_default()
                         }
                     };
-                    addrs.extend(found);
+                    addrs.extend(found.into_iter().map(|a| (a, Some(host.clone()))));
                 }
             }
         }
-        addrs.sort_unstable();
-        addrs.dedup();
-        apply(pool, &addrs, &self.make);
+        apply(pool, addrs, &self.make);
     }
 
     /// Re-resolves until `stop` fires.
@@ -117,24 +117,27 @@ impl Discovery {
     }
 }
 
-/// Makes the pool hold exactly `addrs`: replicas already there are kept (with
-/// their channel, load and health), new ones made, missing ones retired.
-fn apply(pool: &Pool, addrs: &[SocketAddr], make: &MakeReplica) {
+/// Makes the pool hold exactly `found` (sorted and deduplicated by address
+/// here): replicas already there are kept (with their channel, load and
+/// health), new ones made, missing ones retired.
+fn apply(pool: &Pool, mut found: Vec<Found>, make: &MakeReplica) {
+    found.sort_unstable_by_key(|(a, _)| *a);
+    found.dedup_by_key(|(a, _)| *a);
     let current = pool.snapshot();
-    if current.len() == addrs.len() && current.iter().zip(addrs).all(|(r, a)| r.addr() == *a) {
+    if current.len() == found.len() && current.iter().zip(&found).all(|(r, (a, _))| r.addr() == *a) {
         return;
     }
-    let next: Vec<Arc<Replica>> = addrs
+    let next: Vec<Arc<Replica>> = found
         .iter()
-        .map(|a| match current.iter().find(|r| r.addr() == *a) {
+        .map(|(a, host)| match current.iter().find(|r| r.addr() == *a) {
             Some(r) => r.clone(),
             None => {
                 tracing::info!(replica = %a, "agent-svc replica joined");
-                make(*a)
+                make(*a, host.as_deref())
             }
         })
         .collect();
-    for gone in current.iter().filter(|r| !addrs.contains(&r.addr())) {
+    for gone in current.iter().filter(|r| !found.iter().any(|(a, _)| *a == r.addr())) {
         tracing::info!(replica = %gone.addr(), "agent-svc replica left; its calls in flight finish");
         gone.retire();
     }
@@ -148,7 +151,7 @@ mod tests {
     use parking_lot::Mutex;
 
     fn make() -> MakeReplica {
-        Arc::new(|addr| {
+        Arc::new(|addr, _| {
             let ch =
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
             Arc::new(Replica::new(addr, ch, 1024, ReplicaMetrics::noop()))

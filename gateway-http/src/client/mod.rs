@@ -12,7 +12,10 @@
 //! - `replica`: load, passive ejection after consecutive failures, warm-up;
 //! - `health`: active grpc.health.v1 probes;
 //! - this file: the calls, with one retry on another replica for a call that
-//!   failed before agent-svc started it, and never after.
+//!   failed before agent-svc started it, and never after, each carrying the
+//!   internal token ([`HopCredentials`]); with mutual TLS, each replica's
+//!   channel dials through a TLS connector that checks agent-svc's certificate
+//!   for the target's host name (not the resolved address).
 //!
 //! tower's `p2c::Balance` and `retry` layers are not used as such: a session's
 //! turns must follow its key (which `Balance` cannot do), and whether a run may
@@ -39,6 +42,7 @@ use codec::SharedCodec;
 use discovery::{Discovery, MakeReplica};
 use pool::Pool;
 use replica::Replica;
+use services::config::{LoadedConfig, AGENT_SERVICE_TLS_KEY};
 use services::proto::agent_run_request::Session;
 use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
@@ -47,6 +51,7 @@ use services::proto::{
     ListSessionsResponse,
 };
 use services::session_key::{self, SessionSelector};
+use services::tls::{ClientTls, GrpcTlsConnector, ALPN_H2};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,6 +91,80 @@ impl CallContext {
     }
 }
 
+/// How the gateway proves itself to agent-svc: the internal token
+/// (`gateway.agentService.token`, its file, or env `OPENCLAW_AGENT_SVC_TOKEN`)
+/// and mutual TLS (`gateway.agentService.tls`). Read once at start.
+#[derive(Clone, Default)]
+pub struct HopCredentials {
+    /// `Bearer <token>`, parsed once and sent on every AgentService call.
+    bearer: Option<AsciiMetadataValue>,
+    /// The client config and the name agent-svc's certificate is checked for
+    /// (`None`: each target's own host).
+    tls: Option<(ClientTls, Option<String>)>,
+}
+
+impl std::fmt::Debug for HopCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HopCredentials")
+            .field("token", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl HopCredentials {
+    /// The credentials the shared config gives; the certificate files are
+    /// checked for changes every `reload_every`.
+    pub async fn from_config(
+        config: &LoadedConfig,
+        reload_every: Duration,
+    ) -> Result<HopCredentials, GatewayError> {
+        let mut creds = match config.agent_service_token() {
+            Some(t) => {
+                HopCredentials::token(&t).map_err(|m| config.error("gateway.agentService.token", m))?
+            }
+            None => HopCredentials::default(),
+        };
+        if let Some(hop) = config.agent_service_tls()? {
+            let tls = ClientTls::client(hop.paths, &[ALPN_H2], reload_every)
+                .await
+                .map_err(|e| config.tls_error(AGENT_SERVICE_TLS_KEY, e))?;
+            creds.tls = Some((tls, hop.server_name));
+        }
+        Ok(creds)
+    }
+
+    /// Only the internal token (plain TCP).
+    pub fn token(token: &str) -> Result<HopCredentials, String> {
+        let mut bearer = AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the token must be printable ASCII".to_owned())?;
+        bearer.set_sensitive(true);
+        Ok(HopCredentials { bearer: Some(bearer), tls: None })
+    }
+
+    /// The same token, without TLS (the in-process hop of embedded mode).
+    pub fn without_tls(self) -> HopCredentials {
+        HopCredentials { tls: None, ..self }
+    }
+
+    /// Adds the token to a call's metadata.
+    fn apply(&self, md: &mut MetadataMap) {
+        if let Some(b) = &self.bearer {
+            md.insert("authorization", b.clone());
+        }
+    }
+
+    /// A lazily connected channel to the replica at `addr`, found under `host`
+    /// (`None`: an IP target).
+    fn channel(&self, addr: SocketAddr, host: Option<&str>) -> Channel {
+        let Some((tls, fixed_name)) = &self.tls else {
+            return endpoint(addr, "http").connect_lazy();
+        };
+        let name = fixed_name.as_deref().or(host).and_then(|n| services::tls::server_name(n).ok());
+        endpoint(addr, "https").connect_with_connector_lazy(GrpcTlsConnector::new(tls.clone(), name))
+    }
+}
+
 /// How many agent-svc replicas there are and how many take new calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replicas {
@@ -104,6 +183,7 @@ pub struct AgentClient {
 struct Inner {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    credentials: HopCredentials,
     /// The agent of requests that name none, for the session key a call is hashed on.
     default_agent: String,
     /// Stops discovery and probing when the last handle is dropped.
@@ -161,10 +241,10 @@ fn classify(replica: &Replica, status: tonic::Status) -> Failure {
 }
 
 impl AgentClient {
-    /// A client for `url` with its own metrics and `main` as the default agent
-    /// (see [`AgentClient::connect`]).
+    /// A client for `url` with its own metrics, `main` as the default agent and
+    /// no credentials (see [`AgentClient::connect`]).
     pub fn connect_lazy(url: &str) -> Result<AgentClient, GatewayError> {
-        AgentClient::connect(url, FALLBACK_DEFAULT_AGENT, Arc::new(Metrics::new()))
+        AgentClient::connect(url, FALLBACK_DEFAULT_AGENT, Arc::new(Metrics::new()), HopCredentials::default())
     }
 
     /// A client for the replicas `spec` names (see `target`: a name, an address,
@@ -172,18 +252,21 @@ impl AgentClient {
     /// gateway can start before agent-svc; calls made while no replica answers
     /// fail with 503. Resolving names and probing happen in background tasks
     /// (so this needs a tokio runtime), which end when the last handle is dropped.
-    /// `default_agent` is the agent of requests that name none.
+    /// `default_agent` is the agent of requests that name none; `credentials`
+    /// go with every call.
     pub fn connect(
         spec: &str,
         default_agent: &str,
         metrics: Arc<Metrics>,
+        credentials: HopCredentials,
     ) -> Result<AgentClient, GatewayError> {
         let bad = |reason: String| GatewayError::AgentSvcUrl { url: spec.trim().to_owned(), reason };
         let targets = target::parse_targets(spec).map_err(bad)?;
         let make: MakeReplica = {
             let metrics = metrics.clone();
-            Arc::new(move |addr: SocketAddr| {
-                let channel = endpoint(addr).connect_lazy();
+            let credentials = credentials.clone();
+            Arc::new(move |addr: SocketAddr, host: Option<&str>| {
+                let channel = credentials.channel(addr, host);
                 Arc::new(Replica::new(addr, channel, MAX_DECODE_BYTES, metrics.replica(addr)))
             })
         };
@@ -210,6 +293,7 @@ impl AgentClient {
             inner: Arc::new(Inner {
                 pool: pool.clone(),
                 metrics: metrics.clone(),
+                credentials,
                 default_agent: default_agent.to_owned(),
                 stop: stop.clone(),
                 resolved,
@@ -298,6 +382,7 @@ impl AgentClient {
                 .map_err(|e| tonic::Status::unavailable(format!("agent-svc not reachable: {e}")))?;
             let mut req = tonic::Request::new(request.clone());
             ctx.apply(req.metadata_mut());
+            self.inner.credentials.apply(req.metadata_mut());
             req.extensions_mut().insert(tonic::GrpcMethod::new("openclaw.agent.v1.AgentService", "AgentRun"));
             let path = http::uri::PathAndQuery::from_static("/openclaw.agent.v1.AgentService/AgentRun");
             let mut stream = grpc
@@ -449,6 +534,7 @@ impl AgentClient {
         let mut req = tonic::Request::new(message);
         req.set_timeout(UNARY_TIMEOUT);
         ctx.apply(req.metadata_mut());
+        self.inner.credentials.apply(req.metadata_mut());
         match tokio::time::timeout(UNARY_TIMEOUT, call(replica.agents(), req)).await {
             Ok(Ok(resp)) => {
                 replica.record_success();
@@ -482,10 +568,11 @@ fn no_replica() -> ApiError {
     ApiError::AgentUnavailable("No agent-svc replica is known.".into())
 }
 
-/// The channel settings of one replica.
-fn endpoint(addr: SocketAddr) -> Endpoint {
-    // `http://<addr>` always parses: the address is a resolved socket address.
-    Endpoint::from_shared(format!("http://{addr}"))
+/// The channel settings of one replica (`scheme`: `http`, or `https` when the
+/// channel's connector speaks TLS).
+fn endpoint(addr: SocketAddr, scheme: &str) -> Endpoint {
+    // `<scheme>://<addr>` always parses: the address is a resolved socket address.
+    Endpoint::from_shared(format!("{scheme}://{addr}"))
         .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:50051"))
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

@@ -23,7 +23,9 @@ pub fn kind(s: &tonic::Status) -> Kind {
     let md = s.metadata();
     if md.get(error_meta::TYPE).is_none() {
         return match s.code() {
-            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument => Kind::Answer,
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Unauthenticated => {
+                Kind::Answer
+            }
             _ => Kind::Transport,
         };
     }
@@ -43,14 +45,25 @@ pub fn kind(s: &tonic::Status) -> Kind {
 /// CANCELLED (the run was aborted through `AbortRun`, e.g. by a WebSocket
 /// `chat.abort`) → 502 `api_error` code `aborted` (OpenAI has no status for "someone
 /// else cancelled your request", and 499 is not a status clients understand),
-/// UNAUTHENTICATED → 401, PERMISSION_DENIED → 403, INTERNAL and anything else →
-/// 500/502 (a server-side fault, never caused by what the client sent).
+/// PERMISSION_DENIED → 403, INTERNAL and anything else → 500/502 (a server-side
+/// fault, never caused by what the client sent).
+///
+/// UNAUTHENTICATED (with or without metadata) means agent-svc refused the
+/// gateway's internal token: a deployment error, not the client's, so 503
+/// `agent_unavailable` (and an error line in the log each time), never a 401.
 ///
 /// Without it the call failed in transport (refused, reset, unreachable):
 /// 503 `agent_unavailable` + `Retry-After: 1`, except a transport deadline → 504
 /// and a message over agent-svc's gRPC size limit → 413.
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
+        if s.code() == Code::Unauthenticated {
+            tracing::error!(
+                "agent-svc refused the gateway's internal token: gateway.agentService.token \
+                 (or OPENCLAW_AGENT_SVC_TOKEN) must be the same for the gateway and agent-svc"
+            );
+            return ApiError::AgentUnavailable("agent-svc is unavailable".into());
+        }
         let md = s.metadata();
         let get = |key: &str| {
             md.get(key).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
@@ -82,7 +95,6 @@ impl From<tonic::Status> for ApiError {
             }
             Code::Unavailable | Code::Cancelled | Code::Aborted => StatusCode::BAD_GATEWAY,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_GATEWAY,
@@ -207,6 +219,20 @@ mod tests {
         assert_eq!(e.retry_after(), Some(1));
         let e: ApiError = tonic::Status::new(Code::DeadlineExceeded, "timeout").into();
         assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn a_refused_internal_token_is_503_not_401_and_not_transport() {
+        let refused = status(
+            Code::Unauthenticated,
+            "missing or wrong agent-svc token",
+            &[(error_meta::TYPE, "unauthorized"), (error_meta::CODE, "unauthenticated")],
+        );
+        assert_eq!(kind(&refused), Kind::Answer, "no retry, no ejection");
+        assert_eq!(kind(&tonic::Status::unauthenticated("x")), Kind::Answer);
+        let e: ApiError = refused.into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(&e)["error"]["code"], "agent_unavailable");
     }
 
     #[test]

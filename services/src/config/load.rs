@@ -1,9 +1,11 @@
 //! Loading: which file (`--config`, `OPENCLAW_CONFIG_PATH`, the default
 //! path), reading it, and parsing JSON5 into a [`Config`]: `${VAR}` expanded,
-//! unknown keys reported, a wrong type named by its key path.
+//! unknown keys reported, a wrong type named by its key path, `…File` secrets
+//! read, and a warning when the file shows its secrets to other users.
 
 use super::env::{expand_env, process_env, EnvLookup};
 use super::schema::Config;
+use super::secrets::{literal_secrets, read_secret_files, warn_if_exposed};
 use super::{ConfigError, ConfigSource, LoadedConfig, CONFIG_PATH_ENV};
 use std::path::{Path, PathBuf};
 
@@ -25,7 +27,11 @@ pub fn config_path(cli: Option<&Path>) -> (PathBuf, bool) {
 pub fn load(cli: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
     let (path, explicit) = config_path(cli);
     match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text, ConfigSource::File(path)),
+        Ok(text) => {
+            let (loaded, literal) = parse_inner(&text, ConfigSource::File(path.clone()), &process_env)?;
+            warn_if_exposed(&path, &literal);
+            Ok(loaded)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(LoadedConfig {
             config: Config::default(),
             source: ConfigSource::Defaults,
@@ -50,6 +56,15 @@ pub fn parse_with_env(
     source: ConfigSource,
     env: EnvLookup<'_>,
 ) -> Result<LoadedConfig, ConfigError> {
+    parse_inner(text, source, env).map(|(loaded, _)| loaded)
+}
+
+/// [`parse_with_env`], also returning the keys whose secret the text holds literally.
+fn parse_inner(
+    text: &str,
+    source: ConfigSource,
+    env: EnvLookup<'_>,
+) -> Result<(LoadedConfig, Vec<String>), ConfigError> {
     let file = source.to_string();
     let err = |key: String, message: String| ConfigError { file: file.clone(), key, message };
     let mut value: serde_json::Value =
@@ -57,19 +72,21 @@ pub fn parse_with_env(
     if !value.is_object() {
         return Err(err("<root>".into(), "the config must be an object".into()));
     }
+    let literal = literal_secrets(&value);
     expand_env(&mut value, &mut String::new(), env).map_err(|(k, m)| err(k, m))?;
 
     let mut unknown_keys = Vec::new();
     let mut on_unknown = |path: serde_ignored::Path<'_>| unknown_keys.push(path.to_string());
     let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         err(if key == "." { "<root>".into() } else { key }, e.into_inner().to_string())
     })?;
+    read_secret_files(&mut config).map_err(|(k, m)| err(k, m))?;
     for k in &unknown_keys {
         tracing::warn!(file = %file, key = %k, "unknown config key ignored");
     }
-    Ok(LoadedConfig { config, source, unknown_keys })
+    Ok((LoadedConfig { config, source, unknown_keys }, literal))
 }
 
 #[cfg(test)]

@@ -9,17 +9,22 @@
 //! - `schema.rs`: the file's shape ([`Config`] and its parts) and defaults;
 //! - `load.rs`: which file, reading and parsing it ([`load`], [`parse`]);
 //! - `env.rs`: `${VAR}` expansion and the environment lookup;
+//! - `secrets.rs`: `…File` secrets, the internal token, the plain-text warning;
+//! - `tls.rs`: the TLS settings of the public port and the internal hop;
 //! - `resolve.rs`: agents, model refs and the gateway's cross-field rules.
 
 mod env;
 mod load;
 mod resolve;
 mod schema;
+mod secrets;
+mod tls;
 
 pub use env::{process_env, EnvLookup};
 pub use load::{config_path, load, parse, parse_with_env};
 pub use resolve::{parse_bind, valid_agent_id, ModelRef, ResolvedAgent, ResolvedAgents};
 pub use schema::*;
+pub use tls::{HopTls, AGENT_SERVICE_TLS_KEY, PUBLIC_TLS_KEY};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +35,8 @@ pub const CONFIG_PATH_ENV: &str = "OPENCLAW_CONFIG_PATH";
 pub const TOKEN_ENV: &str = "OPENCLAW_GATEWAY_TOKEN";
 /// Env fallback for `gateway.auth.password`.
 pub const PASSWORD_ENV: &str = "OPENCLAW_GATEWAY_PASSWORD";
+/// Env fallback for `gateway.agentService.token` (both services).
+pub const AGENT_SVC_TOKEN_ENV: &str = "OPENCLAW_AGENT_SVC_TOKEN";
 /// The built-in offline provider (and its only model).
 pub const ECHO_PROVIDER: &str = "echo";
 /// The provider API this build speaks to upstreams.

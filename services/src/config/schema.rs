@@ -6,6 +6,7 @@ use crate::redact::redact_url;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,6 +44,8 @@ pub struct GatewayConfig {
     /// Proxies (IPs or CIDRs) whose forwarded headers are believed: the
     /// identity header of auth mode `trusted-proxy`.
     pub trusted_proxies: Vec<String>,
+    /// TLS on the public port.
+    pub tls: PublicTlsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +59,7 @@ impl Default for GatewayConfig {
             ws: WsConfig::default(),
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            tls: PublicTlsConfig::default(),
         }
     }
 }
@@ -86,6 +90,10 @@ pub struct AuthConfig {
     pub token: Option<String>,
     /// The password (else env `OPENCLAW_GATEWAY_PASSWORD`).
     pub password: Option<String>,
+    /// A file holding the token (read at load time; excludes `token`).
+    pub token_file: Option<PathBuf>,
+    /// A file holding the password (read at load time; excludes `password`).
+    pub password_file: Option<PathBuf>,
     /// Failed-attempt lockout.
     pub rate_limit: RateLimitConfig,
     /// Mode `trusted-proxy`: which header carries the identity, and what else must hold.
@@ -113,6 +121,8 @@ impl fmt::Debug for AuthConfig {
             .field("mode", &self.mode)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("password_file", &self.password_file)
             .field("rate_limit", &self.rate_limit)
             .field("trusted_proxy", &self.trusted_proxy)
             .finish()
@@ -199,12 +209,59 @@ impl Default for ImagesConfig {
     }
 }
 
-/// `gateway.agentService.*`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `gateway.agentService.*`: where agent-svc is and how the two services
+/// trust each other (read by both).
+#[derive(Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AgentServiceConfig {
     /// e.g. `http://agent-svc:50051`; absent: embedded mode.
     pub url: Option<String>,
+    /// The shared internal secret (else env `OPENCLAW_AGENT_SVC_TOKEN`).
+    pub token: Option<String>,
+    /// A file holding it (read at load time; excludes `token`).
+    pub token_file: Option<PathBuf>,
+    /// Mutual TLS on the hop.
+    pub tls: Option<AgentServiceTlsConfig>,
+}
+
+impl fmt::Debug for AgentServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentServiceConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// `gateway.agentService.tls.*`: each service presents its own certificate
+/// (agent-svc as server, the gateway as client) and verifies the other's
+/// against the CA.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentServiceTlsConfig {
+    /// PEM CA the peer's certificate must chain to.
+    pub ca_path: Option<PathBuf>,
+    /// PEM certificate chain this process presents.
+    pub cert_path: Option<PathBuf>,
+    /// Its private key.
+    pub key_path: Option<PathBuf>,
+    /// The name agent-svc's certificate is checked for (default: the host name
+    /// of the agent-svc target; an IP literal is checked as an IP).
+    pub server_name: Option<String>,
+}
+
+/// `gateway.tls.*`: TLS on the public port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PublicTlsConfig {
+    /// Serve HTTPS/WSS instead of HTTP/WS.
+    pub enabled: bool,
+    /// PEM certificate chain, leaf first.
+    pub cert_path: Option<PathBuf>,
+    /// Its private key.
+    pub key_path: Option<PathBuf>,
 }
 
 /// `gateway.ws.*`: limits of the WebSocket protocol (advertised to clients in
@@ -313,6 +370,8 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Sent as `Authorization: Bearer`.
     pub api_key: Option<String>,
+    /// A file holding the API key (read at load time; excludes `apiKey`).
+    pub api_key_file: Option<PathBuf>,
     /// Only `openai-completions` is spoken.
     pub api: String,
     /// Known models; empty allows any model name.
@@ -333,6 +392,7 @@ impl Default for ProviderConfig {
         Self {
             base_url: String::new(),
             api_key: None,
+            api_key_file: None,
             api: API_OPENAI_COMPLETIONS.into(),
             models: Vec::new(),
             headers: BTreeMap::new(),
@@ -348,6 +408,7 @@ impl fmt::Debug for ProviderConfig {
         f.debug_struct("ProviderConfig")
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_file", &self.api_key_file)
             .field("api", &self.api)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
             .field("models", &self.models)

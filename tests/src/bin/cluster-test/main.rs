@@ -36,6 +36,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "cluster-test-token";
+/// The internal token both services share (agent-svc refuses calls without it).
+const INTERNAL_TOKEN: &str = "cluster-test-internal-token";
 const REPLICAS: usize = 3;
 const AGENT_PORT: u16 = 50051;
 
@@ -185,6 +187,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let env = vec![
         ("OPENCLAW_GATEWAY_TOKEN".to_owned(), TOKEN.to_owned()),
+        // Not compose's local default: both services must take it from here.
+        ("OPENCLAW_AGENT_SVC_TOKEN".to_owned(), INTERNAL_TOKEN.to_owned()),
         ("OPENCLAW_CONFIG".to_owned(), "./deploy/compose/cluster-test.json5".to_owned()),
         ("OPENCLAW_PUBLISH".to_owned(), "127.0.0.1::18789".to_owned()),
         ("RUST_LOG".to_owned(), "info".to_owned()),
@@ -225,8 +229,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "hello over gRPC",
     ])?;
     ensure!(internal.contains("\"finished\""), "agent-call on the compose network: {internal}");
+    // The same call without the internal token is refused by agent-svc.
+    let refused = c.compose.run(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "-e",
+        "OPENCLAW_AGENT_SVC_TOKEN=",
+        "agent-svc",
+        "agent-call",
+        "--target",
+        "agent-svc:50051",
+        "--list-agents",
+    ]);
+    match refused {
+        Err(e) if format!("{e:#}").contains("agent-svc token") => {}
+        other => bail!("agent-call without the internal token must be refused: {other:?}"),
+    }
     println!(
-        "internal gRPC: agent-call on the compose network ran a turn ({} events)",
+        "internal gRPC: agent-call on the compose network ran a turn ({} events) with the internal token, \
+         and was refused without it",
         internal.lines().count()
     );
 
