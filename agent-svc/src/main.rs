@@ -47,13 +47,7 @@ fn main() -> ExitCode {
     if cli.healthcheck {
         return healthcheck(&cli);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    services::logging::init();
     // Config errors are one line naming the key and the file.
     let config = match services::config::load(cli.config.as_deref()) {
         Ok(c) => c,

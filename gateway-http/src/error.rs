@@ -46,6 +46,10 @@ pub enum ApiError {
     /// The body is over `maxBodyBytes` (on HTTP/1 the chat handler also closes the connection).
     #[error("Payload too large")]
     PayloadTooLarge,
+    /// The request body did not arrive within `gateway.http.bodyTimeoutMs`
+    /// (`408`; the connection is closed).
+    #[error("Request body not received in time")]
+    RequestTimeout,
     /// A browser `Origin` that is neither the gateway's own nor allowed (`403`,
     /// before authentication).
     #[error("Origin not allowed")]
@@ -133,6 +137,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AuthLockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Agent { status, .. } => *status,
@@ -191,6 +196,12 @@ impl ApiError {
                 Some("auth_rate_limited"),
             ),
             ApiError::PayloadTooLarge => ("Payload too large", "invalid_request_error", None, None),
+            ApiError::RequestTimeout => (
+                "The request body was not received in time.",
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
+            ),
             ApiError::OriginNotAllowed => (
                 "This origin may not use the gateway (gateway.allowedOrigins).",
                 "forbidden",

@@ -106,14 +106,7 @@ async fn main() -> ExitCode {
     if cli.healthcheck {
         return healthcheck(&cli);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    services::logging::init();
 
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

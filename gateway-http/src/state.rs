@@ -28,6 +28,8 @@ pub struct ChatSettings {
     /// tests shorten it). Also the longest wait for the first event before the
     /// `200` is committed.
     pub keep_alive: Duration,
+    /// Time allowed to receive a whole request body (`gateway.http.bodyTimeoutMs`).
+    pub body_timeout: Duration,
 }
 
 impl ChatSettings {
@@ -39,6 +41,7 @@ impl ChatSettings {
             max_body_bytes: c.max_body_bytes,
             images: ImagePolicy { allow_url: c.images.allow_url, max_bytes: c.images.max_bytes },
             keep_alive: crate::openai::sse::KEEP_ALIVE,
+            body_timeout: Duration::from_millis(config.config.gateway.http.body_timeout_ms.max(1)),
         }
     }
 }

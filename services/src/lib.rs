@@ -8,6 +8,7 @@
 //! the accept step of the services' own accept loops ([`net`]).
 
 pub mod config;
+pub mod logging;
 pub mod messages;
 pub mod net;
 pub mod redact;

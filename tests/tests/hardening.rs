@@ -80,3 +80,59 @@ async fn an_agent_model_the_provider_does_not_list_refuses_to_start() {
     let e = Gateway::try_start(&cfg, Some("127.0.0.1:1")).await.expect_err("must refuse");
     assert!(e.to_string().contains("agents.list[0].model"), "{e}");
 }
+
+/// Sends a chat completion's head, then `sent_bytes` of its 1000-byte body one
+/// at a time every `every`, and returns what the gateway answered and whether
+/// it then closed the connection.
+async fn trickle(gw: &Gateway, sent_bytes: usize, every: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let (mut rd, mut wr) = tcp.into_split();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        gw.addr()
+    );
+    wr.write_all(head.as_bytes()).await.expect("head");
+    let writer = tokio::spawn(async move {
+        for _ in 0..sent_bytes {
+            tokio::time::sleep(every).await;
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        // Keep the write half open: the body is never finished.
+        std::future::pending::<()>().await;
+    });
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return (String::from_utf8_lossy(&buf).into_owned(), true),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let out = tokio::time::timeout(T, read).await.unwrap_or((String::new(), false));
+    writer.abort();
+    out
+}
+
+/// A body that never arrives, or trickles in, is `408` after the body timeout
+/// and the connection is closed (it held a connection and a task forever before).
+#[tokio::test]
+async fn a_body_that_stalls_or_trickles_is_a_408_and_the_connection_closes() {
+    let mock = MockUpstream::start().await;
+    let s = stack(config(&mock).set("gateway.http.bodyTimeoutMs", json!(300))).await;
+    // Stops after the headers.
+    let (answer, closed) = trickle(&s.gw, 0, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(closed, "the connection is closed after the 408");
+    // A byte every 100 ms: never done within 300 ms.
+    let (answer, closed) = trickle(&s.gw, 50, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(closed);
+    assert!(mock.requests().is_empty(), "nothing ran");
+}

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const AGENT_ID: &str = "x-openclaw-agent-id";
 const MODEL: &str = "x-openclaw-model";
@@ -33,7 +33,8 @@ pub async fn completions(
     if !is_json(headers) {
         return Ok(unread_body(ApiError::UnsupportedMediaType, parts.version));
     }
-    let body = match read_body(headers, body, state.chat().max_body_bytes).await {
+    let settings = state.chat();
+    let body = match read_body(headers, body, settings.max_body_bytes, settings.body_timeout).await {
         Ok(body) => body,
         Err(e) => return Ok(unread_body(e, parts.version)),
     };
@@ -126,16 +127,19 @@ fn unread_body(e: ApiError, version: Version) -> Response {
     resp
 }
 
-/// Reads the body within `max` bytes: a `Content-Length` over the cap is refused
-/// before reading anything, and the read itself is capped (chunked bodies).
-async fn read_body(headers: &HeaderMap, body: Body, max: u64) -> Result<Bytes, ApiError> {
+/// Reads the body within `max` bytes and `timeout`: a `Content-Length` over the
+/// cap is refused before reading anything, the read itself is capped (chunked
+/// bodies), and a body that trickles in (or stops after the headers) is `408`.
+async fn read_body(headers: &HeaderMap, body: Body, max: u64, timeout: Duration) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max) {
         return Err(ApiError::PayloadTooLarge);
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else { return Err(ApiError::RequestTimeout) };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge),
         Err(_) => Err(ApiError::invalid_no_param("Failed to read the request body.")),

@@ -160,11 +160,19 @@ impl Default for RateLimitConfig {
 }
 
 /// `gateway.http.*`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpConfig {
     /// `gateway.http.endpoints.*`.
     pub endpoints: EndpointsConfig,
+    /// Time allowed to receive a whole request body (`408` after it).
+    pub body_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { endpoints: EndpointsConfig::default(), body_timeout_ms: 30_000 }
+    }
 }
 
 /// `gateway.http.endpoints.*`.
