@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use gateway_http::{GatewayError, GatewayOptions};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
