@@ -74,6 +74,7 @@ pub struct Metrics {
     embedded: std::sync::OnceLock<PrometheusHandle>,
     stream_errors: Counter,
     origin_refused: Counter,
+    slow_clients: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +118,8 @@ impl Metrics {
             recorder.register_counter(&Key::from_name("openclaw_gateway_stream_errors_total"), &META);
         let origin_refused =
             recorder.register_counter(&Key::from_name("openclaw_gateway_origin_refused_total"), &META);
+        let slow_clients =
+            recorder.register_counter(&Key::from_name("openclaw_gateway_slow_clients_total"), &META);
         Metrics {
             recorder,
             handle,
@@ -131,6 +134,7 @@ impl Metrics {
             embedded: std::sync::OnceLock::new(),
             stream_errors,
             origin_refused,
+            slow_clients,
         }
     }
 
@@ -161,6 +165,11 @@ impl Metrics {
     pub fn run_finished(&self, started_at: std::time::Instant, finished: &services::proto::RunFinished) {
         let provider = Duration::from_micros(finished.provider_micros);
         self.overhead.record(started_at.elapsed().saturating_sub(provider).as_secs_f64());
+    }
+
+    /// Counts a streamed run ended because its client stopped reading.
+    pub fn slow_client(&self) {
+        self.slow_clients.increment(1);
     }
 
     /// Counts a request refused for its browser `Origin`.

@@ -30,6 +30,9 @@ pub struct ChatSettings {
     pub keep_alive: Duration,
     /// Time allowed to receive a whole request body (`gateway.http.bodyTimeoutMs`).
     pub body_timeout: Duration,
+    /// Unsent bytes a streaming client may leave before its run is ended
+    /// (`gateway.http.maxBufferedBytes`).
+    pub max_buffered_bytes: usize,
 }
 
 impl ChatSettings {
@@ -42,6 +45,8 @@ impl ChatSettings {
             images: ImagePolicy { allow_url: c.images.allow_url, max_bytes: c.images.max_bytes },
             keep_alive: crate::openai::sse::KEEP_ALIVE,
             body_timeout: Duration::from_millis(config.config.gateway.http.body_timeout_ms.max(1)),
+            max_buffered_bytes: usize::try_from(config.config.gateway.http.max_buffered_bytes)
+                .unwrap_or(usize::MAX),
         }
     }
 }

@@ -136,3 +136,41 @@ async fn a_body_that_stalls_or_trickles_is_a_408_and_the_connection_closes() {
     assert!(closed);
     assert!(mock.requests().is_empty(), "nothing ran");
 }
+
+/// A streaming client that stops reading cannot hold agent-svc's stream (and
+/// the HTTP/2 window every run on the connection shares): its answer piles up
+/// in its own buffer, and past `gateway.http.maxBufferedBytes` its run is ended
+/// (the upstream request cancelled), while other clients' runs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_client_that_stops_reading_has_its_run_ended_and_slows_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockUpstream::start().await;
+    let s = stack(config(&mock).set("gateway.http.maxBufferedBytes", json!(65536))).await;
+    // A long answer, fast: 10 MB in 10 KB deltas (more than any socket buffers hold).
+    let big: Vec<String> = (0..1000).map(|_| "x".repeat(10_000)).collect();
+    mock.set_for_model("huge", Behavior::chunks(big));
+
+    // The stalled client: sends its request, reads the head, then never reads again.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let mut tcp = socket.connect(s.gw.addr()).await.expect("connect");
+    let body = streamed("give me everything", json!({})).to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nx-openclaw-model: mock/huge\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.expect("request");
+    let mut head = [0u8; 64];
+    let n = tcp.read(&mut head).await.expect("head");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+
+    // Its run is ended: the upstream request is dropped long before its end.
+    assert!(mock.wait_for_disconnect(T).await, "the stalled client's run was never ended");
+    // Meanwhile (and after) others are served as usual.
+    let r = chat(&s, &ask("and me?")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let metrics = send(s.gw.get("/metrics")).await.text;
+    assert!(metrics.contains("openclaw_gateway_slow_clients_total 1"), "{metrics}");
+    drop(tcp);
+}

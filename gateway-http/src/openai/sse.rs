@@ -8,9 +8,14 @@
 //! comment goes out after 15 s of silence, and an error becomes
 //! `data: {"error":…}` + `data: [DONE]`.
 //!
-//! The body stream owns the run's event stream: when the client disconnects
-//! hyper drops the body, which drops the [`RunEvents`], which cancels the run
-//! in agent-svc.
+//! Once committed, the run is read by a pump of its own, as fast as agent-svc
+//! sends it, into a per-client buffer that the response body drains as fast as
+//! the client reads. So a client that stops reading never holds agent-svc's
+//! stream (whose unread bytes would hold flow-control window that every run on
+//! the connection shares): its buffer grows instead, and once it passes
+//! `gateway.http.maxBufferedBytes` the run is ended and the connection closed.
+//! When the client disconnects, hyper drops the body, which stops the pump,
+//! which drops the [`RunEvents`], which cancels the run in agent-svc.
 //!
 //! Why not axum's `Sse` + `KeepAlive`: the `200` must not be committed before
 //! the first meaningful event (so early errors keep their status), which
@@ -27,12 +32,15 @@ use crate::openai::ChunkWriter;
 use crate::state::AppState;
 use axum::body::Body;
 use bytes::Bytes;
-use futures::StreamExt;
-use std::convert::Infallible;
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::time::Sleep;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 
 /// Silence after which a keep-alive comment is sent (SPEC: 15 s); the default
 /// of [`crate::state::ChatSettings::keep_alive`].
@@ -112,12 +120,13 @@ impl SseRun {
         self.session_key.as_deref()
     }
 
-    /// The response body: the frames written so far, then the rest of the run.
-    pub fn into_body(self) -> Body {
-        Body::from_stream(futures::stream::unfold(self, |mut run| async move {
-            let bytes = run.next_frames().await?;
-            Some((Ok::<Bytes, Infallible>(bytes), run))
-        }))
+    /// The response body: the frames written so far, then the rest of the run,
+    /// pumped into a buffer of at most `max_buffered` unsent bytes.
+    pub fn into_body(self, max_buffered: usize) -> Body {
+        let outbox = Arc::new(ClientOutbox::default());
+        let gone = CancellationToken::new();
+        tokio::spawn(pump(self, outbox.clone(), gone.clone(), max_buffered));
+        Body::from_stream(ClientBody { outbox, _gone: gone.drop_guard() })
     }
 
     /// The next bytes to send, or `None` when the body is complete.
@@ -184,5 +193,129 @@ impl SseRun {
         self.state.metrics().stream_error();
         self.writer.error(e);
         self.phase = Phase::Done;
+    }
+}
+
+/// Reads the run into `outbox` until it is complete, the client is `gone`, or
+/// the client has left more than `max` bytes unread (then the run is ended:
+/// dropping it cancels it in agent-svc).
+async fn pump(mut run: SseRun, outbox: Arc<ClientOutbox>, gone: CancellationToken, max: usize) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = gone.cancelled() => return,
+            next = run.next_frames() => next,
+        };
+        match next {
+            Some(bytes) => {
+                if !outbox.push(bytes, max) {
+                    run.state.metrics().slow_client();
+                    tracing::debug!(max, "SSE client stopped reading: its run is ended");
+                    return;
+                }
+            }
+            None => {
+                outbox.finish();
+                return;
+            }
+        }
+    }
+}
+
+/// How the pumped body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// More may come.
+    Open,
+    /// Everything is queued.
+    Complete,
+    /// The client let more than the bound pile up: the response is cut off.
+    Overflow,
+}
+
+#[derive(Debug)]
+struct OutboxState {
+    frames: VecDeque<Bytes>,
+    queued: usize,
+    ending: Ending,
+    waker: Option<Waker>,
+}
+
+impl Default for OutboxState {
+    fn default() -> Self {
+        OutboxState { frames: VecDeque::new(), queued: 0, ending: Ending::Open, waker: None }
+    }
+}
+
+/// The bytes pumped for one client and not yet read by it.
+#[derive(Debug, Default)]
+struct ClientOutbox {
+    state: Mutex<OutboxState>,
+}
+
+impl ClientOutbox {
+    /// Queues `bytes`; false (and the body is cut off) when that would leave more
+    /// than `max` bytes unread.
+    fn push(&self, bytes: Bytes, max: usize) -> bool {
+        let mut st = self.state.lock();
+        let fits = st.queued + bytes.len() <= max;
+        if fits {
+            st.queued += bytes.len();
+            st.frames.push_back(bytes);
+        } else {
+            st.frames.clear();
+            st.queued = 0;
+            st.ending = Ending::Overflow;
+        }
+        let waker = st.waker.take();
+        drop(st);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        fits
+    }
+
+    fn finish(&self) {
+        let waker = {
+            let mut st = self.state.lock();
+            st.ending = Ending::Complete;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The response body: drains the outbox as fast as the client reads. Dropping
+/// it (the client went away) stops the pump.
+struct ClientBody {
+    outbox: Arc<ClientOutbox>,
+    _gone: DropGuard,
+}
+
+impl Stream for ClientBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut st = self.outbox.state.lock();
+        if let Some(bytes) = st.frames.pop_front() {
+            st.queued -= bytes.len();
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        match st.ending {
+            Ending::Complete => Poll::Ready(None),
+            Ending::Overflow => {
+                // Once: the body ends with the error, which closes the connection.
+                st.ending = Ending::Complete;
+                Poll::Ready(Some(Err(std::io::Error::other("the client stopped reading"))))
+            }
+            Ending::Open => {
+                if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
     }
 }

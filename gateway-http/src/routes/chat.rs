@@ -68,7 +68,7 @@ pub async fn completions(
         h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
         common_headers(h, sse.session_key(), &ctx.request_id);
-        *resp.body_mut() = sse.into_body();
+        *resp.body_mut() = sse.into_body(state.chat().max_buffered_bytes);
         Ok(resp)
     } else {
         let fold = openai::collect(events, state.metrics(), started_at).await?;

@@ -167,11 +167,13 @@ pub struct HttpConfig {
     pub endpoints: EndpointsConfig,
     /// Time allowed to receive a whole request body (`408` after it).
     pub body_timeout_ms: u64,
+    /// Unsent bytes a streaming (SSE) client may leave before its run is ended.
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { endpoints: EndpointsConfig::default(), body_timeout_ms: 30_000 }
+        Self { endpoints: EndpointsConfig::default(), body_timeout_ms: 30_000, max_buffered_bytes: 1 << 20 }
     }
 }
 
