@@ -43,6 +43,10 @@ pub enum AgentError {
     /// The service is shutting down.
     #[error("agent-svc is shutting down")]
     ShuttingDown,
+    /// A bound on what this replica takes at once is reached (runs in flight,
+    /// session-lock connections): refused at once, to be retried (elsewhere).
+    #[error("{0}")]
+    Overloaded(String),
     /// The caller did not send the internal token (`gateway.agentService.token`).
     #[error("missing or wrong agent-svc token")]
     Unauthenticated,
@@ -86,6 +90,7 @@ impl AgentError {
             AgentError::Timeout(_) => (Code::DeadlineExceeded, "api_error", Some("timeout"), None),
             AgentError::Aborted => (Code::Cancelled, "api_error", Some("aborted"), None),
             AgentError::ShuttingDown => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),
+            AgentError::Overloaded(_) => (Code::ResourceExhausted, "api_error", Some("overloaded"), None),
             AgentError::Unauthenticated => {
                 (Code::Unauthenticated, "unauthorized", Some("unauthenticated"), None)
             }
@@ -108,7 +113,7 @@ impl From<AgentError> for Status {
         if let Some(p) = param.and_then(|p| MetadataValue::try_from(p).ok()) {
             md.insert(error_meta::PARAM, p);
         }
-        if matches!(e, AgentError::ShuttingDown | AgentError::Store(_)) {
+        if matches!(e, AgentError::ShuttingDown | AgentError::Store(_) | AgentError::Overloaded(_)) {
             md.insert(error_meta::RETRY_AFTER, MetadataValue::from_static("1"));
         }
         if matches!(e, AgentError::ShuttingDown) {

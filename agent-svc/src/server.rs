@@ -124,7 +124,9 @@ pub async fn start_with(
     };
     let registry = Arc::new(AgentRegistry::from_config(config)?);
     let store = sessions::open(&config.config.session.store).await?;
-    let runner = Runner::new(registry, store);
+    let max_runs =
+        usize::try_from(config.config.gateway.agent_service.max_concurrent_runs).unwrap_or(usize::MAX);
+    let runner = Runner::new(registry, store, max_runs.max(1));
     let draining = Arc::new(AtomicBool::new(false));
     let addr = listener.local_addr().map_err(|e| AgentError::Startup(e.to_string()))?;
 

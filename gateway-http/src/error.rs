@@ -80,6 +80,10 @@ pub enum ApiError {
     /// No agent-svc could be reached (refused, reset, unreachable, shutting down).
     #[error("{0}")]
     AgentUnavailable(String),
+    /// A global bound is reached (connections, runs in flight here or on every
+    /// agent-svc replica): refused at once, `503 overloaded` + `Retry-After`.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 /// The `error` object of an error body (also sent as an SSE `data:` event).
@@ -141,7 +145,7 @@ impl ApiError {
             ApiError::OriginNotAllowed => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Agent { status, .. } => *status,
-            ApiError::AgentUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::AgentUnavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -150,7 +154,7 @@ impl ApiError {
         match self {
             ApiError::AuthLockedOut { retry_after_secs } => Some(*retry_after_secs),
             ApiError::Agent { retry_after, .. } => *retry_after,
-            ApiError::AgentUnavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            ApiError::AgentUnavailable(_) | ApiError::Overloaded(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -221,6 +225,7 @@ impl ApiError {
                 (message, kind, param.as_deref(), code.as_deref())
             }
             ApiError::AgentUnavailable(message) => (message, "api_error", None, Some("agent_unavailable")),
+            ApiError::Overloaded(message) => (message, "api_error", None, Some("overloaded")),
         };
         Some(ErrorObject { message, kind, param, code })
     }

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod browser;
 pub mod client;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
@@ -234,10 +235,14 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     let header_timeout = opts.header_read_timeout.unwrap_or(HEADER_READ_TIMEOUT);
     let server = tokio::spawn(serve(
         listener,
-        public_tls,
         router(state.clone()),
         stop_accepting.clone(),
-        header_timeout,
+        Serving {
+            tls: public_tls,
+            header_timeout,
+            connections: limits::Bound::new(config.config.gateway.limits.max_connections as usize),
+            metrics: state.metrics_handle().clone(),
+        },
     ));
 
     if embedded.is_some() {
@@ -261,6 +266,20 @@ pub async fn start(config: LoadedConfig, opts: GatewayOptions) -> Result<Gateway
     Ok(GatewayHandle { addr, agent_svc_url, state, stop_accepting, server, embedded })
 }
 
+/// How the public port serves its connections.
+struct Serving {
+    /// TLS on the public port, if configured.
+    tls: Option<ServerTls>,
+    /// Longest wait for a request head (and a TLS handshake).
+    header_timeout: Duration,
+    /// Open connections, bounded by `gateway.limits.maxConnections`.
+    connections: Arc<limits::Bound>,
+    metrics: Arc<Metrics>,
+}
+
+/// Refused connections given their `503` at once; beyond, they are just closed.
+const REFUSALS_AT_ONCE: usize = 256;
+
 /// A client must send a request's whole head within this time (slow-header
 /// clients would otherwise hold connections open for free).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -273,11 +292,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// as `ConnectInfo`.
 async fn serve(
     listener: TcpListener,
-    tls: Option<ServerTls>,
     app: axum::Router,
     stop: CancellationToken,
-    header_timeout: Duration,
+    serving: Serving,
 ) -> std::io::Result<()> {
+    let Serving { tls, header_timeout, connections, metrics } = serving;
+    let refusing = limits::Bound::new(REFUSALS_AT_ONCE);
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tokio_util::either::Either;
     use tower::Service;
@@ -296,6 +316,13 @@ async fn serve(
             },
             () = stop.cancelled() => break,
         };
+        let Some(slot) = connections.try_take() else {
+            metrics.overload_refused("connections");
+            if tls.is_none() {
+                limits::refuse_connection(tcp, &refusing);
+            }
+            continue;
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
@@ -312,6 +339,7 @@ async fn serve(
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
             };
+            let io = limits::Counted::new(io, slot);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             // Errors here are the peer's (reset, timeout, bad request line).
             let _ = watcher.watch(conn.into_owned()).await;

@@ -172,6 +172,19 @@ impl Metrics {
         self.slow_clients.increment(1);
     }
 
+    /// Counts a connection or run refused by `gateway.limits` (`limit` names which).
+    pub fn overload_refused(&self, limit: &'static str) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    "openclaw_gateway_overload_refusals_total",
+                    vec![Label::new("limit", limit)],
+                ),
+                &META,
+            )
+            .increment(1);
+    }
+
     /// Counts a request refused for its browser `Origin`.
     pub fn origin_refused(&self) {
         self.origin_refused.increment(1);
@@ -317,6 +330,11 @@ fn describe(r: &PrometheusRecorder) {
         (
             "openclaw_gateway_auth_delayed_total",
             "Wrong secrets of lockout-exempt (loopback) clients answered late.",
+        ),
+        ("openclaw_gateway_slow_clients_total", "SSE runs ended because their client stopped reading."),
+        (
+            "openclaw_gateway_overload_refusals_total",
+            "Connections and runs refused by gateway.limits, by limit.",
         ),
     ] {
         r.describe_counter(name.into(), Some(Unit::Count), help.into());

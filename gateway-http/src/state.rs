@@ -5,6 +5,8 @@
 use crate::auth::Auth;
 use crate::browser::Origins;
 use crate::client::AgentClient;
+use crate::error::ApiError;
+use crate::limits::{Bound, RunPermit};
 use crate::metrics::Metrics;
 use crate::openai::ImagePolicy;
 use crate::ws::chat::ChatRuns;
@@ -33,6 +35,8 @@ pub struct ChatSettings {
     /// Unsent bytes a streaming client may leave before its run is ended
     /// (`gateway.http.maxBufferedBytes`).
     pub max_buffered_bytes: usize,
+    /// Runs in flight at once, HTTP and WebSocket (`gateway.limits.maxConcurrentRuns`, 0: unbounded).
+    pub max_concurrent_runs: usize,
 }
 
 impl ChatSettings {
@@ -47,6 +51,7 @@ impl ChatSettings {
             body_timeout: Duration::from_millis(config.config.gateway.http.body_timeout_ms.max(1)),
             max_buffered_bytes: usize::try_from(config.config.gateway.http.max_buffered_bytes)
                 .unwrap_or(usize::MAX),
+            max_concurrent_runs: config.config.gateway.limits.max_concurrent_runs as usize,
         }
     }
 }
@@ -74,6 +79,8 @@ struct Inner {
     origins: Origins,
     /// `https` when the public port speaks TLS (`gateway.tls.enabled`), else `http`.
     public_scheme: &'static str,
+    /// Runs in flight, bounded by `gateway.limits.maxConcurrentRuns`.
+    runs: Arc<Bound>,
 }
 
 impl AppState {
@@ -115,6 +122,7 @@ impl AppState {
             ws_connections: TaskTracker::new(),
             origins,
             public_scheme,
+            runs: Bound::new(chat.max_concurrent_runs),
         }))
     }
 
@@ -156,6 +164,12 @@ impl AppState {
     /// Cancelled when open streams must end now (shutdown grace is over).
     pub fn force_close(&self) -> &CancellationToken {
         &self.0.force_close
+    }
+
+    /// Takes a place for a run (HTTP or WebSocket), or refuses it: `503 overloaded`
+    /// beyond `gateway.limits.maxConcurrentRuns`.
+    pub fn begin_run(&self) -> Result<RunPermit, ApiError> {
+        crate::limits::begin_run(&self.0.runs, &self.0.metrics)
     }
 
     /// The WebSocket settings (`gateway.ws`).

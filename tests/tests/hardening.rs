@@ -3,6 +3,7 @@
 //! and what the client sees instead, end to end over real sockets.
 
 use e2e::prelude::*;
+use e2e::ws::WsClient;
 
 /// An upstream whose answer is a `data:` line that never ends: `502` as soon as
 /// the line passes the bound (4 MiB), not at the run timeout, and the upstream
@@ -173,4 +174,153 @@ async fn a_streaming_client_that_stops_reading_has_its_run_ended_and_slows_no_on
     let metrics = send(s.gw.get("/metrics")).await.text;
     assert!(metrics.contains("openclaw_gateway_slow_clients_total 1"), "{metrics}");
     drop(tcp);
+}
+
+/// Past `gateway.limits.maxConcurrentRuns` a run is refused at once with `503
+/// overloaded` and `Retry-After` (JSON and streaming alike), the runs in flight
+/// finish, and the place is free again after them.
+#[tokio::test]
+async fn runs_beyond_the_gateway_bound_are_refused_at_once() {
+    let mock = MockUpstream::start().await;
+    let s = stack(config(&mock).set("gateway.limits.maxConcurrentRuns", json!(2))).await;
+    let gate = Gate::new();
+    for _ in 0..2 {
+        mock.push(Behavior::text("held").gated(&gate));
+    }
+    let held: Vec<_> = (0..2).map(|i| tokio::spawn(send(s.gw.chat(&ask(&format!("held {i}")))))).collect();
+    assert!(mock.wait_for_requests(2, T).await, "both runs reach the upstream");
+
+    let r = chat(&s, &ask("one more")).await;
+    let v = r.expect_error(503, "api_error");
+    assert_eq!(v["code"], "overloaded", "{v}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let r = send(s.gw.chat(&streamed("one more, streamed", json!({})))).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(mock.request_count(), 2, "refused runs never reach agent-svc's upstream");
+
+    gate.open();
+    for h in held {
+        let r = h.await.expect("task");
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let r = chat(&s, &ask("after")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let metrics = send(s.gw.get("/metrics")).await.text;
+    assert!(metrics.contains("openclaw_gateway_overload_refusals_total{limit=\"runs\"} 2"), "{metrics}");
+}
+
+/// Sends `GET /healthz` on a raw connection and returns what came back before
+/// the answer ended (or the connection closed).
+async fn health_over(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                    .and_then(|n| n.trim().parse::<usize>().ok());
+                if len.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(T, read).await.expect("an answer in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Past `gateway.limits.maxConnections` a new connection gets a `503
+/// overloaded` and is closed; a WebSocket counts for as long as it is open
+/// (after its upgrade too), and a closed connection frees its place.
+#[tokio::test]
+async fn connections_beyond_the_bound_get_a_503_and_are_closed() {
+    use tokio::net::TcpStream;
+    let mock = MockUpstream::start().await;
+    let s = stack(config(&mock).set("gateway.limits.maxConnections", json!(2))).await;
+    let addr = s.gw.addr();
+    let mut first = TcpStream::connect(addr).await.expect("connect");
+    assert!(health_over(&mut first).await.starts_with("HTTP/1.1 200"));
+    let ws = WsClient::open(addr).await;
+
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    let refused = health_over(&mut third).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("retry-after: 1") && refused.contains("\"code\":\"overloaded\""), "{refused}");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(T, tokio::io::AsyncReadExt::read_to_end(&mut third, &mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "the refused connection is closed");
+    // The open ones are still served.
+    assert!(health_over(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    // Closing the WebSocket frees its place (noticed by the server a moment later).
+    drop(ws);
+    let served = eventually(T, Duration::from_millis(20), || async {
+        let mut c = TcpStream::connect(addr).await.ok()?;
+        health_over(&mut c).await.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "a closed connection's place is never given back");
+    let metrics = send(s.gw.get("/metrics")).await;
+    // (This request may itself be refused while the last probe's connection closes.)
+    if metrics.status == 200 {
+        assert!(metrics.text.contains("openclaw_gateway_overload_refusals_total{limit=\"connections\"}"));
+    }
+}
+
+/// agent-svc's own bound (`gateway.agentService.maxConcurrentRuns`): with one
+/// replica the client gets its `503 overloaded`; with two, a run refused by the
+/// full one is retried on the other and succeeds.
+#[tokio::test]
+async fn a_full_agent_svc_replica_refuses_and_the_gateway_tries_another() {
+    let mock = MockUpstream::start().await;
+    let s = stack(config(&mock).set("gateway.agentService.maxConcurrentRuns", json!(1))).await;
+    let gate = Gate::new();
+    mock.push(Behavior::text("held").gated(&gate));
+    let held = tokio::spawn(send(s.gw.chat(&ask("held"))));
+    assert!(mock.wait_for_requests(1, T).await);
+    let r = chat(&s, &ask("one more")).await;
+    let v = r.expect_error(503, "api_error");
+    assert_eq!(v["code"], "overloaded", "{v}");
+    assert!(v["message"].as_str().unwrap_or_default().contains("agent-svc replica"), "{v}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    gate.open();
+    assert_eq!(held.await.expect("task").status, 200);
+
+    // Two replicas of one run each; the first is kept busy by a direct gRPC call.
+    let (busy_mock, free_mock) = (MockUpstream::start().await, MockUpstream::start().await);
+    let one_run =
+        |m: &MockUpstream| config(m).set("gateway.agentService.maxConcurrentRuns", json!(1)).build();
+    let busy = AgentSvc::start(&one_run(&busy_mock)).await;
+    let free = AgentSvc::start(&one_run(&free_mock)).await;
+    let gw = Gateway::start(&one_run(&busy_mock), Some(&format!("{},{}", busy.addr(), free.addr())))
+        .await
+        .with_bearer(TOKEN);
+    let gate = Gate::new();
+    busy_mock.push(Behavior::text("held").gated(&gate));
+    let mut client = busy.client().await;
+    let holder = tokio::spawn(async move {
+        harness::run_outcome(&mut client, harness::stateless(vec![harness::user("x")])).await
+    });
+    assert!(busy_mock.wait_for_requests(1, T).await);
+    // Sessions pin to a replica by key: of 20 users some belong to the busy one.
+    for i in 0..20 {
+        let r = send(gw.chat(&with(ask(&format!("turn {i}")), json!({"user": format!("user-{i}")})))).await;
+        assert_eq!(r.status, 200, "turn {i}: {}", r.text);
+    }
+    assert_eq!(busy_mock.request_count(), 1, "the full replica ran nothing else");
+    assert_eq!(free_mock.request_count(), 20);
+    let metrics = send(gw.get("/metrics")).await.text;
+    let retried = format!("openclaw_gateway_replica_retries_total{{replica=\"{}\"}}", busy.addr());
+    assert!(metrics.lines().any(|l| l.starts_with(&retried) && !l.ends_with(" 0")), "{metrics}");
+    gate.open();
+    assert!(holder.await.expect("task").error.is_none());
 }

@@ -75,13 +75,13 @@ fn event(e: Event) -> AgentRunEvent {
 }
 
 impl Runner {
-    /// A runner over these agents and this store.
-    pub fn new(registry: Arc<AgentRegistry>, store: Arc<dyn SessionStore>) -> Arc<Self> {
+    /// A runner over these agents and this store, taking at most `max_runs` runs at once.
+    pub fn new(registry: Arc<AgentRegistry>, store: Arc<dyn SessionStore>, max_runs: usize) -> Arc<Self> {
         Arc::new(Self {
             registry,
             store,
             queues: SessionQueues::new(MAX_QUEUED_TURNS),
-            runs: RunRegistry::default(),
+            runs: RunRegistry::new(max_runs),
         })
     }
 

@@ -71,14 +71,26 @@ struct Runs {
 }
 
 /// Runs in flight by run id, for `AbortRun` and shutdown.
-#[derive(Default)]
 pub struct RunRegistry {
     runs: Mutex<Runs>,
     /// Notified when the last run is removed.
     empty: tokio::sync::Notify,
+    /// Runs taken at once (`gateway.agentService.maxConcurrentRuns`).
+    max: usize,
+}
+
+impl Default for RunRegistry {
+    fn default() -> Self {
+        RunRegistry::new(usize::MAX)
+    }
 }
 
 impl RunRegistry {
+    /// A registry taking at most `max` runs at once.
+    pub fn new(max: usize) -> RunRegistry {
+        RunRegistry { runs: Mutex::default(), empty: tokio::sync::Notify::new(), max }
+    }
+
     /// Registers a run; a run id already in flight is refused, and so is every
     /// run once the registry is closed.
     pub(super) fn insert(&self, run_id: &str, session_key: &str) -> Result<RunCancel, AgentError> {
@@ -88,6 +100,13 @@ impl RunRegistry {
         }
         if runs.by_id.contains_key(run_id) {
             return Err(AgentError::invalid("run_id", format!("Run '{run_id}' is already running.")));
+        }
+        if runs.by_id.len() >= self.max {
+            metrics::counter!("openclaw_agent_overload_refusals_total", "limit" => "runs").increment(1);
+            return Err(AgentError::Overloaded(format!(
+                "This agent-svc replica is running its maximum of {} runs; retry shortly.",
+                self.max
+            )));
         }
         let cancel = RunCancel::default();
         runs.by_id.insert(
@@ -191,6 +210,16 @@ mod tests {
         let d = runs.insert("d", "s4").unwrap();
         d.token().cancel();
         assert_eq!(d.reason(), Cancel::ClientGone);
+    }
+
+    #[test]
+    fn beyond_the_maximum_a_run_is_refused_at_once() {
+        let runs = RunRegistry::new(2);
+        runs.insert("a", "s").unwrap();
+        runs.insert("b", "s").unwrap();
+        assert!(matches!(runs.insert("c", "s"), Err(AgentError::Overloaded(_))));
+        runs.remove("a");
+        assert!(runs.insert("c", "s").is_ok());
     }
 
     #[tokio::test]

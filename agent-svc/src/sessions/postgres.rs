@@ -8,6 +8,7 @@ use crate::error::AgentError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Connections for reads and appends.
@@ -90,6 +91,9 @@ const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 pub struct PostgresStore {
     data: PgPool,
     locks: PgPool,
+    /// One permit per lock connection: a turn that finds none is refused at
+    /// once (overloaded) instead of waiting for a connection.
+    lock_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl PostgresStore {
@@ -151,7 +155,8 @@ impl PostgresStore {
                 })
             })
             .connect_lazy_with(options);
-        Ok(PostgresStore { data, locks })
+        let lock_slots = Arc::new(tokio::sync::Semaphore::new(LOCK_CONNECTIONS as usize));
+        Ok(PostgresStore { data, locks, lock_slots })
     }
 
     /// Closes all connections (releasing any held turn locks). Later calls fail.
@@ -232,13 +237,19 @@ impl SessionStore for PostgresStore {
         // leaves a server-side wait behind.
         let mut pause = LOCK_POLL_MIN;
         loop {
+            let slot = self.lock_slots.clone().try_acquire_owned().map_err(|_| {
+                metrics::counter!("openclaw_agent_overload_refusals_total", "limit" => "session_locks").increment(1);
+                AgentError::Overloaded(format!(
+                    "This agent-svc replica holds its maximum of {LOCK_CONNECTIONS} session turns; retry shortly."
+                ))
+            })?;
             let mut conn = self.locks.acquire().await?;
             let (locked,): (bool,) = sqlx::query_as(TRY_LOCK).bind(key).fetch_one(&mut *conn).await?;
             if locked {
                 // Dropping the connection returns it to the pool, which unlocks it.
-                return Ok(TurnLock::new(conn));
+                return Ok(TurnLock::new((conn, slot)));
             }
-            drop(conn);
+            drop((conn, slot));
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LOCK_POLL_MAX);
         }
@@ -357,5 +368,20 @@ mod tests {
         drop(tokio::time::timeout(Duration::from_secs(5), a.lock_turn(&k)).await.unwrap().unwrap());
         a.close().await;
         b.close().await;
+    }
+
+    /// Overload is a refusal at once (`overloaded`, retryable), never a wait for
+    /// a lock connection that ends in an internal error.
+    #[tokio::test]
+    async fn pg_turns_beyond_the_lock_slots_are_refused_at_once() {
+        let mut s = store().await;
+        s.lock_slots = Arc::new(tokio::sync::Semaphore::new(2));
+        let held = [s.lock_turn(&key("slot-a")).await.unwrap(), s.lock_turn(&key("slot-b")).await.unwrap()];
+        let started = std::time::Instant::now();
+        assert!(matches!(s.lock_turn(&key("slot-c")).await, Err(AgentError::Overloaded(_))));
+        assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+        drop(held);
+        drop(s.lock_turn(&key("slot-c")).await.unwrap());
+        s.close().await;
     }
 }

@@ -221,8 +221,9 @@ impl Failure {
 }
 
 /// Files a failed call's status under its replica: a transport failure counts
-/// towards ejection, a draining agent-svc leaves the rotation, anything else
-/// is agent-svc's answer and proves the replica alive.
+/// towards ejection, a draining agent-svc leaves the rotation, an overloaded
+/// one is tried elsewhere, anything else is agent-svc's answer and proves the
+/// replica alive.
 fn classify(replica: &Replica, status: tonic::Status) -> Failure {
     match status::kind(&status) {
         status::Kind::Transport => {
@@ -233,6 +234,8 @@ fn classify(replica: &Replica, status: tonic::Status) -> Failure {
             replica.record_draining();
             Failure::Retryable(status.into())
         }
+        // At a bound, not unwell: another replica may take it, this one stays in.
+        status::Kind::Overloaded => Failure::Retryable(status.into()),
         status::Kind::Answer => {
             replica.record_success();
             Failure::Final(status.into())

@@ -13,6 +13,9 @@ pub enum Kind {
     Transport,
     /// agent-svc itself, saying that it is shutting down.
     Draining,
+    /// agent-svc itself, saying that it is at a bound (runs in flight, session
+    /// locks): another replica may take the call; this one is not unwell.
+    Overloaded,
     /// agent-svc's answer to this request (or a limit of the gRPC layer that
     /// another replica would hit too).
     Answer,
@@ -31,6 +34,10 @@ pub fn kind(s: &tonic::Status) -> Kind {
     }
     if md.get(error_meta::DRAINING).is_some() {
         Kind::Draining
+    } else if s.code() == Code::ResourceExhausted
+        && md.get(error_meta::CODE).is_some_and(|c| c == "overloaded")
+    {
+        Kind::Overloaded
     } else {
         Kind::Answer
     }
@@ -54,7 +61,8 @@ pub fn kind(s: &tonic::Status) -> Kind {
 ///
 /// Without it the call failed in transport (refused, reset, unreachable):
 /// 503 `agent_unavailable` + `Retry-After: 1`, except a transport deadline → 504
-/// and a message over agent-svc's gRPC size limit → 413.
+/// and an answer over the gateway's decode limit → 502 (agent-svc's, not the
+/// client's: the body cap keeps every request under agent-svc's own limit).
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
         if s.code() == Code::Unauthenticated {
@@ -78,7 +86,13 @@ impl From<tonic::Status> for ApiError {
                     message: "agent-svc did not answer in time".into(),
                     retry_after: None,
                 },
-                Code::OutOfRange => ApiError::PayloadTooLarge,
+                // Our own decoder refused agent-svc's answer (a history over the
+                // limit): agent-svc's fault as far as the client can tell, not its
+                // request's (the body cap keeps requests under agent-svc's limit).
+                Code::OutOfRange => ApiError::upstream(format!(
+                    "agent-svc's answer is larger than the gateway accepts ({} MiB); ask for less (a `limit`).",
+                    super::MAX_DECODE_BYTES >> 20
+                )),
                 _ => {
                     tracing::debug!(code = ?s.code(), message = s.message(), "agent-svc unreachable");
                     ApiError::AgentUnavailable("agent-svc is unavailable".into())
@@ -89,6 +103,9 @@ impl From<tonic::Status> for ApiError {
         let status = match s.code() {
             Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::ResourceExhausted if code.as_deref() == Some("overloaded") => {
+                return ApiError::Overloaded(s.message().to_owned());
+            }
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable if code.as_deref() == Some("agent_unavailable") => {
                 return ApiError::AgentUnavailable(s.message().to_owned());
@@ -151,6 +168,22 @@ mod tests {
             &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "agent_unavailable")],
         );
         assert_eq!(kind(&store), Kind::Answer);
+        let overloaded = status(
+            Code::ResourceExhausted,
+            "at its maximum of 1024 runs",
+            &[(error_meta::TYPE, "api_error"), (error_meta::CODE, "overloaded")],
+        );
+        assert_eq!(kind(&overloaded), Kind::Overloaded);
+        let e: ApiError = overloaded.into();
+        assert_eq!((e.status(), e.retry_after()), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
+        assert_eq!(body(&e)["error"]["code"], "overloaded");
+        // The session queue being full stays a 429.
+        let busy = status(
+            Code::ResourceExhausted,
+            "busy",
+            &[(error_meta::TYPE, "rate_limit_error"), (error_meta::CODE, "session_busy")],
+        );
+        assert_eq!(kind(&busy), Kind::Answer);
         let upstream = status(
             Code::Unavailable,
             "boom",
@@ -196,6 +229,14 @@ mod tests {
             assert_eq!(b["error"]["type"], ty);
             assert_eq!(b["error"]["code"].as_str(), c);
         }
+    }
+
+    #[test]
+    fn an_answer_over_the_decode_limit_is_agent_svcs_fault() {
+        let e: ApiError = tonic::Status::new(Code::OutOfRange, "decoded message length too large").into();
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(body(&e)["error"]["code"], "upstream_error");
+        assert_eq!(e.ws_code(), "UNAVAILABLE", "not \"Payload too large\" over the WebSocket either");
     }
 
     #[test]

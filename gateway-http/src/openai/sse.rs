@@ -26,7 +26,7 @@
 
 use crate::client::{RunEvent, RunEvents};
 use crate::error::ApiError;
-use crate::metrics::RunGuard;
+use crate::limits::RunPermit;
 use crate::openai::stream::Written;
 use crate::openai::ChunkWriter;
 use crate::state::AppState;
@@ -66,7 +66,7 @@ pub struct SseRun {
     state: AppState,
     started_at: Instant,
     first_token_seen: bool,
-    _in_flight: RunGuard,
+    _in_flight: RunPermit,
 }
 
 impl SseRun {
@@ -78,7 +78,7 @@ impl SseRun {
         writer: ChunkWriter,
         state: AppState,
         started_at: Instant,
-        in_flight: RunGuard,
+        in_flight: RunPermit,
     ) -> Result<SseRun, ApiError> {
         let keep_alive_every = state.chat().keep_alive;
         let mut run = SseRun {

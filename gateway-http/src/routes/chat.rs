@@ -54,8 +54,8 @@ pub async fn completions(
         traceparent: header_str(headers, TRACEPARENT).ok().flatten().map(str::to_owned),
     };
     let include_usage = chat.run.include_usage;
+    let in_flight = state.begin_run()?;
     let events = state.client().run(chat.run, &ctx).await?;
-    let in_flight = state.metrics().run_guard();
     let id = openai::completion_id();
     let created = openai::unix_now();
 

@@ -278,6 +278,13 @@ impl LoadedConfig {
                 return Err(self.error(format!("gateway.ws.{key}"), "must be a positive number"));
             }
         }
+        // A request body becomes one gRPC message to agent-svc, which takes up to 64 MiB.
+        if self.config.gateway.http.endpoints.chat_completions.max_body_bytes > MAX_HOP_MESSAGE_BYTES {
+            return Err(self.error(
+                "gateway.http.endpoints.chatCompletions.maxBodyBytes",
+                format!("at most {MAX_HOP_MESSAGE_BYTES} (64 MiB, the largest message agent-svc takes)"),
+            ));
+        }
         let auth = &self.config.gateway.auth;
         let bind_key = "gateway.bind";
         let ip = parse_bind(bind).ok_or_else(|| {
@@ -353,6 +360,9 @@ impl LoadedConfig {
 fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
+
+/// The largest gRPC message either service takes on the hop (and the body cap's ceiling).
+pub const MAX_HOP_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Agent ids appear inside session keys (`agent:<id>:…`), so no `:` or spaces.
 pub fn valid_agent_id(id: &str) -> bool {

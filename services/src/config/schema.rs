@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<String>,
     /// TLS on the public port.
     pub tls: PublicTlsConfig,
+    /// Global bounds (beyond them: `503 overloaded`, at once).
+    pub limits: LimitsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -60,7 +62,24 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             tls: PublicTlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
+    }
+}
+
+/// `gateway.limits.*`: what one gateway takes at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LimitsConfig {
+    /// Open client connections (HTTP and WebSocket); beyond: a `503` and close.
+    pub max_connections: u32,
+    /// Runs in flight (chat completions and WebSocket `chat.send`); beyond: `503`.
+    pub max_concurrent_runs: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_connections: 10_000, max_concurrent_runs: 4096 }
     }
 }
 
@@ -221,7 +240,7 @@ impl Default for ImagesConfig {
 
 /// `gateway.agentService.*`: where agent-svc is and how the two services
 /// trust each other (read by both).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AgentServiceConfig {
     /// e.g. `http://agent-svc:50051`; absent: embedded mode.
@@ -232,6 +251,15 @@ pub struct AgentServiceConfig {
     pub token_file: Option<PathBuf>,
     /// Mutual TLS on the hop.
     pub tls: Option<AgentServiceTlsConfig>,
+    /// Runs one agent-svc replica takes at once (queued turns included); beyond
+    /// it a run is refused at once (`503 overloaded`, tried on another replica).
+    pub max_concurrent_runs: u32,
+}
+
+impl Default for AgentServiceConfig {
+    fn default() -> Self {
+        Self { url: None, token: None, token_file: None, tls: None, max_concurrent_runs: 1024 }
+    }
 }
 
 impl fmt::Debug for AgentServiceConfig {
@@ -241,6 +269,7 @@ impl fmt::Debug for AgentServiceConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
             .field("tls", &self.tls)
+            .field("max_concurrent_runs", &self.max_concurrent_runs)
             .finish()
     }
 }

@@ -94,15 +94,17 @@ fn flush_delta(run: &ChatRun, fold: &mut Fold) {
 
 async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest, turn: &mut Turn) {
     let started_at = Instant::now();
-    let _in_flight = state.metrics().run_guard();
     let ctx = CallContext { request_id: run.run_id.clone(), traceparent: None };
     let mut fold = Fold::default();
     let outcome = if run.abort_requested() {
         Outcome::Aborted
     } else {
-        match state.client().run(request, &ctx).await {
-            Ok(events) => consume(state, run, events, &mut fold, started_at, &ctx, turn).await,
+        match state.begin_run() {
             Err(e) => e.into(),
+            Ok(_in_flight) => match state.client().run(request, &ctx).await {
+                Ok(events) => consume(state, run, events, &mut fold, started_at, &ctx, turn).await,
+                Err(e) => e.into(),
+            },
         }
     };
     turn.started();
