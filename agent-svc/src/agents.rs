@@ -3,6 +3,7 @@
 
 use crate::error::AgentError;
 use crate::providers::{echo::EchoProvider, openai::OpenAiProvider, Provider};
+use crate::run::budget;
 use services::config::{LoadedConfig, ModelRef, ResolvedAgent, ResolvedAgents, ECHO_PROVIDER};
 use services::proto::{AgentInfo, ListAgentsResponse};
 use std::collections::HashMap;
@@ -16,6 +17,8 @@ pub struct AgentRegistry {
     max_tokens: HashMap<ModelRef, u32>,
     /// Providers that list their models: only those models are accepted.
     listed_models: HashMap<String, Vec<String>>,
+    /// `provider/model` → the model's `contextWindow`, where configured.
+    context_windows: HashMap<ModelRef, u32>,
 }
 
 impl AgentRegistry {
@@ -25,11 +28,16 @@ impl AgentRegistry {
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let mut max_tokens = HashMap::new();
         let mut listed_models = HashMap::new();
+        let mut context_windows = HashMap::new();
         for (name, cfg) in &loaded.config.models.providers {
             providers.insert(name.clone(), Arc::new(OpenAiProvider::new(name, cfg)?));
             for m in &cfg.models {
+                let r = || ModelRef { provider: name.clone(), model: m.id.clone() };
                 if let Some(cap) = m.max_tokens {
-                    max_tokens.insert(ModelRef { provider: name.clone(), model: m.id.clone() }, cap);
+                    max_tokens.insert(r(), cap);
+                }
+                if let Some(window) = m.context_window {
+                    context_windows.insert(r(), window);
                 }
             }
             if !cfg.models.is_empty() {
@@ -43,7 +51,7 @@ impl AgentRegistry {
         {
             listed_models.insert(ECHO_PROVIDER.to_string(), vec![ECHO_PROVIDER.to_string()]);
         }
-        Ok(Self { agents, providers, max_tokens, listed_models })
+        Ok(Self { agents, providers, max_tokens, listed_models, context_windows })
     }
 
     /// The agent with this id; an empty id means the default agent.
@@ -75,6 +83,25 @@ impl AgentRegistry {
     /// The configured completion-token cap of a model.
     pub fn max_tokens(&self, r: &ModelRef) -> Option<u32> {
         self.max_tokens.get(r).copied()
+    }
+
+    /// The prompt budget of a run of `agent` on `chain`, in estimated tokens:
+    /// the agent's `contextTokens`, else the smallest of the chain's models'
+    /// windows less the answer's cap (the model's `maxTokens`, or the request's).
+    pub fn budget(&self, agent: &ResolvedAgent, chain: &[ModelRef], request_cap: Option<u32>) -> u64 {
+        if let Some(tokens) = agent.context_tokens {
+            return u64::from(tokens);
+        }
+        let per_model = |m: &ModelRef| {
+            let cap = match (self.max_tokens(m), request_cap) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            budget::model_budget(self.context_windows.get(m).copied(), cap)
+        };
+        u64::from(
+            chain.iter().map(per_model).min().unwrap_or_else(|| budget::model_budget(None, request_cap)),
+        )
     }
 
     /// The `ListAgents` answer.
@@ -118,6 +145,23 @@ mod tests {
     }
 
     #[test]
+    fn budgets_come_from_the_agent_or_the_smallest_model_window() {
+        let r = registry(
+            r#"{models: {providers: {up: {baseUrl: "http://127.0.0.1:9/v1",
+                  models: [{id: "big", contextWindow: 100000, maxTokens: 4000}, {id: "small", contextWindow: 8000}]}}},
+                agents: {list: [{id: "x", model: {primary: "up/big", fallbacks: ["up/small"]}},
+                                {id: "y", model: "up/big", contextTokens: 3000}]}}"#,
+        );
+        let m = |id: &str| ModelRef { provider: "up".into(), model: id.into() };
+        let x = r.agent("x").unwrap().clone();
+        assert_eq!(r.budget(&x, &[m("big")], None), 96_000);
+        assert_eq!(r.budget(&x, &[m("big"), m("small")], None), 4_000, "8000 less half of it at most");
+        assert_eq!(r.budget(&x, &[m("big"), m("small")], Some(1000)), 7_000);
+        let y = r.agent("y").unwrap().clone();
+        assert_eq!(r.budget(&y, &[m("big")], None), 3_000);
+    }
+
+    #[test]
     fn listed_models_and_caps() {
         let r = registry(
             r#"{models: {providers: {up: {baseUrl: "http://127.0.0.1:9/v1", models: [{id: "a", maxTokens: 7}]},
@@ -129,6 +173,12 @@ mod tests {
         assert!(!r.model_known(&ModelRef { provider: "up".into(), model: "b".into() }));
         assert!(r.model_known(&ModelRef { provider: "any".into(), model: "zzz".into() }));
         assert_eq!(r.max_tokens(&a), Some(7));
+        let x = r.agent("x").unwrap().clone();
+        // No window configured: the default window less the model's cap.
+        assert_eq!(
+            r.budget(&x, std::slice::from_ref(&a), None),
+            u64::from(budget::DEFAULT_CONTEXT_WINDOW - 7)
+        );
         let list = r.list();
         assert_eq!(list.default_agent_id, "x");
         assert_eq!(list.agents.len(), 2);

@@ -34,6 +34,10 @@ pub enum AgentError {
     /// The provider rejected the request itself (4xx other than auth/429).
     #[error("{0}")]
     UpstreamRejected(String),
+    /// The prompt is over the context budget, or the provider said it is over
+    /// the model's window (and compacting did not help).
+    #[error("{0}")]
+    ContextTooLong(String),
     /// Run or provider timeout.
     #[error("{0}")]
     Timeout(String),
@@ -87,6 +91,12 @@ impl AgentError {
             }
             AgentError::Upstream(_) => (Code::Unavailable, "api_error", Some("upstream_error"), None),
             AgentError::UpstreamRejected(_) => (Code::InvalidArgument, "invalid_request_error", None, None),
+            AgentError::ContextTooLong(_) => (
+                Code::InvalidArgument,
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+                Some("messages"),
+            ),
             AgentError::Timeout(_) => (Code::DeadlineExceeded, "api_error", Some("timeout"), None),
             AgentError::Aborted => (Code::Cancelled, "api_error", Some("aborted"), None),
             AgentError::ShuttingDown => (Code::Unavailable, "api_error", Some("agent_unavailable"), None),

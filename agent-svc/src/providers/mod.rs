@@ -69,6 +69,10 @@ pub enum ProviderError {
     /// The request itself was rejected (a 4xx other than 401/403/429); the message is upstream's.
     #[error("{0}")]
     Rejected(String),
+    /// The prompt is over the model's context window (a `400` to the client,
+    /// after one compaction and retry for a stable session).
+    #[error("{0}")]
+    ContextTooLong(String),
     /// 5xx, connection refused/reset, malformed response, auth failure.
     #[error("provider error: {0}")]
     Upstream(String),

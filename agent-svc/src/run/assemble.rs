@@ -17,36 +17,49 @@ pub fn text_message(role: &str, text: String) -> Message {
     }
 }
 
-/// Builds what goes upstream. Interrupted assistant messages keep only their
-/// text (a half-made tool call would make the provider reject the history) and
-/// are skipped when they have none.
-pub fn upstream_messages(
+/// What introduces a compaction summary in the system message.
+pub const SUMMARY_HEADING: &str = "Summary of the earlier conversation:";
+
+/// The one system message: the agent's prompt, the request's system texts and
+/// the session's summary, in that order, blank-line separated.
+pub fn system_text(
     agent_prompt: Option<&str>,
     request_system: Option<&str>,
+    summary: Option<&str>,
+) -> Option<String> {
+    let summary = summary.map(|s| format!("{SUMMARY_HEADING}\n{s}"));
+    let parts: Vec<&str> = [agent_prompt.filter(|p| !p.is_empty()), request_system, summary.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("\n\n"))
+}
+
+/// A stored message as it goes upstream: an interrupted assistant message keeps
+/// only its text (a half-made tool call would make the provider reject the
+/// history), and is left out when it has none.
+pub fn upstream_message(stored: &StoredMessage) -> Option<Message> {
+    if stored.interrupted && stored.message.role == "assistant" {
+        let text = message_text(&stored.message);
+        (!text.is_empty()).then(|| text_message("assistant", text))
+    } else {
+        Some(stored.message.clone())
+    }
+}
+
+/// Builds what goes upstream: the system message (with the session's summary,
+/// if any), the transcript, the request's own history, the new turn.
+pub fn upstream_messages(
+    system: Option<String>,
     transcript: &[StoredMessage],
     client_history: &[Message],
     new_turn: &[Message],
 ) -> Vec<Message> {
     let mut out = Vec::with_capacity(1 + transcript.len() + client_history.len() + new_turn.len());
-    let system = match (agent_prompt.filter(|p| !p.is_empty()), request_system) {
-        (Some(a), Some(r)) => Some(format!("{a}\n\n{r}")),
-        (Some(a), None) => Some(a.to_string()),
-        (None, Some(r)) => Some(r.to_string()),
-        (None, None) => None,
-    };
     if let Some(s) = system {
         out.push(text_message("system", s));
     }
-    for stored in transcript {
-        if stored.interrupted && stored.message.role == "assistant" {
-            let text = message_text(&stored.message);
-            if !text.is_empty() {
-                out.push(text_message("assistant", text));
-            }
-        } else {
-            out.push(stored.message.clone());
-        }
-    }
+    out.extend(transcript.iter().filter_map(upstream_message));
     out.extend(client_history.iter().cloned());
     out.extend(new_turn.iter().cloned());
     out
@@ -63,12 +76,8 @@ mod tests {
 
     #[test]
     fn upstream_order_and_interrupted_sanitising() {
-        let stored = |m: Message, interrupted| StoredMessage {
-            message: m,
-            interrupted,
-            created_at_ms: 0,
-            run_id: String::new(),
-        };
+        let stored =
+            |m: Message, interrupted| StoredMessage { message: m, interrupted, ..Default::default() };
         let half_call = Message {
             tool_calls: vec![ToolCall {
                 id: "c".into(),
@@ -85,7 +94,12 @@ mod tests {
             stored(msg("user", "u2"), false),
             stored(empty_interrupted, true),
         ];
-        let out = upstream_messages(Some("AGENT"), Some("REQ"), &transcript, &[], &[msg("user", "now")]);
+        let out = upstream_messages(
+            system_text(Some("AGENT"), Some("REQ"), None),
+            &transcript,
+            &[],
+            &[msg("user", "now")],
+        );
         assert_eq!(
             out,
             vec![
@@ -96,7 +110,16 @@ mod tests {
                 msg("user", "now"),
             ]
         );
-        let out = upstream_messages(None, None, &[], &[msg("user", "h")], &[msg("user", "n")]);
+        let out =
+            upstream_messages(system_text(None, None, None), &[], &[msg("user", "h")], &[msg("user", "n")]);
         assert_eq!(out, vec![msg("user", "h"), msg("user", "n")]);
+        assert_eq!(
+            system_text(Some(""), None, Some("we met")).as_deref(),
+            Some("Summary of the earlier conversation:\nwe met")
+        );
+        assert_eq!(
+            system_text(Some("A"), None, Some("S")).as_deref(),
+            Some("A\n\nSummary of the earlier conversation:\nS")
+        );
     }
 }

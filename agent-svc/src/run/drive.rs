@@ -12,7 +12,7 @@
 use super::prepare::Prepared;
 use super::produced::Produced;
 use super::registry::{Cancel, RunCancel};
-use super::{assemble, event, EventTx, Runner};
+use super::{assemble, budget, compact, event, EventTx, Runner};
 use crate::error::AgentError;
 use crate::providers::ProviderError;
 use crate::sessions::queue::{QueuePlace, SessionTurn};
@@ -58,6 +58,7 @@ fn provider_error(e: ProviderError) -> AgentError {
     match e {
         ProviderError::RateLimited(m) => AgentError::RateLimited(m),
         ProviderError::Rejected(m) => AgentError::UpstreamRejected(m),
+        ProviderError::ContextTooLong(m) => AgentError::ContextTooLong(m),
         ProviderError::Upstream(m) => AgentError::Upstream(m),
         ProviderError::Timeout(m) => AgentError::Timeout(m),
     }
@@ -67,6 +68,7 @@ fn provider_error_kind(e: &ProviderError) -> &'static str {
     match e {
         ProviderError::RateLimited(_) => "rate_limited",
         ProviderError::Rejected(_) => "rejected",
+        ProviderError::ContextTooLong(_) => "context_too_long",
         ProviderError::Upstream(_) => "upstream",
         ProviderError::Timeout(_) => "timeout",
     }
@@ -135,13 +137,25 @@ impl Runner {
         let begun = match waited {
             Some(Ok(turn)) => {
                 cancel.mark_running();
-                Some(self.begin_turn(&mut p).await.map(|()| turn))
+                p.began_at_ms = now_ms();
+                // Fitting may call the model to summarise: cancellable like the rest.
+                tokio::select! {
+                    biased;
+                    _ = cancel.token().cancelled() => None,
+                    r = tokio::time::timeout_at(deadline, self.begin_turn(&mut p, false)) => Some(match r {
+                        Ok(r) => r.map(|()| turn),
+                        Err(_) => Err(AgentError::Timeout(format!(
+                            "Run timed out after {}s while compacting the session.",
+                            p.agent.timeout.as_secs_f64()
+                        ))),
+                    }),
+                }
             }
             Some(Err(e)) => Some(Err(e)),
             None => None,
         };
         match begun {
-            Some(Ok(turn)) => self.drive(&p, turn, &tx, &cancel, deadline).await,
+            Some(Ok(turn)) => self.drive(&mut p, turn, &tx, &cancel, deadline).await,
             Some(Err(e)) => {
                 metrics::counter!("openclaw_agent_runs_total", "outcome" => "refused").increment(1);
                 send_last(&tx, Err(e)).await;
@@ -155,25 +169,54 @@ impl Runner {
         }
     }
 
-    /// Loads the transcript and assembles the upstream messages.
-    async fn begin_turn(&self, p: &mut Prepared) -> Result<(), AgentError> {
-        let transcript = if p.stable { self.store.history(&p.session_key, None).await? } else { Vec::new() };
-        p.began_at_ms = now_ms();
-        p.base.messages = assemble::upstream_messages(
-            p.agent.system_prompt.as_deref(),
-            p.system.as_deref(),
-            &transcript,
-            &p.client_history,
-            &p.new_turn,
-        );
+    /// Assembles the upstream messages within the budget: a stable session's
+    /// context is fitted (and compacted: `compact.rs`; at once when `force`), a
+    /// stateless request over the budget is refused.
+    async fn begin_turn(&self, p: &mut Prepared, force: bool) -> Result<(), AgentError> {
+        let prompt = p.agent.system_prompt.as_deref();
+        if p.stable {
+            let fitted = self.fit_context(p, p.budget, force).await?;
+            let system = assemble::system_text(prompt, p.system.as_deref(), fitted.summary.as_deref());
+            p.base.messages = assemble::upstream_messages(system, &fitted.window, &[], &p.new_turn);
+        } else {
+            let system = assemble::system_text(prompt, p.system.as_deref(), None);
+            let messages = assemble::upstream_messages(system, &[], &p.client_history, &p.new_turn);
+            let needed = budget::messages_tokens(&messages);
+            if needed > p.budget {
+                return Err(compact::over_budget(p, needed, p.budget));
+            }
+            p.base.messages = messages;
+        }
         Ok(())
+    }
+
+    /// [`Runner::attempts`], and once more after compacting when the provider
+    /// said a stable session's prompt was over its window (the budget was
+    /// evidently set too high: the retry fits half of it).
+    async fn attempts_refitting(
+        &self,
+        p: &mut Prepared,
+        tx: &EventTx,
+        produced: &mut Produced,
+        started_at: Instant,
+    ) -> Result<String, Option<AgentError>> {
+        match self.attempts(p, tx, produced, started_at).await {
+            Err(Some(AgentError::ContextTooLong(m))) if p.stable && !produced.first_token => {
+                tracing::info!(session = %p.session_key, error = %m, "the provider found the prompt too long; compacting and retrying");
+                p.budget = (p.budget / 2).max(1);
+                self.begin_turn(p, true).await.map_err(Some)?;
+                produced.restart();
+                self.attempts(p, tx, produced, started_at).await
+            }
+            other => other,
+        }
     }
 
     /// Runs the model chain under the deadline and the cancel token, stores
     /// the assistant message and sends the last event.
     async fn drive(
         &self,
-        p: &Prepared,
+        p: &mut Prepared,
         turn: Option<(SessionTurn, TurnLock)>,
         tx: &EventTx,
         cancel: &RunCancel,
@@ -184,7 +227,7 @@ impl Runner {
         let outcome = tokio::select! {
             biased;
             _ = cancel.token().cancelled() => Outcome::Cancelled(cancel.reason()),
-            r = tokio::time::timeout_at(deadline, self.attempts(p, tx, &mut produced, started_at)) => match r {
+            r = tokio::time::timeout_at(deadline, self.attempts_refitting(p, tx, &mut produced, started_at)) => match r {
                 Ok(Ok(model)) => Outcome::Finished { finish_reason: produced.finish_reason(), model },
                 Ok(Err(Some(e))) => Outcome::Failed(e),
                 Ok(Err(None)) => Outcome::Cancelled(Cancel::ClientGone),
@@ -247,6 +290,7 @@ impl Runner {
             interrupted,
             created_at_ms,
             run_id: p.run_id.clone(),
+            ..Default::default()
         };
         let mut turn: Vec<StoredMessage> =
             p.new_turn.iter().map(|m| stored(m.clone(), false, p.began_at_ms)).collect();
@@ -306,7 +350,7 @@ impl Runner {
             metrics::counter!("openclaw_agent_provider_errors_total",
                 "provider" => model.provider.clone(), "kind" => provider_error_kind(&failure))
             .increment(1);
-            let retryable = !matches!(failure, ProviderError::Rejected(_));
+            let retryable = !matches!(failure, ProviderError::Rejected(_) | ProviderError::ContextTooLong(_));
             if produced.first_token || !has_next || !retryable {
                 return Err(Some(provider_error(failure)));
             }

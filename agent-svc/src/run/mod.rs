@@ -4,21 +4,26 @@
 //! session, model chain), reserves the session's place in line, registers the
 //! run (`registry.rs`) and returns a [`RunStream`] whose first event is
 //! `started`. A task then drives the run (`drive.rs`): it waits for the
-//! session's turn, commits the user turn, tries the models (fallbacks before
-//! the first token), forwards deltas (`produced.rs`) through a bounded channel
-//! and stores the assistant message when the run ends. Dropping the stream,
+//! session's turn, fits the session's context to the agent's budget
+//! (`budget.rs`, compacting it when it grows past its threshold: `compact.rs`),
+//! tries the models (fallbacks before the first token), forwards deltas
+//! (`produced.rs`) through a bounded channel and stores the turn when the run
+//! ends. Dropping the stream,
 //! `AbortRun`, the run timeout or a forced shutdown cancel the task at once,
 //! which drops the provider stream and so closes the upstream connection.
 //!
 //! Failures are [`AgentError`]s; `service.rs` turns them into gRPC statuses.
 
 pub mod assemble;
+pub mod budget;
+mod compact;
 mod drive;
 mod prepare;
 mod produced;
 mod registry;
 pub mod validate;
 
+pub use compact::{summary_prompt, SUMMARY_PROMPT, SUMMARY_TIMEOUT};
 pub use registry::RunRegistry;
 
 use crate::agents::AgentRegistry;

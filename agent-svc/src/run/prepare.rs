@@ -33,6 +33,8 @@ pub(super) struct Prepared {
     pub(super) began_at_ms: i64,
     /// Everything but `model` and `messages`, which each attempt fills in.
     pub(super) base: ProviderRequest,
+    /// The most the prompt may hold, in estimated tokens (see `budget.rs`).
+    pub(super) budget: u64,
 }
 
 /// Validates and resolves a request against the configured agents.
@@ -76,6 +78,7 @@ pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Res
     let params = req.params.take().unwrap_or_default();
     let client_cap =
         params.max_completion_tokens.or(params.max_tokens).map(|n| n.min(u32::MAX as i64) as u32);
+    let budget = registry.budget(&agent, &chain, client_cap);
     let base = ProviderRequest {
         model: String::new(),
         messages: Vec::new(),
@@ -98,5 +101,6 @@ pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Res
         new_turn: split.new_turn,
         began_at_ms: 0,
         base,
+        budget,
     })
 }

@@ -5,7 +5,7 @@
 //! The wait for another replica's turn ([`SessionStore::lock_turn`]) is not
 //! bounded here: it is a wait for a turn, bounded by the run's deadline.
 
-use super::{SessionStore, SessionSummary, StoredMessage, TurnLock};
+use super::{Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep, TurnLock};
 use crate::error::AgentError;
 use std::future::Future;
 use std::sync::Arc;
@@ -55,8 +55,34 @@ impl SessionStore for BoundedStore {
         self.bounded("store the turn", self.inner.append(key, agent_id, messages)).await
     }
 
-    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
-        self.bounded("read the history", self.inner.history(key, limit)).await
+    async fn history_page(&self, key: &str, page: Page) -> Result<Vec<StoredMessage>, AgentError> {
+        self.bounded("read the history", self.inner.history_page(key, page)).await
+    }
+
+    async fn context(&self, key: &str) -> Result<Context, AgentError> {
+        self.bounded("read the session", self.inner.context(key)).await
+    }
+
+    async fn compact(&self, key: &str, compaction: Compaction) -> Result<(), AgentError> {
+        self.bounded("compact the session", self.inner.compact(key, compaction)).await
+    }
+
+    async fn reset(&self, key: &str) -> Result<bool, AgentError> {
+        self.bounded("reset the session", self.inner.reset(key)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, AgentError> {
+        self.bounded("delete the session", self.inner.delete(key)).await
+    }
+
+    // A sweep works in batches and may take longer than one operation: it is
+    // not bounded here, and holds no session's turn.
+    async fn sweep(&self, sweep: Sweep) -> Result<u64, AgentError> {
+        self.inner.sweep(sweep).await
+    }
+
+    async fn count(&self) -> Result<u64, AgentError> {
+        self.bounded("count sessions", self.inner.count()).await
     }
 
     async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
@@ -84,7 +110,25 @@ mod tests {
         async fn append(&self, _: &str, _: &str, _: Vec<StoredMessage>) -> Result<(), AgentError> {
             std::future::pending().await
         }
-        async fn history(&self, _: &str, _: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        async fn history_page(&self, _: &str, _: Page) -> Result<Vec<StoredMessage>, AgentError> {
+            std::future::pending().await
+        }
+        async fn context(&self, _: &str) -> Result<Context, AgentError> {
+            std::future::pending().await
+        }
+        async fn compact(&self, _: &str, _: Compaction) -> Result<(), AgentError> {
+            std::future::pending().await
+        }
+        async fn reset(&self, _: &str) -> Result<bool, AgentError> {
+            std::future::pending().await
+        }
+        async fn delete(&self, _: &str) -> Result<bool, AgentError> {
+            std::future::pending().await
+        }
+        async fn sweep(&self, _: Sweep) -> Result<u64, AgentError> {
+            std::future::pending().await
+        }
+        async fn count(&self) -> Result<u64, AgentError> {
             std::future::pending().await
         }
         async fn list(&self, _: Option<&str>, _: u32) -> Result<Vec<SessionSummary>, AgentError> {
@@ -104,5 +148,10 @@ mod tests {
         assert!(matches!(s.history("k", None).await, Err(AgentError::Store(_))));
         assert!(matches!(s.list(None, 10).await, Err(AgentError::Store(_))));
         assert!(matches!(s.exists("k").await, Err(AgentError::Store(_))));
+        assert!(matches!(s.context("k").await, Err(AgentError::Store(_))));
+        let c = Compaction { start_seq: 1, summary: None };
+        assert!(matches!(s.compact("k", c).await, Err(AgentError::Store(_))));
+        assert!(matches!(s.reset("k").await, Err(AgentError::Store(_))));
+        assert!(matches!(s.delete("k").await, Err(AgentError::Store(_))));
     }
 }

@@ -13,10 +13,10 @@ pub mod sqlite;
 use crate::error::AgentError;
 use services::proto::Message;
 
-/// One stored transcript message.
-#[derive(Debug, Clone, PartialEq)]
+/// One stored transcript entry: a message, or a compaction summary.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct StoredMessage {
-    /// The message (user, assistant, tool …).
+    /// The message (user, assistant, tool …; a summary is a `system` text).
     pub message: Message,
     /// The run stopped before finishing (cancelled, aborted, timed out, failed).
     pub interrupted: bool,
@@ -24,6 +24,49 @@ pub struct StoredMessage {
     pub created_at_ms: i64,
     /// The run that wrote it.
     pub run_id: String,
+    /// Its place in the session, from 0 (assigned by the store; ignored on append).
+    pub seq: i64,
+    /// A compaction summary: upstream, it stands for the entries before the context start.
+    pub summary: bool,
+    /// Before the session's context start (or a summary since replaced): shown in
+    /// history, no longer sent upstream. Set on reads.
+    pub compacted: bool,
+}
+
+/// What a stable session's next turn may send upstream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Context {
+    /// The latest summary, when the session was compacted by summarising.
+    pub summary: Option<StoredMessage>,
+    /// The messages from the context start on, oldest first (no summaries).
+    pub window: Vec<StoredMessage>,
+}
+
+/// How a compaction moves a session's context start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compaction {
+    /// The first seq still sent upstream; the entries before it become compacted.
+    pub start_seq: i64,
+    /// A summary of what it replaces (appended as an entry), or none (truncation).
+    pub summary: Option<StoredMessage>,
+}
+
+/// One page of a session's history, newest `limit` entries before `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Page {
+    /// Only entries with a smaller seq (a cursor from the previous page); `None`: from the end.
+    pub before: Option<i64>,
+    /// At most this many; `None`: all.
+    pub limit: Option<u32>,
+}
+
+/// What the retention sweep deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sweep {
+    /// Sessions last updated before this Unix ms.
+    pub updated_before_ms: Option<i64>,
+    /// Sessions beyond the most recently updated N of their agent.
+    pub keep_per_agent: Option<u32>,
 }
 
 /// Summary of one session.
@@ -49,8 +92,34 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn append(&self, key: &str, agent_id: &str, messages: Vec<StoredMessage>)
         -> Result<(), AgentError>;
 
-    /// The last `limit` messages of a session in order (`None`: all). Unknown: empty.
-    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError>;
+    /// A page of a session's entries in order (oldest first), each marked
+    /// `compacted` / `summary`. Unknown session: empty.
+    async fn history_page(&self, key: &str, page: Page) -> Result<Vec<StoredMessage>, AgentError>;
+
+    /// The last `limit` entries of a session in order (`None`: all). Unknown: empty.
+    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
+        self.history_page(key, Page { before: None, limit }).await
+    }
+
+    /// What the next turn of a session may send: the latest summary and the
+    /// messages from the context start on; reads nothing before it. Unknown: empty.
+    async fn context(&self, key: &str) -> Result<Context, AgentError>;
+
+    /// Moves a session's context start forward (never back) and stores the
+    /// summary, if any, in one transaction. Callers hold the session's turn.
+    async fn compact(&self, key: &str, compaction: Compaction) -> Result<(), AgentError>;
+
+    /// Drops a session's transcript and keeps its key; whether it existed.
+    async fn reset(&self, key: &str) -> Result<bool, AgentError>;
+
+    /// Deletes a session; whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, AgentError>;
+
+    /// Deletes the sessions `sweep` names (in bounded batches); how many.
+    async fn sweep(&self, sweep: Sweep) -> Result<u64, AgentError>;
+
+    /// How many sessions are stored.
+    async fn count(&self) -> Result<u64, AgentError>;
 
     /// Sessions, most recently updated first, optionally of one agent.
     async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError>;
@@ -127,11 +196,11 @@ pub fn now_ms() -> i64 {
 /// Messages and checks the store tests share.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use super::{SessionStore, SessionSummary, StoredMessage};
+    use super::{Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep};
     use services::proto::{content_part, ContentPart, ImageUrl, Message, ToolCall};
 
     fn stored(message: Message, interrupted: bool, created_at_ms: i64, run_id: &str) -> StoredMessage {
-        StoredMessage { message, interrupted, created_at_ms, run_id: run_id.into() }
+        StoredMessage { message, interrupted, created_at_ms, run_id: run_id.into(), ..Default::default() }
     }
 
     fn text_part(text: &str) -> ContentPart {
@@ -185,6 +254,103 @@ pub(crate) mod fixtures {
             stored(assistant, false, 11, "run-a"),
             stored(tool, true, 12, "run-b"),
         ]
+    }
+
+    /// `entries` as a store returns them from `first_seq` on.
+    pub(crate) fn numbered(entries: Vec<StoredMessage>, first_seq: i64) -> Vec<StoredMessage> {
+        entries.into_iter().zip(first_seq..).map(|(m, seq)| StoredMessage { seq, ..m }).collect()
+    }
+
+    /// A compaction summary entry.
+    pub(crate) fn summary(text_: &str) -> StoredMessage {
+        StoredMessage { summary: true, ..text("system", text_) }
+    }
+
+    /// What every store must do with context starts, summaries, pages, resets,
+    /// deletes and sweeps.
+    pub(crate) async fn assert_lifecycle(store: &dyn SessionStore) {
+        let key = "agent:main:life";
+        let turn = |i: usize| vec![text("user", &format!("u{i}")), text("assistant", &format!("a{i}"))];
+        for i in 0..5 {
+            store.append(key, "main", turn(i)).await.unwrap();
+        }
+        let all: Vec<StoredMessage> = numbered((0..5).flat_map(turn).collect(), 0);
+        assert_eq!(store.context(key).await.unwrap(), Context { summary: None, window: all.clone() });
+        assert_eq!(store.context("agent:main:none").await.unwrap(), Context::default());
+
+        // Pages, newest first, returned oldest first; the cursor is the first seq of a page.
+        let page = |before, limit| Page { before, limit: Some(limit) };
+        assert_eq!(store.history_page(key, page(None, 4)).await.unwrap(), all[6..].to_vec());
+        assert_eq!(store.history_page(key, page(Some(6), 4)).await.unwrap(), all[2..6].to_vec());
+        assert_eq!(store.history_page(key, page(Some(2), 4)).await.unwrap(), all[..2].to_vec());
+        assert!(store.history_page(key, page(Some(0), 4)).await.unwrap().is_empty());
+
+        // Truncation: the context starts at seq 4; history flags what came before.
+        store.compact(key, Compaction { start_seq: 4, summary: None }).await.unwrap();
+        assert_eq!(store.context(key).await.unwrap().window, all[4..].to_vec());
+        let h = store.history(key, None).await.unwrap();
+        assert!(h[..4].iter().all(|m| m.compacted) && h[4..].iter().all(|m| !m.compacted), "{h:?}");
+        // Never backwards.
+        store.compact(key, Compaction { start_seq: 2, summary: None }).await.unwrap();
+        assert_eq!(store.context(key).await.unwrap().window.len(), 6);
+
+        // A summary: stored as the next entry, sent before the window.
+        store.compact(key, Compaction { start_seq: 8, summary: Some(summary("S1")) }).await.unwrap();
+        let ctx = store.context(key).await.unwrap();
+        assert_eq!(ctx.summary, Some(StoredMessage { seq: 10, ..summary("S1") }));
+        assert_eq!(ctx.window, all[8..].to_vec());
+        store.append(key, "main", turn(5)).await.unwrap();
+        let ctx = store.context(key).await.unwrap();
+        assert_eq!(ctx.window.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 9, 11, 12]);
+        // A later summary replaces it; the old one is flagged compacted in history.
+        store.compact(key, Compaction { start_seq: 11, summary: Some(summary("S2")) }).await.unwrap();
+        let ctx = store.context(key).await.unwrap();
+        assert_eq!(ctx.summary.map(|s| (s.seq, s.summary)), Some((13, true)));
+        assert_eq!(ctx.window.iter().map(|m| m.seq).collect::<Vec<_>>(), [11, 12]);
+        let h = store.history(key, None).await.unwrap();
+        assert_eq!(h.len(), 14);
+        assert!(h[10].summary && h[10].compacted, "{:?}", h[10]);
+        assert!(h[13].summary && !h[13].compacted);
+        assert!(!h[11].compacted && h[9].compacted);
+        // Truncation after a summary keeps the summary.
+        store.compact(key, Compaction { start_seq: 14, summary: None }).await.unwrap();
+        let ctx = store.context(key).await.unwrap();
+        assert_eq!(ctx.summary.map(|s| s.seq), Some(13));
+        assert!(ctx.window.is_empty());
+
+        // Reset keeps the key and drops everything; seqs start again.
+        assert!(store.reset(key).await.unwrap());
+        assert!(store.exists(key).await.unwrap());
+        assert!(store.history(key, None).await.unwrap().is_empty());
+        assert_eq!(store.context(key).await.unwrap(), Context::default());
+        store.append(key, "main", turn(9)).await.unwrap();
+        assert_eq!(store.context(key).await.unwrap().window, numbered(turn(9), 0));
+        assert!(!store.reset("agent:main:none").await.unwrap());
+
+        // Delete removes it.
+        assert!(store.delete(key).await.unwrap());
+        assert!(!store.exists(key).await.unwrap());
+        assert!(!store.delete(key).await.unwrap());
+    }
+
+    /// The retention sweep: by age and by count per agent.
+    pub(crate) async fn assert_sweep(store: &dyn SessionStore) {
+        for key in ["agent:main:s1", "agent:main:s2", "agent:main:s3", "agent:beta:s4"] {
+            let agent = services::session_key::split_agent_key(key).unwrap().0;
+            store.append(key, agent, vec![text("user", key)]).await.unwrap();
+        }
+        assert_eq!(store.count().await.unwrap(), 4);
+        assert_eq!(store.sweep(Sweep::default()).await.unwrap(), 0);
+        let n = store.sweep(Sweep { keep_per_agent: Some(1), ..Sweep::default() }).await.unwrap();
+        assert_eq!(n, 2, "main keeps one of three, beta its one");
+        assert_eq!(store.count().await.unwrap(), 2);
+        assert!(store.exists("agent:beta:s4").await.unwrap());
+        let n = store.sweep(Sweep { updated_before_ms: Some(0), ..Sweep::default() }).await.unwrap();
+        assert_eq!(n, 0, "nothing is that old");
+        let later = super::now_ms() + 1000;
+        let n = store.sweep(Sweep { updated_before_ms: Some(later), ..Sweep::default() }).await.unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(store.count().await.unwrap(), 0);
     }
 
     /// Sessions of [`append_listed`] and the update time each test pins on them.

@@ -2,8 +2,10 @@
 //! [`SessionStore::lock_turn`] keeps turns of one session serialized across
 //! them with a PostgreSQL advisory lock.
 
-use super::rows::{self, HistoryRow, SummaryRow};
-use super::{now_ms, SessionStore, SessionSummary, StoredMessage, TurnLock};
+use super::rows::{self, MarkedRow, SummaryRow};
+use super::{
+    now_ms, Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep, TurnLock,
+};
 use crate::error::AgentError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
@@ -32,7 +34,14 @@ const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 /// (`CREATE … IF NOT EXISTS` is not safe against concurrent creators).
 const SCHEMA_LOCK_ID: i64 = 0x6f70_656e_636c_6177; // "openclaw"
 
-const SCHEMA: [&str; 4] = [
+/// Lets one replica at a time run the retention sweep.
+const SWEEP_LOCK_ID: i64 = 0x6f70_656e_7377_6570; // "opensweep"
+
+/// Rows deleted per sweep statement (one transaction each).
+const SWEEP_BATCH: i64 = 500;
+
+// The last three add what a database from an older release lacks.
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS sessions (
         key           TEXT   PRIMARY KEY,
         agent_id      TEXT   NOT NULL,
@@ -51,6 +60,9 @@ const SCHEMA: [&str; 4] = [
     )",
     "CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at_ms DESC, key)",
     "CREATE INDEX IF NOT EXISTS sessions_by_agent_updated ON sessions (agent_id, updated_at_ms DESC, key)",
+    "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS context_seq BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS summary_seq BIGINT NOT NULL DEFAULT -1",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS kind INTEGER NOT NULL DEFAULT 0",
 ];
 
 // One statement, so one round trip and atomic on its own: the upsert locks the
@@ -65,15 +77,54 @@ WITH s AS (
         message_count = sessions.message_count + EXCLUDED.message_count
     RETURNING message_count
 )
-INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body)
-SELECT $1, s.message_count - $4 + m.ord - 1, m.run_id, m.interrupted, m.created_at_ms, m.body
-FROM s, UNNEST($5::text[], $6::boolean[], $7::bigint[], $8::bytea[])
-    WITH ORDINALITY AS m (run_id, interrupted, created_at_ms, body, ord)";
+INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind)
+SELECT $1, s.message_count - $4 + m.ord - 1, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind
+FROM s, UNNEST($5::text[], $6::boolean[], $7::bigint[], $8::bytea[], $9::integer[])
+    WITH ORDINALITY AS m (run_id, interrupted, created_at_ms, body, kind, ord)";
 
 // LIMIT NULL means no limit.
-const SELECT_HISTORY: &str = "
-SELECT seq, run_id, interrupted, created_at_ms, body FROM messages
-WHERE session_key = $1 ORDER BY seq DESC LIMIT $2";
+const SELECT_PAGE: &str = "
+SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.context_seq, s.summary_seq
+FROM sessions s JOIN messages m ON m.session_key = s.key
+WHERE s.key = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3";
+
+const SELECT_CONTEXT: &str = "
+SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.context_seq, s.summary_seq
+FROM sessions s JOIN messages m ON m.session_key = s.key
+WHERE s.key = $1 AND (m.seq >= s.context_seq OR m.seq = s.summary_seq) ORDER BY m.seq";
+
+const TAKE_SEQ: &str =
+    "UPDATE sessions SET message_count = message_count + 1 WHERE key = $1 RETURNING message_count";
+
+const INSERT_SUMMARY: &str = "
+INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind)
+VALUES ($1, $2, $3, false, $4, $5, $6)";
+
+const MOVE_CONTEXT: &str = "
+UPDATE sessions SET context_seq = GREATEST(context_seq, $2), summary_seq = COALESCE($3, summary_seq)
+WHERE key = $1";
+
+const CLEAR_MESSAGES: &str = "DELETE FROM messages WHERE session_key = $1";
+
+const RESET_SESSION: &str = "
+UPDATE sessions SET message_count = 0, context_seq = 0, summary_seq = -1,
+    updated_at_ms = GREATEST(updated_at_ms, $2) WHERE key = $1";
+
+const DELETE_SESSION: &str = "DELETE FROM sessions WHERE key = $1";
+
+const TRY_SWEEP_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1)";
+
+const SWEEP_OLD: &str = "
+DELETE FROM sessions WHERE key IN (SELECT key FROM sessions WHERE updated_at_ms < $1 LIMIT $2)";
+
+const SWEEP_EXCESS: &str = "
+DELETE FROM sessions WHERE key IN (
+    SELECT key FROM (
+        SELECT key, row_number() OVER (PARTITION BY agent_id ORDER BY updated_at_ms DESC, key) AS n
+        FROM sessions) AS ranked
+    WHERE n > $1 LIMIT $2)";
+
+const COUNT: &str = "SELECT count(*) FROM sessions";
 
 const LIST_ALL: &str = "
 SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
@@ -188,13 +239,19 @@ impl SessionStore for PostgresStore {
         }
         let (count, new_rows) = rows::encode(messages)?;
         let n = new_rows.len();
-        let (mut run_ids, mut interrupted, mut created, mut bodies) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut run_ids, mut interrupted, mut created, mut bodies, mut kinds) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for row in new_rows {
             run_ids.push(row.run_id);
             interrupted.push(row.interrupted);
             created.push(row.created_at_ms);
             bodies.push(row.body);
+            kinds.push(row.kind);
         }
         sqlx::query(APPEND)
             .bind(key)
@@ -205,15 +262,100 @@ impl SessionStore for PostgresStore {
             .bind(interrupted)
             .bind(created)
             .bind(bodies)
+            .bind(kinds)
             .execute(&self.data)
             .await?;
         Ok(())
     }
 
-    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
-        let newest_first: Vec<HistoryRow> =
-            sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit.map(i64::from)).fetch_all(&self.data).await?;
-        rows::history(key, newest_first)
+    async fn history_page(&self, key: &str, page: Page) -> Result<Vec<StoredMessage>, AgentError> {
+        let found: Vec<MarkedRow> = sqlx::query_as(SELECT_PAGE)
+            .bind(key)
+            .bind(page.before.unwrap_or(i64::MAX))
+            .bind(page.limit.map(i64::from))
+            .fetch_all(&self.data)
+            .await?;
+        let (newest_first, marks) = rows::unzip(found);
+        rows::history(key, newest_first, marks)
+    }
+
+    async fn context(&self, key: &str) -> Result<Context, AgentError> {
+        let found: Vec<MarkedRow> = sqlx::query_as(SELECT_CONTEXT).bind(key).fetch_all(&self.data).await?;
+        let (in_order, marks) = rows::unzip(found);
+        rows::context(key, in_order, marks)
+    }
+
+    async fn compact(&self, key: &str, c: Compaction) -> Result<(), AgentError> {
+        let summary = match c.summary {
+            Some(m) => rows::encode(vec![StoredMessage { summary: true, ..m }])?.1.pop(),
+            None => None,
+        };
+        let mut tx = self.data.begin().await?;
+        let mut summary_seq = None;
+        if let Some(row) = summary {
+            let Some((count,)): Option<(i64,)> =
+                sqlx::query_as(TAKE_SEQ).bind(key).fetch_optional(&mut *tx).await?
+            else {
+                return Ok(());
+            };
+            sqlx::query(INSERT_SUMMARY)
+                .bind(key)
+                .bind(count - 1)
+                .bind(row.run_id)
+                .bind(row.created_at_ms)
+                .bind(row.body)
+                .bind(row.kind)
+                .execute(&mut *tx)
+                .await?;
+            summary_seq = Some(count - 1);
+        }
+        sqlx::query(MOVE_CONTEXT).bind(key).bind(c.start_seq).bind(summary_seq).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reset(&self, key: &str) -> Result<bool, AgentError> {
+        let mut tx = self.data.begin().await?;
+        sqlx::query(CLEAR_MESSAGES).bind(key).execute(&mut *tx).await?;
+        let done = sqlx::query(RESET_SESSION).bind(key).bind(now_ms()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, AgentError> {
+        let done = sqlx::query(DELETE_SESSION).bind(key).execute(&self.data).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn sweep(&self, sweep: Sweep) -> Result<u64, AgentError> {
+        let mut total = 0;
+        for (stmt, arg) in
+            [(SWEEP_OLD, sweep.updated_before_ms), (SWEEP_EXCESS, sweep.keep_per_agent.map(i64::from))]
+        {
+            let Some(arg) = arg else { continue };
+            loop {
+                // One replica sweeps at a time; the others skip this round.
+                let mut tx = self.data.begin().await?;
+                let (mine,): (bool,) =
+                    sqlx::query_as(TRY_SWEEP_LOCK).bind(SWEEP_LOCK_ID).fetch_one(&mut *tx).await?;
+                if !mine {
+                    return Ok(total);
+                }
+                let n =
+                    sqlx::query(stmt).bind(arg).bind(SWEEP_BATCH).execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                total += n;
+                if n < SWEEP_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn count(&self) -> Result<u64, AgentError> {
+        let (n,): (i64,) = sqlx::query_as(COUNT).fetch_one(&self.data).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
@@ -262,20 +404,50 @@ impl SessionStore for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::fixtures::{rich_turn, text};
+    use crate::sessions::fixtures::{self, numbered, rich_turn, text};
     use std::sync::Arc;
 
     const URL_ENV: &str = "OPENCLAW_TEST_POSTGRES_URL";
 
     async fn store() -> PostgresStore {
-        let url = std::env::var(URL_ENV).unwrap_or_else(|_| {
+        PostgresStore::open(&url()).await.unwrap_or_else(|e| panic!("{URL_ENV}: {e}"))
+    }
+
+    /// A store in a schema of its own, for tests that look at every session
+    /// (sweeps, counts); dropped by [`drop_private`].
+    async fn private_store() -> (PostgresStore, String) {
+        let url = url();
+        let schema = format!("t{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnectOptions::from_str(&url).unwrap().connect().await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let store =
+            PostgresStore::open(&format!("{url}{sep}options=-c%20search_path%3D{schema}")).await.unwrap();
+        (store, schema)
+    }
+
+    async fn drop_private(store: PostgresStore, schema: &str) {
+        store.close().await;
+        let mut conn = PgConnectOptions::from_str(&url()).unwrap().connect().await.unwrap();
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut conn).await.unwrap();
+    }
+
+    fn url() -> String {
+        std::env::var(URL_ENV).unwrap_or_else(|_| {
             panic!(
                 "{URL_ENV} is not set. Run the tests with `scripts/test.sh`, which starts a throwaway \
                  PostgreSQL, or start one with `eval \"$(scripts/start-test-postgres.sh)\"` in the shell \
                  that runs cargo, or point {URL_ENV} at a database the tests may create tables in."
             )
-        });
-        PostgresStore::open(&url).await.unwrap_or_else(|e| panic!("{URL_ENV}: {e}"))
+        })
+    }
+
+    #[tokio::test]
+    async fn pg_lifecycle_and_sweep() {
+        let (store, schema) = private_store().await;
+        fixtures::assert_lifecycle(&store).await;
+        fixtures::assert_sweep(&store).await;
+        drop_private(store, &schema).await;
     }
 
     /// A key no other test run uses, since the database is shared.
@@ -306,6 +478,7 @@ mod tests {
         assert!(store.exists(&k).await.unwrap());
         let mut all = rich_turn();
         all.push(text("user", "more"));
+        let all = numbered(all, 0);
         assert_eq!(store.history(&k, None).await.unwrap(), all);
         assert_eq!(store.history(&k, Some(2)).await.unwrap(), all[2..].to_vec());
         assert!(store.history(&k, Some(0)).await.unwrap().is_empty());

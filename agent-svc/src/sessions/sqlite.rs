@@ -6,8 +6,8 @@
 //! small pool; with WAL they never wait on the writer. sqlx runs every
 //! connection on its own worker thread, so no SQLite call blocks the runtime.
 
-use super::rows::{self, HistoryRow, SummaryRow};
-use super::{now_ms, SessionStore, SessionSummary, StoredMessage};
+use super::rows::{self, MarkedRow, SummaryRow};
+use super::{now_ms, Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep};
 use crate::error::AgentError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     agent_id      TEXT    NOT NULL,
     created_at_ms INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL,
-    message_count INTEGER NOT NULL
+    message_count INTEGER NOT NULL,
+    context_seq   INTEGER NOT NULL DEFAULT 0,
+    summary_seq   INTEGER NOT NULL DEFAULT -1
 );
 CREATE TABLE IF NOT EXISTS messages (
     session_key   TEXT    NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS messages (
     interrupted   INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
     body          BLOB    NOT NULL,
+    kind          INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_key, seq)
 );
 CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at_ms DESC, key);
@@ -50,14 +53,53 @@ ON CONFLICT (key) DO UPDATE SET
     message_count = message_count + excluded.message_count
 RETURNING message_count";
 
+/// Columns added after the first release, for databases created before them.
+const MIGRATIONS: [(&str, &str, &str); 3] = [
+    ("sessions", "context_seq", "ALTER TABLE sessions ADD COLUMN context_seq INTEGER NOT NULL DEFAULT 0"),
+    ("sessions", "summary_seq", "ALTER TABLE sessions ADD COLUMN summary_seq INTEGER NOT NULL DEFAULT -1"),
+    ("messages", "kind", "ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0"),
+];
+
 const INSERT_MESSAGE: &str = "
-INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 // A negative LIMIT means no limit in SQLite, so one statement serves both cases.
-const SELECT_HISTORY: &str = "
-SELECT seq, run_id, interrupted, created_at_ms, body FROM messages
-WHERE session_key = ?1 ORDER BY seq DESC LIMIT ?2";
+const SELECT_PAGE: &str = "
+SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.context_seq, s.summary_seq
+FROM sessions s JOIN messages m ON m.session_key = s.key
+WHERE s.key = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3";
+
+const SELECT_CONTEXT: &str = "
+SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.context_seq, s.summary_seq
+FROM sessions s JOIN messages m ON m.session_key = s.key
+WHERE s.key = ?1 AND (m.seq >= s.context_seq OR m.seq = s.summary_seq) ORDER BY m.seq";
+
+const TAKE_SEQ: &str =
+    "UPDATE sessions SET message_count = message_count + 1 WHERE key = ?1 RETURNING message_count";
+
+const MOVE_CONTEXT: &str = "
+UPDATE sessions SET context_seq = max(context_seq, ?2), summary_seq = coalesce(?3, summary_seq) WHERE key = ?1";
+
+const CLEAR_MESSAGES: &str = "DELETE FROM messages WHERE session_key = ?1";
+
+const RESET_SESSION: &str = "
+UPDATE sessions SET message_count = 0, context_seq = 0, summary_seq = -1,
+    updated_at_ms = max(updated_at_ms, ?2) WHERE key = ?1";
+
+const DELETE_SESSION: &str = "DELETE FROM sessions WHERE key = ?1";
+
+const SWEEP_OLD: &str = "
+DELETE FROM sessions WHERE key IN (SELECT key FROM sessions WHERE updated_at_ms < ?1 LIMIT ?2)";
+
+const SWEEP_EXCESS: &str = "
+DELETE FROM sessions WHERE key IN (
+    SELECT key FROM (
+        SELECT key, row_number() OVER (PARTITION BY agent_id ORDER BY updated_at_ms DESC, key) AS n
+        FROM sessions)
+    WHERE n > ?1 LIMIT ?2)";
+
+const COUNT: &str = "SELECT count(*) FROM sessions";
 
 const LIST_ALL: &str = "
 SELECT key, agent_id, created_at_ms, updated_at_ms, message_count FROM sessions
@@ -94,11 +136,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal);
 
         let schema = |pool: SqlitePool| async move {
-            sqlx::raw_sql(SCHEMA)
-                .execute(&pool)
-                .await
-                .map(|_| pool)
-                .map_err(|e| fail("create the schema of", &e))
+            migrate(&pool).await.map(|()| pool).map_err(|e| fail("create the schema of", &e))
         };
         let (writer, reader) = if path == ":memory:" {
             // One connection is the whole database: keep it forever and share it.
@@ -143,6 +181,26 @@ impl SqliteStore {
     }
 }
 
+/// Creates the schema, adding the columns a database from an older release lacks.
+async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(SCHEMA).execute(pool).await?;
+    for (table, column, alter) in MIGRATIONS {
+        let (present,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)")
+                .bind(table)
+                .bind(column)
+                .fetch_one(pool)
+                .await?;
+        if !present {
+            sqlx::query(alter).execute(pool).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Rows deleted per sweep statement, so no transaction grows unbounded.
+const SWEEP_BATCH: i64 = 500;
+
 #[async_trait::async_trait]
 impl SessionStore for SqliteStore {
     async fn append(
@@ -174,6 +232,7 @@ impl SessionStore for SqliteStore {
                 .bind(row.interrupted)
                 .bind(row.created_at_ms)
                 .bind(row.body)
+                .bind(row.kind)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -181,11 +240,92 @@ impl SessionStore for SqliteStore {
         Ok(())
     }
 
-    async fn history(&self, key: &str, limit: Option<u32>) -> Result<Vec<StoredMessage>, AgentError> {
-        let limit = limit.map_or(-1, i64::from);
-        let newest_first: Vec<HistoryRow> =
-            sqlx::query_as(SELECT_HISTORY).bind(key).bind(limit).fetch_all(&self.reader).await?;
-        rows::history(key, newest_first)
+    async fn history_page(&self, key: &str, page: Page) -> Result<Vec<StoredMessage>, AgentError> {
+        let limit = page.limit.map_or(-1, i64::from);
+        let found: Vec<MarkedRow> = sqlx::query_as(SELECT_PAGE)
+            .bind(key)
+            .bind(page.before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        let (newest_first, marks) = rows::unzip(found);
+        rows::history(key, newest_first, marks)
+    }
+
+    async fn context(&self, key: &str) -> Result<Context, AgentError> {
+        let found: Vec<MarkedRow> = sqlx::query_as(SELECT_CONTEXT).bind(key).fetch_all(&self.reader).await?;
+        let (in_order, marks) = rows::unzip(found);
+        rows::context(key, in_order, marks)
+    }
+
+    async fn compact(&self, key: &str, c: Compaction) -> Result<(), AgentError> {
+        let summary = match c.summary {
+            Some(m) => Some(rows::encode(vec![StoredMessage { summary: true, ..m }])?.1),
+            None => None,
+        };
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut summary_seq = None;
+        if let Some(row) = summary.and_then(|mut v| v.pop()) {
+            let Some((count,)): Option<(i64,)> =
+                sqlx::query_as(TAKE_SEQ).bind(key).fetch_optional(&mut *tx).await?
+            else {
+                return Ok(());
+            };
+            sqlx::query(INSERT_MESSAGE)
+                .bind(key)
+                .bind(count - 1)
+                .bind(row.run_id)
+                .bind(row.interrupted)
+                .bind(row.created_at_ms)
+                .bind(row.body)
+                .bind(row.kind)
+                .execute(&mut *tx)
+                .await?;
+            summary_seq = Some(count - 1);
+        }
+        sqlx::query(MOVE_CONTEXT).bind(key).bind(c.start_seq).bind(summary_seq).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reset(&self, key: &str) -> Result<bool, AgentError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(CLEAR_MESSAGES).bind(key).execute(&mut *tx).await?;
+        let done = sqlx::query(RESET_SESSION).bind(key).bind(now_ms()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, AgentError> {
+        let done = sqlx::query(DELETE_SESSION).bind(key).execute(&self.writer).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn sweep(&self, sweep: Sweep) -> Result<u64, AgentError> {
+        let mut total = 0;
+        for (stmt, arg) in
+            [(SWEEP_OLD, sweep.updated_before_ms), (SWEEP_EXCESS, sweep.keep_per_agent.map(i64::from))]
+        {
+            let Some(arg) = arg else { continue };
+            loop {
+                let n = sqlx::query(stmt)
+                    .bind(arg)
+                    .bind(SWEEP_BATCH)
+                    .execute(&self.writer)
+                    .await?
+                    .rows_affected();
+                total += n;
+                if n < SWEEP_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn count(&self) -> Result<u64, AgentError> {
+        let (n,): (i64,) = sqlx::query_as(COUNT).fetch_one(&self.reader).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn list(&self, agent_id: Option<&str>, limit: u32) -> Result<Vec<SessionSummary>, AgentError> {
@@ -207,7 +347,7 @@ impl SessionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::fixtures::{self, rich_turn, text};
+    use crate::sessions::fixtures::{self, numbered, rich_turn, text};
     use std::path::PathBuf;
     use std::sync::Arc;
 
@@ -239,7 +379,7 @@ mod tests {
         let store = SqliteStore::open(&db.path()).await.unwrap();
         let turn = rich_turn();
         store.append("agent:main:openai-user:a", "main", turn.clone()).await.unwrap();
-        assert_eq!(store.history("agent:main:openai-user:a", None).await.unwrap(), turn);
+        assert_eq!(store.history("agent:main:openai-user:a", None).await.unwrap(), numbered(turn, 0));
         assert!(store.exists("agent:main:openai-user:a").await.unwrap());
         assert!(!store.exists("agent:main:nope").await.unwrap());
         assert!(store.history("agent:main:nope", None).await.unwrap().is_empty());
@@ -261,13 +401,13 @@ mod tests {
         let store = SqliteStore::open(&db.path()).await.unwrap();
         assert_eq!(
             store.history("agent:main:k", None).await.unwrap(),
-            vec![text("user", "hi"), text("assistant", "hello")]
+            numbered(vec![text("user", "hi"), text("assistant", "hello")], 0)
         );
         // Sequence numbers continue after the restart.
         store.append("agent:main:k", "main", vec![text("user", "again")]).await.unwrap();
         let all = store.history("agent:main:k", None).await.unwrap();
         assert_eq!(all.len(), 3);
-        assert_eq!(all[2], text("user", "again"));
+        assert_eq!(all[2], StoredMessage { seq: 2, ..text("user", "again") });
         let listed = store.list(None, 10).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].message_count, 3);
@@ -278,7 +418,7 @@ mod tests {
     async fn history_limit_returns_the_last_messages_in_order() {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.path()).await.unwrap();
-        let msgs: Vec<_> = (0..10).map(|i| text("user", &i.to_string())).collect();
+        let msgs: Vec<_> = numbered((0..10).map(|i| text("user", &i.to_string())).collect(), 0);
         store.append("agent:main:k", "main", msgs[..4].to_vec()).await.unwrap();
         store.append("agent:main:k", "main", msgs[4..].to_vec()).await.unwrap();
         assert_eq!(store.history("agent:main:k", Some(3)).await.unwrap(), msgs[7..].to_vec());
@@ -330,7 +470,7 @@ mod tests {
         }
         for t in 0..8 {
             let h = store.history(&format!("agent:main:task-{t}"), None).await.unwrap();
-            let expected: Vec<_> = (0..20).map(|i| text("user", &i.to_string())).collect();
+            let expected: Vec<_> = numbered((0..20).map(|i| text("user", &i.to_string())).collect(), 0);
             assert_eq!(h, expected);
         }
         assert_eq!(store.history("agent:main:shared", None).await.unwrap().len(), 160);
@@ -354,8 +494,65 @@ mod tests {
     async fn in_memory_database_works() {
         let store = SqliteStore::open(":memory:").await.unwrap();
         store.append("agent:main:k", "main", rich_turn()).await.unwrap();
-        assert_eq!(store.history("agent:main:k", Some(1)).await.unwrap(), rich_turn()[2..].to_vec());
+        assert_eq!(
+            store.history("agent:main:k", Some(1)).await.unwrap(),
+            numbered(rich_turn(), 0)[2..].to_vec()
+        );
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn lifecycle_and_sweep() {
+        let store = SqliteStore::open(":memory:").await.unwrap();
+        fixtures::assert_lifecycle(&store).await;
+        fixtures::assert_sweep(&store).await;
+        store.close().await;
+    }
+
+    /// A database made by a release before compaction gets the new columns and
+    /// keeps its sessions.
+    #[tokio::test]
+    async fn an_older_database_is_migrated() {
+        let db = TempDb::new();
+        let path = db.path();
+        std::fs::create_dir_all(std::path::Path::new(&path).parent().unwrap()).unwrap();
+        let old = SqlitePoolOptions::new()
+            .connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE sessions (key TEXT PRIMARY KEY, agent_id TEXT NOT NULL, created_at_ms INTEGER NOT NULL,
+                 updated_at_ms INTEGER NOT NULL, message_count INTEGER NOT NULL);
+             CREATE TABLE messages (session_key TEXT NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+                 seq INTEGER NOT NULL, run_id TEXT NOT NULL, interrupted INTEGER NOT NULL,
+                 created_at_ms INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (session_key, seq));",
+        )
+        .execute(&old)
+        .await
+        .unwrap();
+        let body = prost::Message::encode_to_vec(&text("user", "old").message);
+        sqlx::query("INSERT INTO sessions VALUES ('agent:main:old', 'main', 1, 1, 1)")
+            .execute(&old)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO messages VALUES ('agent:main:old', 0, 'r', 0, 1, ?1)")
+            .bind(body)
+            .execute(&old)
+            .await
+            .unwrap();
+        old.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let ctx = store.context("agent:main:old").await.unwrap();
+        assert_eq!(ctx.window.len(), 1);
+        assert_eq!(rows_text(&ctx.window[0]), "old");
+        store.compact("agent:main:old", Compaction { start_seq: 1, summary: None }).await.unwrap();
+        assert!(store.history("agent:main:old", None).await.unwrap()[0].compacted);
+        store.close().await;
+    }
+
+    fn rows_text(m: &StoredMessage) -> String {
+        services::messages::message_text(&m.message)
     }
 
     #[tokio::test]

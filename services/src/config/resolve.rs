@@ -3,7 +3,7 @@
 //! rules (auth mode against its secrets and the bind).
 
 use super::env::{process_env, EnvLookup};
-use super::schema::{AgentEntry, AuthMode, ModelSpec};
+use super::schema::{AgentEntry, AuthMode, CompactionConfig, ModelSpec};
 use super::{
     ConfigError, LoadedConfig, API_OPENAI_COMPLETIONS, ECHO_PROVIDER, IMPLICIT_AGENT, MAX_TIMEOUT_SECONDS,
     PASSWORD_ENV, TOKEN_ENV,
@@ -62,6 +62,10 @@ pub struct ResolvedAgent {
     pub system_prompt: Option<String>,
     /// Run timeout.
     pub timeout: Duration,
+    /// `contextTokens`: the prompt budget, when set explicitly.
+    pub context_tokens: Option<u32>,
+    /// How its stable sessions are kept within the budget.
+    pub compaction: CompactionConfig,
 }
 
 /// The agents after resolution, with the default one identified.
@@ -108,6 +112,8 @@ impl LoadedConfig {
                 "must be a positive number of seconds, at most 31536000",
             ));
         }
+        self.check_context(defaults.context_tokens, &defaults.compaction, "agents.defaults")?;
+        self.check_retention()?;
         let (def_primary, def_fallbacks) = match &defaults.model {
             Some(spec) => self.model_spec(spec, "agents.defaults.model")?,
             None => (ModelRef::echo(), Vec::new()),
@@ -159,6 +165,8 @@ impl LoadedConfig {
                 }
                 None => (def_primary.clone(), def_fallbacks.clone()),
             };
+            let compaction = e.compaction.clone().unwrap_or_else(|| defaults.compaction.clone());
+            self.check_context(e.context_tokens, &compaction, key)?;
             let timeout_seconds = e.timeout_seconds.unwrap_or(defaults.timeout_seconds);
             if !valid_timeout(timeout_seconds) {
                 return Err(self.error(
@@ -172,6 +180,8 @@ impl LoadedConfig {
                 fallbacks,
                 system_prompt: e.system_prompt.clone().or_else(|| defaults.system_prompt.clone()),
                 timeout: Duration::from_secs_f64(timeout_seconds),
+                context_tokens: e.context_tokens.or(defaults.context_tokens),
+                compaction,
             });
         }
         if agents.is_empty() {
@@ -181,11 +191,53 @@ impl LoadedConfig {
                 fallbacks: def_fallbacks,
                 system_prompt: defaults.system_prompt.clone(),
                 timeout: Duration::from_secs_f64(defaults.timeout_seconds),
+                context_tokens: defaults.context_tokens,
+                compaction: defaults.compaction.clone(),
             });
         }
         let default_index =
             default_index.or_else(|| agents.iter().position(|a| a.id == IMPLICIT_AGENT)).unwrap_or(0);
         Ok(ResolvedAgents { agents, default_index })
+    }
+
+    /// `contextTokens` and `compaction` of the agent (or the defaults) at `key`.
+    fn check_context(&self, tokens: Option<u32>, c: &CompactionConfig, key: &str) -> Result<(), ConfigError> {
+        if tokens == Some(0) {
+            return Err(self.error(format!("{key}.contextTokens"), "must be a positive number of tokens"));
+        }
+        if !(c.threshold > 0.0 && c.threshold <= 1.0) {
+            return Err(self.error(format!("{key}.compaction.threshold"), "must be in (0, 1]"));
+        }
+        if !(c.keep_recent >= 0.0 && c.keep_recent < c.threshold) {
+            return Err(self.error(
+                format!("{key}.compaction.keepRecent"),
+                "must be at least 0 and below compaction.threshold",
+            ));
+        }
+        if c.summary_max_tokens == 0 {
+            return Err(self.error(format!("{key}.compaction.summaryMaxTokens"), "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn check_retention(&self) -> Result<(), ConfigError> {
+        let r = &self.config.session.retention;
+        if r.max_age_seconds.is_some_and(|s| !valid_timeout(s)) {
+            return Err(self.error(
+                "session.retention.maxAgeSeconds",
+                "must be a positive number of seconds, at most 31536000",
+            ));
+        }
+        if !valid_timeout(r.sweep_interval_seconds) {
+            return Err(self.error(
+                "session.retention.sweepIntervalSeconds",
+                "must be a positive number of seconds, at most 31536000",
+            ));
+        }
+        if r.max_sessions_per_agent == Some(0) {
+            return Err(self.error("session.retention.maxSessionsPerAgent", "must be positive"));
+        }
+        Ok(())
     }
 
     fn model_spec(&self, spec: &ModelSpec, key: &str) -> Result<(ModelRef, Vec<ModelRef>), ConfigError> {

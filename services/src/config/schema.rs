@@ -369,12 +369,56 @@ pub struct AgentDefaults {
     pub system_prompt: Option<String>,
     /// Run timeout (fractions allowed).
     pub timeout_seconds: f64,
+    /// The most a turn's prompt may hold, in estimated tokens; unset: derived
+    /// from the model's `contextWindow` and `maxTokens`.
+    pub context_tokens: Option<u32>,
+    /// What happens when a stable session outgrows its budget.
+    pub compaction: CompactionConfig,
 }
 
 impl Default for AgentDefaults {
     fn default() -> Self {
-        Self { model: None, system_prompt: None, timeout_seconds: 600.0 }
+        Self {
+            model: None,
+            system_prompt: None,
+            timeout_seconds: 600.0,
+            context_tokens: None,
+            compaction: CompactionConfig::default(),
+        }
     }
+}
+
+/// `agents.defaults.compaction` (or an agent's own, replacing it whole).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CompactionConfig {
+    /// `summarize`, `truncate` or `off`.
+    pub mode: CompactionMode,
+    /// Share of the budget a turn's prompt may reach before the session is compacted.
+    pub threshold: f64,
+    /// Share of the budget kept word for word (the most recent turns) when compacting.
+    pub keep_recent: f64,
+    /// Cap on the summary's length, in tokens (the summary call's `max_tokens`).
+    pub summary_max_tokens: u32,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self { mode: CompactionMode::Summarize, threshold: 0.8, keep_recent: 0.4, summary_max_tokens: 1024 }
+    }
+}
+
+/// `agents.defaults.compaction.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompactionMode {
+    /// The older part is summarised by the agent's model; the summary replaces it upstream.
+    #[default]
+    Summarize,
+    /// The oldest turns are dropped (never a tool call without its result).
+    Truncate,
+    /// Nothing is stored; a turn sends only the newest turns that fit the budget.
+    Off,
 }
 
 /// One agent.
@@ -391,6 +435,10 @@ pub struct AgentEntry {
     pub system_prompt: Option<String>,
     /// Overrides `agents.defaults.timeoutSeconds`.
     pub timeout_seconds: Option<f64>,
+    /// Overrides `agents.defaults.contextTokens`.
+    pub context_tokens: Option<u32>,
+    /// Replaces `agents.defaults.compaction`.
+    pub compaction: Option<CompactionConfig>,
 }
 
 /// `models.*`.
@@ -464,6 +512,8 @@ pub struct ProviderModel {
     pub id: String,
     /// Cap on completion tokens sent upstream.
     pub max_tokens: Option<u32>,
+    /// The model's context window, in tokens (prompt and answer together).
+    pub context_window: Option<u32>,
 }
 
 /// `session.*`.
@@ -472,18 +522,41 @@ pub struct ProviderModel {
 pub struct SessionConfig {
     /// `memory`, `sqlite:PATH` or `postgres://…`.
     pub store: String,
+    /// Which sessions are kept.
+    pub retention: RetentionConfig,
 }
 
 // A postgres URL may carry a password: Debug shows it redacted.
 impl fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionConfig").field("store", &redact_url(&self.store)).finish()
+        f.debug_struct("SessionConfig")
+            .field("store", &redact_url(&self.store))
+            .field("retention", &self.retention)
+            .finish()
     }
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { store: "sqlite:./data/sessions.db".into() }
+        Self { store: "sqlite:./data/sessions.db".into(), retention: RetentionConfig::default() }
+    }
+}
+
+/// `session.retention.*`: sessions swept by agent-svc in the background.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetentionConfig {
+    /// A session unused for longer is deleted (fractions allowed); unset: kept.
+    pub max_age_seconds: Option<f64>,
+    /// Beyond this many sessions of one agent, the least recently used are deleted; unset: no cap.
+    pub max_sessions_per_agent: Option<u32>,
+    /// How often the sweep runs.
+    pub sweep_interval_seconds: f64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { max_age_seconds: None, max_sessions_per_agent: None, sweep_interval_seconds: 600.0 }
     }
 }
 

@@ -34,20 +34,43 @@ pub(super) async fn error_from_response(resp: reqwest::Response, limit: Duration
         Ok(Ok(b)) => b,
         _ => Vec::new(),
     };
+    let overflow = error_code(&body).as_deref() == Some(CONTEXT_CODE);
     let mut msg = error_message(&body);
     if msg.is_empty() {
         msg = status.to_string();
     }
-    status_error(status.as_u16(), msg)
+    status_error(status.as_u16(), msg, overflow)
 }
 
-/// The error for an HTTP status, given upstream's message.
-fn status_error(status: u16, msg: String) -> ProviderError {
+/// The code by which OpenAI says a prompt is over the model's context window.
+const CONTEXT_CODE: &str = "context_length_exceeded";
+
+/// Whether upstream says the prompt is over the model's context window: by its
+/// code, or by the wording other servers (vLLM, Ollama, llama.cpp) use.
+fn context_overflow(code_says: bool, message: &str) -> bool {
+    const WORDINGS: [&str; 6] = [
+        "context length",
+        "context_length",
+        "context window",
+        "maximum context",
+        "prompt is too long",
+        "too many tokens",
+    ];
+    code_says || {
+        let m = message.to_ascii_lowercase();
+        WORDINGS.iter().any(|w| m.contains(w))
+    }
+}
+
+/// The error for an HTTP status, given upstream's message and whether its
+/// code said the context was exceeded.
+fn status_error(status: u16, msg: String, overflow_code: bool) -> ProviderError {
     match status {
         429 => ProviderError::RateLimited(msg),
         401 | 403 => ProviderError::Upstream(format!("provider authentication failed ({status}): {msg}")),
         // An unknown model or a wrong base URL is the gateway's config, not the request.
         404 => ProviderError::Upstream(format!("provider returned HTTP 404: {msg}")),
+        400..=499 if context_overflow(overflow_code, &msg) => ProviderError::ContextTooLong(msg),
         400..=499 => ProviderError::Rejected(msg),
         _ => ProviderError::Upstream(format!("provider returned HTTP {status}: {msg}")),
     }
@@ -58,12 +81,21 @@ fn status_error(status: u16, msg: String) -> ProviderError {
 /// type or code says so (e.g. `context_length_exceeded`), else the provider's.
 pub(super) fn reported(err: ErrorField) -> ProviderError {
     let request_fault = err.is_request_fault();
+    let overflow_code = err.code() == Some(CONTEXT_CODE);
     let msg = err.message().filter(|m| !m.is_empty()).unwrap_or_else(|| "provider reported an error".into());
-    if request_fault {
+    if request_fault && context_overflow(overflow_code, &msg) {
+        ProviderError::ContextTooLong(msg)
+    } else if request_fault {
         ProviderError::Rejected(msg)
     } else {
         ProviderError::Upstream(msg)
     }
+}
+
+/// Upstream's error code from an error body (`error.code`), if it is a string.
+fn error_code(body: &[u8]) -> Option<String> {
+    let env = serde_json::from_slice::<ErrorEnvelope>(body).ok()?;
+    env.error.as_ref().and_then(ErrorField::code).map(str::to_owned)
 }
 
 /// Upstream's error message from an error body: `error.message`, `error` as a
@@ -115,9 +147,11 @@ mod tests {
             serde_json::json!({"message": "This model's maximum context length is 8192 tokens",
             "type": "invalid_request_error", "code": "context_length_exceeded"}),
         ));
-        assert!(matches!(e, ProviderError::Rejected(m) if m.contains("maximum context length")));
+        assert!(matches!(e, ProviderError::ContextTooLong(m) if m.contains("maximum context length")));
         let e =
             reported(field(serde_json::json!({"message": "too long", "code": "context_length_exceeded"})));
+        assert!(matches!(e, ProviderError::ContextTooLong(_)));
+        let e = reported(field(serde_json::json!({"message": "bad n", "type": "invalid_request_error"})));
         assert!(matches!(e, ProviderError::Rejected(_)));
         let e = reported(field(serde_json::json!({"message": "overloaded", "type": "server_error"})));
         assert!(matches!(e, ProviderError::Upstream(m) if m == "overloaded"));
@@ -138,15 +172,25 @@ mod tests {
         let m = error_message(long.as_bytes());
         assert_eq!(m.len(), ERROR_TEXT_CHARS + 3);
 
-        assert_eq!(status_error(429, "slow".into()), ProviderError::RateLimited("slow".into()));
+        assert_eq!(status_error(429, "slow".into(), false), ProviderError::RateLimited("slow".into()));
         assert_eq!(
-            status_error(401, "bad key".into()),
+            status_error(401, "bad key".into(), false),
             ProviderError::Upstream("provider authentication failed (401): bad key".into())
         );
-        assert!(matches!(status_error(403, "x".into()), ProviderError::Upstream(_)));
-        assert_eq!(status_error(400, "too long".into()), ProviderError::Rejected("too long".into()));
-        assert!(matches!(status_error(404, "x".into()), ProviderError::Upstream(_)));
-        assert!(matches!(status_error(500, "x".into()), ProviderError::Upstream(_)));
-        assert!(matches!(status_error(302, "x".into()), ProviderError::Upstream(_)));
+        assert!(matches!(status_error(403, "x".into(), false), ProviderError::Upstream(_)));
+        assert_eq!(status_error(400, "bad n".into(), false), ProviderError::Rejected("bad n".into()));
+        assert_eq!(
+            status_error(400, "too long".into(), true),
+            ProviderError::ContextTooLong("too long".into())
+        );
+        let vllm = "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens";
+        assert!(matches!(status_error(400, vllm.into(), false), ProviderError::ContextTooLong(_)));
+        assert!(matches!(status_error(404, "x".into(), false), ProviderError::Upstream(_)));
+        assert!(matches!(status_error(500, "x".into(), false), ProviderError::Upstream(_)));
+        assert!(matches!(status_error(302, "x".into(), false), ProviderError::Upstream(_)));
+        assert_eq!(
+            error_code(br#"{"error":{"message":"m","code":"context_length_exceeded"}}"#).as_deref(),
+            Some(CONTEXT_CODE)
+        );
     }
 }

@@ -407,7 +407,7 @@ mod tests {
             );
             assert_eq!(
                 attempt(&provider(addr, "400", 2000)).await,
-                Err(ProviderError::Rejected("maximum context length exceeded".into()))
+                Err(ProviderError::ContextTooLong("maximum context length exceeded".into()))
             );
             assert_eq!(
                 attempt(&provider(addr, "401", 2000)).await,

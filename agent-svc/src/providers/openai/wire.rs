@@ -293,6 +293,14 @@ impl ErrorField {
         }
     }
 
+    /// Upstream's error code, if it is a string.
+    pub(super) fn code(&self) -> Option<&str> {
+        match self {
+            ErrorField::Object { code, .. } => code.as_ref().and_then(serde_json::Value::as_str),
+            _ => None,
+        }
+    }
+
     /// Whether the error says the request was at fault (`400` to the client).
     pub(super) fn is_request_fault(&self) -> bool {
         let ErrorField::Object { kind, code, .. } = self else { return false };
