@@ -4,13 +4,14 @@
 
 use crate::error::AgentError;
 use crate::run::{RunStream, Runner};
-use crate::sessions::StoredMessage;
+use crate::sessions::{Page, StoredMessage};
 use futures::stream::{MapErr, TryStreamExt};
 use services::proto::agent_service_server::AgentService;
 use services::proto::{
-    AbortRunRequest, AbortRunResponse, AgentRunRequest, GetSessionHistoryRequest, GetSessionHistoryResponse,
+    AbortRunRequest, AbortRunResponse, AgentRunRequest, CompactSessionRequest, CompactSessionResponse,
+    DeleteSessionRequest, DeleteSessionResponse, GetSessionHistoryRequest, GetSessionHistoryResponse,
     HistoryEntry, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse,
-    SessionInfo,
+    ResetSessionRequest, ResetSessionResponse, SessionInfo,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,9 @@ use tonic::{Request, Response, Status};
 /// Default and maximum `ListSessions` page.
 const DEFAULT_LIST_LIMIT: u32 = 100;
 const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Default and maximum `GetSessionHistory` page.
+pub const MAX_HISTORY_PAGE: u32 = 1000;
 
 /// A run's events for gRPC: its failure mapped to a status.
 pub type AgentRunStatusStream = MapErr<RunStream, fn(AgentError) -> Status>;
@@ -43,6 +47,9 @@ fn history_entry(m: StoredMessage) -> HistoryEntry {
         interrupted: m.interrupted,
         created_at_ms: m.created_at_ms,
         run_id: m.run_id,
+        seq: m.seq,
+        compacted: m.compacted,
+        summary: m.summary,
     }
 }
 
@@ -109,12 +116,41 @@ impl AgentService for AgentSvc {
         if !store.exists(&req.session_key).await? {
             return Err(AgentError::NotFound(format!("Unknown session '{}'.", req.session_key)).into());
         }
-        let limit = (req.limit > 0).then_some(req.limit);
-        let messages = store.history(&req.session_key, limit).await?;
+        let limit = if req.limit == 0 { MAX_HISTORY_PAGE } else { req.limit.min(MAX_HISTORY_PAGE) };
+        let page = Page { before: req.before_seq, limit: Some(limit) };
+        let messages = store.history_page(&req.session_key, page).await?;
+        let next_before_seq = match messages.first() {
+            Some(oldest) if messages.len() == limit as usize && oldest.seq > 0 => Some(oldest.seq),
+            _ => None,
+        };
         Ok(Response::new(GetSessionHistoryResponse {
             session_key: req.session_key,
             messages: messages.into_iter().map(history_entry).collect(),
+            next_before_seq,
         }))
+    }
+
+    async fn reset_session(
+        &self,
+        request: Request<ResetSessionRequest>,
+    ) -> Result<Response<ResetSessionResponse>, Status> {
+        let existed = self.runner.reset_session(&request.into_inner().session_key).await?;
+        Ok(Response::new(ResetSessionResponse { existed }))
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<DeleteSessionRequest>,
+    ) -> Result<Response<DeleteSessionResponse>, Status> {
+        let deleted = self.runner.delete_session(&request.into_inner().session_key).await?;
+        Ok(Response::new(DeleteSessionResponse { deleted }))
+    }
+
+    async fn compact_session(
+        &self,
+        request: Request<CompactSessionRequest>,
+    ) -> Result<Response<CompactSessionResponse>, Status> {
+        Ok(Response::new(self.runner.compact_session(&request.into_inner().session_key).await?))
     }
 
     async fn abort_run(

@@ -27,9 +27,11 @@ use crate::serve::{must_bind_loopback, ServerTask};
 use services::proto::agent_run_event::Event;
 use services::proto::agent_service_server::{AgentService, AgentServiceServer};
 use services::proto::{
-    AbortRunRequest, AbortRunResponse, AgentInfo, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
+    AbortRunRequest, AbortRunResponse, AgentInfo, AgentRunEvent, AgentRunRequest, CompactSessionRequest,
+    CompactSessionResponse, DeleteSessionRequest, DeleteSessionResponse, GetSessionHistoryRequest,
     GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
-    ListSessionsResponse, RunFinished, RunStarted, TextDelta, ToolCallDelta, Usage,
+    ListSessionsResponse, ResetSessionRequest, ResetSessionResponse, RunFinished, RunStarted, TextDelta,
+    ToolCallDelta, Usage,
 };
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -288,6 +290,27 @@ impl AgentService for Service {
 
     async fn abort_run(&self, _: Request<AbortRunRequest>) -> Result<Response<AbortRunResponse>, Status> {
         Ok(Response::new(AbortRunResponse::default()))
+    }
+
+    async fn reset_session(
+        &self,
+        _: Request<ResetSessionRequest>,
+    ) -> Result<Response<ResetSessionResponse>, Status> {
+        Err(Status::unimplemented("fake agent-svc"))
+    }
+
+    async fn delete_session(
+        &self,
+        _: Request<DeleteSessionRequest>,
+    ) -> Result<Response<DeleteSessionResponse>, Status> {
+        Err(Status::unimplemented("fake agent-svc"))
+    }
+
+    async fn compact_session(
+        &self,
+        _: Request<CompactSessionRequest>,
+    ) -> Result<Response<CompactSessionResponse>, Status> {
+        Err(Status::unimplemented("fake agent-svc"))
     }
 }
 

@@ -695,7 +695,8 @@ pub async fn history(
     client: &mut AgentServiceClient<Channel>,
     key: &str,
 ) -> Result<Vec<HistoryEntry>, Status> {
-    let req = services::proto::GetSessionHistoryRequest { session_key: key.to_string(), limit: 0 };
+    let req =
+        services::proto::GetSessionHistoryRequest { session_key: key.to_string(), ..Default::default() };
     Ok(client.get_session_history(req).await?.into_inner().messages)
 }
 

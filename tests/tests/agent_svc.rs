@@ -1172,7 +1172,7 @@ async fn list_sessions_and_history_after_a_user_turn() {
     assert!(only_beta.sessions.is_empty());
 
     let h = client
-        .get_session_history(GetSessionHistoryRequest { session_key: key.into(), limit: 0 })
+        .get_session_history(GetSessionHistoryRequest { session_key: key.into(), limit: 0, before_seq: None })
         .await
         .expect("history")
         .into_inner();
@@ -1185,14 +1185,18 @@ async fn list_sessions_and_history_after_a_user_turn() {
         assert!(e.created_at_ms >= before - 1000);
     }
     let last = client
-        .get_session_history(GetSessionHistoryRequest { session_key: key.into(), limit: 1 })
+        .get_session_history(GetSessionHistoryRequest { session_key: key.into(), limit: 1, before_seq: None })
         .await
         .expect("history limit")
         .into_inner();
     assert_eq!(last.messages.iter().map(role_text).collect::<Vec<_>>(), vec![rt("assistant", "hello gina")]);
 
     let missing = client
-        .get_session_history(GetSessionHistoryRequest { session_key: "agent:main:nope".into(), limit: 0 })
+        .get_session_history(GetSessionHistoryRequest {
+            session_key: "agent:main:nope".into(),
+            limit: 0,
+            before_seq: None,
+        })
         .await;
     match missing {
         Err(s) => assert_eq!(s.code(), Code::NotFound, "{s:?}"),
@@ -1220,7 +1224,11 @@ async fn stateless_sessions_are_not_persisted() {
     let list = client.list_sessions(ListSessionsRequest::default()).await.expect("ListSessions").into_inner();
     assert!(list.sessions.is_empty(), "stateless sessions are not listed: {:?}", list.sessions);
     match client
-        .get_session_history(GetSessionHistoryRequest { session_key: a.session_key(), limit: 0 })
+        .get_session_history(GetSessionHistoryRequest {
+            session_key: a.session_key(),
+            limit: 0,
+            before_seq: None,
+        })
         .await
     {
         Err(s) => assert_eq!(s.code(), Code::NotFound, "{s:?}"),

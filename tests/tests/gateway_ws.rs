@@ -130,6 +130,9 @@ async fn challenge_then_connect_gives_hello_ok_on_any_path() {
             "models.list",
             "agents.list",
             "sessions.list",
+            "sessions.reset",
+            "sessions.delete",
+            "sessions.compact",
             "chat.history",
             "chat.send",
             "chat.abort"

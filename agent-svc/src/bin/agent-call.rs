@@ -147,7 +147,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if let Some(key) = cli.history {
-        let r = client.get_session_history(GetSessionHistoryRequest { session_key: key, limit: 0 }).await?;
+        let r = client
+            .get_session_history(GetSessionHistoryRequest { session_key: key, ..Default::default() })
+            .await?;
         for e in r.into_inner().messages {
             let m = e.message.unwrap_or_default();
             let text: String = m

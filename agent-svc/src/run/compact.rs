@@ -49,10 +49,29 @@ pub fn summary_prompt(max_tokens: u32) -> String {
     SUMMARY_PROMPT.replace("{words}", &(u64::from(max_tokens) * 3 / 4).max(1).to_string())
 }
 
-/// What a turn sends of its session: the summary and the messages after it.
+/// What a turn sends of its session: the summary and the messages after it,
+/// and what fitting did.
 pub(super) struct Fitted {
     pub(super) summary: Option<String>,
     pub(super) window: Vec<StoredMessage>,
+    /// The context start moved (older entries compacted).
+    pub(super) compacted: bool,
+    /// A new summary was stored.
+    pub(super) summarized: bool,
+    /// Estimated tokens of the stored context (summary and window) before.
+    pub(super) tokens_before: u64,
+}
+
+impl Fitted {
+    fn unchanged(summary: Option<String>, window: Vec<StoredMessage>, tokens_before: u64) -> Fitted {
+        Fitted { summary, window, compacted: false, summarized: false, tokens_before }
+    }
+
+    /// Estimated tokens of the context sent (summary and window).
+    pub(super) fn tokens(&self) -> u64 {
+        self.summary.as_deref().map_or(0, summary_cost)
+            + budget::messages_tokens(self.window.iter().map(|m| &m.message))
+    }
 }
 
 impl Runner {
@@ -75,16 +94,17 @@ impl Runner {
         let window = ctx.window;
         let tokens: Vec<u64> = window.iter().map(|m| message_tokens(&m.message)).collect();
         let summary_tokens = summary.as_deref().map_or(0, summary_cost);
-        let total = fixed + summary_tokens + tokens.iter().sum::<u64>();
+        let stored_tokens = summary_tokens + tokens.iter().sum::<u64>();
+        let total = fixed + stored_tokens;
         let cfg = &p.agent.compaction;
         let refs: Vec<&Message> = window.iter().map(|m| &m.message).collect();
 
         if !force && total as f64 <= cfg.threshold * budget as f64 {
-            return Ok(Fitted { summary, window });
+            return Ok(Fitted::unchanged(summary, window, stored_tokens));
         }
         if cfg.mode == CompactionMode::Off {
             let k = keep_from(&refs, &tokens, budget.saturating_sub(fixed + summary_tokens));
-            return Ok(Fitted { summary, window: window[k..].to_vec() });
+            return Ok(Fitted::unchanged(summary, window[k..].to_vec(), stored_tokens));
         }
 
         // Room for the newest turns: their share of the budget, and never more
@@ -102,6 +122,7 @@ impl Runner {
         let (older, kept) = window.split_at(k);
 
         let mut new_summary = None;
+        let summarized;
         if cfg.mode == CompactionMode::Summarize && !older.is_empty() {
             match self.summarize(p, summary.as_deref(), older, budget).await {
                 Ok(text) => new_summary = Some(text),
@@ -128,9 +149,12 @@ impl Runner {
             {
                 tracing::warn!(session = %p.session_key, error = %e, "storing a compaction failed");
             }
-            if new_summary.is_some() {
+            summarized = new_summary.is_some();
+            if summarized {
                 summary = new_summary;
             }
+        } else {
+            summarized = false;
         }
 
         // Whatever the estimates did, what is sent stays within the budget.
@@ -138,7 +162,13 @@ impl Runner {
         let kept_refs = &refs[k..];
         let k2 = keep_from(kept_refs, &tokens[k..], budget.saturating_sub(fixed + summary_tokens));
         let summary = if fixed + summary_tokens > budget { None } else { summary };
-        Ok(Fitted { summary, window: kept[k2..].to_vec() })
+        Ok(Fitted {
+            summary,
+            window: kept[k2..].to_vec(),
+            compacted: !older.is_empty(),
+            summarized,
+            tokens_before: stored_tokens,
+        })
     }
 
     /// Asks the agent's first model for a summary of `previous` and `older`;

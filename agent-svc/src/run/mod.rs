@@ -18,12 +18,14 @@ pub mod assemble;
 pub mod budget;
 mod compact;
 mod drive;
+mod manage;
 mod prepare;
 mod produced;
 mod registry;
 pub mod validate;
 
 pub use compact::{summary_prompt, SUMMARY_PROMPT, SUMMARY_TIMEOUT};
+pub use manage::MANAGE_WAIT;
 pub use registry::RunRegistry;
 
 use crate::agents::AgentRegistry;

@@ -37,6 +37,32 @@ pub(super) struct Prepared {
     pub(super) budget: u64,
 }
 
+/// A stand-in run for managing a stable session outside a turn (compacting
+/// it now): the session's agent, its chain and budget, no new turn.
+pub(super) fn for_session(registry: &AgentRegistry, key: &str) -> Result<Prepared, AgentError> {
+    let (agent_id, _) = session_key::split_agent_key(key).ok_or_else(|| {
+        AgentError::invalid("session_key", "A session key has the form `agent:<id>:<rest>`.")
+    })?;
+    let agent =
+        registry.agent(agent_id).ok_or_else(|| AgentError::UnknownAgent(agent_id.to_string()))?.clone();
+    let chain: Vec<ModelRef> =
+        std::iter::once(agent.primary.clone()).chain(agent.fallbacks.iter().cloned()).collect();
+    let budget = registry.budget(&agent, &chain, None);
+    Ok(Prepared {
+        run_id: format!("compact-{}", uuid::Uuid::new_v4()),
+        agent,
+        session_key: key.to_string(),
+        stable: true,
+        chain,
+        system: None,
+        client_history: Vec::new(),
+        new_turn: Vec::new(),
+        began_at_ms: 0,
+        base: ProviderRequest::default(),
+        budget,
+    })
+}
+
 /// Validates and resolves a request against the configured agents.
 pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Result<Prepared, AgentError> {
     validate::validate(&req)?;

@@ -46,9 +46,9 @@ use services::config::{LoadedConfig, AGENT_SERVICE_TLS_KEY};
 use services::proto::agent_run_request::Session;
 use services::proto::agent_service_client::AgentServiceClient;
 use services::proto::{
-    AbortRunRequest, AbortRunResponse, AgentRunEvent, AgentRunRequest, GetSessionHistoryRequest,
-    GetSessionHistoryResponse, ListAgentsRequest, ListAgentsResponse, ListSessionsRequest,
-    ListSessionsResponse,
+    AbortRunRequest, AbortRunResponse, AgentRunEvent, AgentRunRequest, CompactSessionRequest,
+    CompactSessionResponse, DeleteSessionRequest, GetSessionHistoryRequest, GetSessionHistoryResponse,
+    ListAgentsRequest, ListAgentsResponse, ListSessionsRequest, ListSessionsResponse, ResetSessionRequest,
 };
 use services::session_key::{self, SessionSelector};
 use services::tls::{ClientTls, GrpcTlsConnector, ALPN_H2};
@@ -66,6 +66,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RUN_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for unary calls (`ListAgents`, `ListSessions`, `GetSessionHistory`, `AbortRun`).
 const UNARY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limit on a session management call: it waits for the session's turns (up
+/// to agent-svc's 30 s) and a compaction may call the model (up to 60 s).
+const MANAGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest message accepted from agent-svc (histories can be long).
 const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
 /// The agent a request without one runs, when nobody said otherwise.
@@ -421,6 +425,7 @@ impl AgentClient {
             "ListAgents",
             None,
             ctx,
+            UNARY_TIMEOUT,
             || ListAgentsRequest {},
             |mut c, r| async move { c.list_agents(r).await },
         )
@@ -436,21 +441,61 @@ impl AgentClient {
         ctx: &CallContext,
     ) -> Result<ListSessionsResponse, ApiError> {
         let make = || ListSessionsRequest { agent_id: agent_id.to_owned(), limit };
-        self.unary("ListSessions", None, ctx, make, |mut c, r| async move { c.list_sessions(r).await }).await
+        self.unary("ListSessions", None, ctx, UNARY_TIMEOUT, make, |mut c, r| async move {
+            c.list_sessions(r).await
+        })
+        .await
     }
 
-    /// The transcript of a session (full `agent:<id>:…` key); the last `limit`
-    /// messages, all when 0. An unknown session is a 404 `ApiError`. Asked of
-    /// the session's own replica (where its turns run).
+    /// A page of a session's transcript (full `agent:<id>:…` key): the newest
+    /// `limit` entries (agent-svc's page when 0) older than `before_seq`. An
+    /// unknown session is a 404 `ApiError`. Asked of the session's own replica
+    /// (where its turns run).
     pub async fn session_history(
         &self,
         session_key: &str,
         limit: u32,
+        before_seq: Option<i64>,
         ctx: &CallContext,
     ) -> Result<GetSessionHistoryResponse, ApiError> {
-        let make = || GetSessionHistoryRequest { session_key: session_key.to_owned(), limit };
-        self.unary("GetSessionHistory", Some(session_key), ctx, make, |mut c, r| async move {
+        let make = || GetSessionHistoryRequest { session_key: session_key.to_owned(), limit, before_seq };
+        self.unary("GetSessionHistory", Some(session_key), ctx, UNARY_TIMEOUT, make, |mut c, r| async move {
             c.get_session_history(r).await
+        })
+        .await
+    }
+
+    /// Drops a session's transcript, keeping its key; whether it existed.
+    pub async fn reset_session(&self, session_key: &str, ctx: &CallContext) -> Result<bool, ApiError> {
+        let make = || ResetSessionRequest { session_key: session_key.to_owned() };
+        let r = self
+            .unary("ResetSession", Some(session_key), ctx, MANAGE_TIMEOUT, make, |mut c, r| async move {
+                c.reset_session(r).await
+            })
+            .await?;
+        Ok(r.existed)
+    }
+
+    /// Deletes a session; whether it existed.
+    pub async fn delete_session(&self, session_key: &str, ctx: &CallContext) -> Result<bool, ApiError> {
+        let make = || DeleteSessionRequest { session_key: session_key.to_owned() };
+        let r = self
+            .unary("DeleteSession", Some(session_key), ctx, MANAGE_TIMEOUT, make, |mut c, r| async move {
+                c.delete_session(r).await
+            })
+            .await?;
+        Ok(r.deleted)
+    }
+
+    /// Compacts a session now. An unknown session is a 404 `ApiError`.
+    pub async fn compact_session(
+        &self,
+        session_key: &str,
+        ctx: &CallContext,
+    ) -> Result<CompactSessionResponse, ApiError> {
+        let make = || CompactSessionRequest { session_key: session_key.to_owned() };
+        self.unary("CompactSession", Some(session_key), ctx, MANAGE_TIMEOUT, make, |mut c, r| async move {
+            c.compact_session(r).await
         })
         .await
     }
@@ -469,7 +514,9 @@ impl AgentClient {
         let replicas = self.inner.pool.snapshot();
         let calls = replicas.iter().map(|replica| {
             let req = AbortRunRequest { run_id: run_id.to_owned(), session_key: session_key.to_owned() };
-            self.call_on(replica, "AbortRun", ctx, req, |mut c, r| async move { c.abort_run(r).await })
+            self.call_on(replica, "AbortRun", ctx, UNARY_TIMEOUT, req, |mut c, r| async move {
+                c.abort_run(r).await
+            })
         });
         let mut aborted = Vec::new();
         let mut answered = false;
@@ -498,6 +545,7 @@ impl AgentClient {
         name: &'static str,
         affinity: Option<&str>,
         ctx: &CallContext,
+        timeout: Duration,
         make: M,
         call: F,
     ) -> Result<Resp, ApiError>
@@ -507,7 +555,7 @@ impl AgentClient {
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let first = self.replica_for(affinity).await?;
-        let failure = match self.call_on(&first, name, ctx, make(), &call).await {
+        let failure = match self.call_on(&first, name, ctx, timeout, make(), &call).await {
             Ok(resp) => return Ok(resp),
             Err(f) => f,
         };
@@ -516,16 +564,17 @@ impl AgentClient {
             return Err(e);
         };
         first.record_retry();
-        self.call_on(&second, name, ctx, make(), &call).await.map_err(Failure::into_error)
+        self.call_on(&second, name, ctx, timeout, make(), &call).await.map_err(Failure::into_error)
     }
 
-    /// One unary call on `replica` with the call context and [`UNARY_TIMEOUT`]
-    /// (sent as the gRPC deadline and enforced here too).
+    /// One unary call on `replica` with the call context and `timeout` (sent
+    /// as the gRPC deadline and enforced here too).
     async fn call_on<Req, Resp, F, Fut>(
         &self,
         replica: &Arc<Replica>,
         name: &'static str,
         ctx: &CallContext,
+        timeout: Duration,
         message: Req,
         call: F,
     ) -> Result<Resp, Failure>
@@ -535,10 +584,10 @@ impl AgentClient {
     {
         let _in_flight = replica.begin_call();
         let mut req = tonic::Request::new(message);
-        req.set_timeout(UNARY_TIMEOUT);
+        req.set_timeout(timeout);
         ctx.apply(req.metadata_mut());
         self.inner.credentials.apply(req.metadata_mut());
-        match tokio::time::timeout(UNARY_TIMEOUT, call(replica.agents(), req)).await {
+        match tokio::time::timeout(timeout, call(replica.agents(), req)).await {
             Ok(Ok(resp)) => {
                 replica.record_success();
                 Ok(resp.into_inner())
@@ -631,7 +680,7 @@ mod tests {
         let ctx = CallContext::default();
         let e = c.list_sessions("", 0, &ctx).await.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-        let e = c.session_history("agent:main:x", 0, &ctx).await.unwrap_err();
+        let e = c.session_history("agent:main:x", 0, None, &ctx).await.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         let e = c.abort_run("r", "", &ctx).await.unwrap_err();
         assert_eq!(e.ws_code(), "UNAVAILABLE");

@@ -1,5 +1,6 @@
 //! The methods of a connected client: `health`, `models.list`, `agents.list`,
-//! `sessions.list`, `chat.history`, `chat.send`, `chat.abort`.
+//! `sessions.list`, `sessions.reset`, `sessions.delete`, `sessions.compact`,
+//! `chat.history`, `chat.send`, `chat.abort`.
 //!
 //! Every agent-svc call goes through [`crate::client::AgentClient`]; errors map
 //! through [`ApiError::ws_code`]. Session keys resolve exactly as for HTTP
@@ -151,6 +152,7 @@ async fn call(conn: &Conn, method: &str, p: Value) -> Result<Payload, ErrorShape
         }
         "sessions.list" => serde_json::to_value(sessions_list(conn, p).await?).map_err(internal)?,
         "chat.history" => return Ok(Payload::Json(chat_history(conn, p).await?)),
+        "sessions.reset" | "sessions.delete" | "sessions.compact" => session_action(conn, method, p).await?,
         "chat.abort" => serde_json::to_value(chat_abort(conn, p).await?).map_err(internal)?,
         "connect" => return Err(ErrorShape::invalid("Already connected.")),
         other => return Err(ErrorShape::invalid(format!("Unknown method: {other}"))),
@@ -209,10 +211,54 @@ async fn sessions_list(conn: &Conn, p: Value) -> Result<SessionsList, ErrorShape
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct SessionParams {
+    session_key: String,
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+/// `sessions.reset` → `{ok, sessionKey, existed}`, `sessions.delete` →
+/// `{ok, sessionKey, deleted}`, `sessions.compact` → `{ok, sessionKey,
+/// compacted, summarized, keptMessages, tokensBefore, tokensAfter}` (an unknown
+/// session is `NOT_FOUND`). Each waits for the session's running turn to end.
+async fn session_action(conn: &Conn, method: &str, p: Value) -> Result<Value, ErrorShape> {
+    let p: SessionParams = params(method, p)?;
+    let key = resolve_key(conn, &p.session_key, p.agent_id.as_deref()).await?;
+    let client = conn.state.client();
+    let ctx = conn.ctx();
+    Ok(match method {
+        "sessions.reset" => {
+            let existed = client.reset_session(&key, &ctx).await.map_err(api)?;
+            serde_json::json!({"ok": true, "sessionKey": key, "existed": existed})
+        }
+        "sessions.delete" => {
+            let deleted = client.delete_session(&key, &ctx).await.map_err(api)?;
+            serde_json::json!({"ok": true, "sessionKey": key, "deleted": deleted})
+        }
+        _ => {
+            let r = client.compact_session(&key, &ctx).await.map_err(api)?;
+            serde_json::json!({
+                "ok": true,
+                "sessionKey": key,
+                "compacted": r.compacted,
+                "summarized": r.summarized,
+                "keptMessages": r.kept_messages,
+                "tokensBefore": r.tokens_before,
+                "tokensAfter": r.tokens_after,
+            })
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct HistoryParams {
     session_key: String,
     #[serde(default)]
     limit: Option<u32>,
+    /// Only entries older than this `seq` (the `nextBefore` of the previous page).
+    #[serde(default)]
+    before: Option<i64>,
     #[serde(default)]
     agent_id: Option<String>,
 }
@@ -239,6 +285,13 @@ struct HistoryMessage<'a> {
     interrupted: bool,
     timestamp: i64,
     run_id: &'a str,
+    seq: i64,
+    /// No longer sent upstream (summarised or truncated away).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    compacted: bool,
+    /// A compaction summary standing for the entries before it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    summary: bool,
 }
 
 fn history_message(e: &HistoryEntry) -> Option<HistoryMessage<'_>> {
@@ -265,27 +318,34 @@ fn history_message(e: &HistoryEntry) -> Option<HistoryMessage<'_>> {
         interrupted: e.interrupted,
         timestamp: e.created_at_ms,
         run_id: &e.run_id,
+        seq: e.seq,
+        compacted: e.compacted,
+        summary: e.summary,
     })
 }
 
-/// `{sessionKey, messages, truncated?}`, oldest first. An unknown session has no
-/// messages. When the whole transcript would not fit in `maxPayload`, the oldest
-/// messages are left out and `truncated` is true.
+/// `{sessionKey, messages, truncated?, nextBefore?}`, oldest first: the newest
+/// `limit` entries (agent-svc's page of 1000 without one) older than `before`.
+/// An unknown session has no messages. When the page would not fit in
+/// `maxPayload`, its oldest messages are left out and `truncated` is true.
+/// `nextBefore`, when present, is the `before` of the next (older) page.
 async fn chat_history(conn: &Conn, p: Value) -> Result<String, ErrorShape> {
     let p: HistoryParams = params("chat.history", p)?;
     let limit = check_limit(p.limit)?;
     let key = resolve_key(conn, &p.session_key, p.agent_id.as_deref()).await?;
-    let entries = match conn.state.client().session_history(&key, limit, &conn.ctx()).await {
-        Ok(h) => h.messages,
-        Err(e) if e.ws_code() == "NOT_FOUND" => Vec::new(),
-        Err(e) => return Err(api(e)),
-    };
+    let (entries, older_exist) =
+        match conn.state.client().session_history(&key, limit, p.before, &conn.ctx()).await {
+            Ok(h) => (h.messages, h.next_before_seq),
+            Err(e) if e.ws_code() == "NOT_FOUND" => (Vec::new(), None),
+            Err(e) => return Err(api(e)),
+        };
     // Serialized one message at a time, newest first, until the frame would not
     // fit (the envelope, id and key take well under the reserve).
     let budget = conn.state.ws().max_payload.saturating_sub(HISTORY_ENVELOPE_RESERVE);
     let mut kept: Vec<String> = Vec::new();
     let mut size = 0usize;
     let mut truncated = false;
+    let mut oldest_kept = None;
     for entry in entries.iter().rev() {
         let Some(m) = history_message(entry) else { continue };
         let text = serde_json::to_string(&m).map_err(internal)?;
@@ -295,7 +355,10 @@ async fn chat_history(conn: &Conn, p: Value) -> Result<String, ErrorShape> {
             break;
         }
         kept.push(text);
+        oldest_kept = Some(entry.seq);
     }
+    // What did not fit is the next page, before the oldest message sent.
+    let next_before = if truncated { oldest_kept.filter(|s| *s > 0) } else { older_exist };
     kept.reverse();
     let key = serde_json::to_string(&key).map_err(internal)?;
     let mut payload = String::with_capacity(size + key.len() + 64);
@@ -306,6 +369,10 @@ async fn chat_history(conn: &Conn, p: Value) -> Result<String, ErrorShape> {
     payload.push(']');
     if truncated {
         payload.push_str(",\"truncated\":true");
+    }
+    if let Some(before) = next_before {
+        payload.push_str(",\"nextBefore\":");
+        payload.push_str(&before.to_string());
     }
     payload.push('}');
     Ok(payload)
@@ -520,13 +587,16 @@ mod tests {
             interrupted: true,
             created_at_ms: 42,
             run_id: "r".into(),
+            seq: 7,
+            compacted: true,
+            summary: false,
         };
         let v = serde_json::to_value(history_message(&entry).unwrap()).unwrap();
         assert_eq!(
             v,
             json!({"role": "assistant", "content": [{"type": "text", "text": "hi"}],
                    "toolCalls": [{"id": "c1", "name": "f", "arguments": "{}"}],
-                   "interrupted": true, "timestamp": 42, "runId": "r"})
+                   "interrupted": true, "timestamp": 42, "runId": "r", "seq": 7, "compacted": true})
         );
         assert!(history_message(&HistoryEntry::default()).is_none());
     }

@@ -23,8 +23,18 @@ pub const PRECONNECT_MAX_BYTES: usize = 64 * 1024;
 pub const MAX_ID_BYTES: usize = 256;
 
 /// The methods offered after `connect` (`hello-ok.features.methods`).
-pub const METHODS: [&str; 7] =
-    ["health", "models.list", "agents.list", "sessions.list", "chat.history", "chat.send", "chat.abort"];
+pub const METHODS: [&str; 10] = [
+    "health",
+    "models.list",
+    "agents.list",
+    "sessions.list",
+    "sessions.reset",
+    "sessions.delete",
+    "sessions.compact",
+    "chat.history",
+    "chat.send",
+    "chat.abort",
+];
 
 /// The events this gateway sends (`hello-ok.features.events`).
 pub const EVENTS: [&str; 3] = ["chat", "connect.challenge", "tick"];
