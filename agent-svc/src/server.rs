@@ -124,6 +124,8 @@ pub async fn start_with(
     };
     let registry = Arc::new(AgentRegistry::from_config(config)?);
     let store = sessions::open(&config.config.session.store).await?;
+    let shutdown = CancellationToken::new();
+    sessions::retention::spawn(store.clone(), &config.config.session.retention, shutdown.clone());
     let max_runs =
         usize::try_from(config.config.gateway.agent_service.max_concurrent_runs).unwrap_or(usize::MAX);
     let runner = Runner::new(registry, store, max_runs.max(1));
@@ -156,7 +158,6 @@ pub async fn start_with(
         );
     }
 
-    let shutdown = CancellationToken::new();
     let signal = shutdown.clone().cancelled_owned();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -191,8 +191,8 @@ impl Runner {
     }
 
     /// [`Runner::attempts`], and once more after compacting when the provider
-    /// said a stable session's prompt was over its window (the budget was
-    /// evidently set too high: the retry fits half of it).
+    /// said a stable session's prompt was over its window: the budget was
+    /// evidently too high, so the retry fits half of what was sent.
     async fn attempts_refitting(
         &self,
         p: &mut Prepared,
@@ -203,7 +203,8 @@ impl Runner {
         match self.attempts(p, tx, produced, started_at).await {
             Err(Some(AgentError::ContextTooLong(m))) if p.stable && !produced.first_token => {
                 tracing::info!(session = %p.session_key, error = %m, "the provider found the prompt too long; compacting and retrying");
-                p.budget = (p.budget / 2).max(1);
+                let sent = budget::messages_tokens(&p.base.messages);
+                p.budget = (p.budget.min(sent) / 2).max(1);
                 self.begin_turn(p, true).await.map_err(Some)?;
                 produced.restart();
                 self.attempts(p, tx, produced, started_at).await

@@ -7,6 +7,7 @@ pub mod bounded;
 pub mod memory;
 pub mod postgres;
 pub mod queue;
+pub mod retention;
 mod rows;
 pub mod sqlite;
 
