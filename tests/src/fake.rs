@@ -8,7 +8,7 @@
 //! Each `AgentRun` takes the next queued [`Script`] ([`FakeAgentSvc::push`]);
 //! with none queued it answers `started`, `text("ok")`, `finished("stop")`.
 //! `ListAgents` lists `main` (default) and `beta`; `ListSessions` is empty;
-//! `AbortRun` aborts nothing; `GetSessionHistory` is unimplemented.
+//! `AbortRun` aborts nothing (it is recorded); `GetSessionHistory` is unimplemented.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -87,6 +87,7 @@ pub type Recorded = (AgentRunRequest, MetadataMap);
 struct State {
     scripts: VecDeque<Script>,
     requests: Vec<Recorded>,
+    aborts: Vec<AbortRunRequest>,
     list_agents_gate: Option<Gate>,
 }
 
@@ -171,6 +172,11 @@ impl FakeAgentSvc {
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
         let mut rx = self.shared.requests.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Every `AbortRun` request received, in order.
+    pub fn aborts(&self) -> Vec<AbortRunRequest> {
+        self.shared.lock().aborts.clone()
     }
 
     /// How many runs the caller dropped before their script ended.
@@ -288,7 +294,8 @@ impl AgentService for Service {
         Err(Status::unimplemented("fake agent-svc"))
     }
 
-    async fn abort_run(&self, _: Request<AbortRunRequest>) -> Result<Response<AbortRunResponse>, Status> {
+    async fn abort_run(&self, req: Request<AbortRunRequest>) -> Result<Response<AbortRunResponse>, Status> {
+        self.0.lock().aborts.push(req.into_inner());
         Ok(Response::new(AbortRunResponse::default()))
     }
 

@@ -5,7 +5,7 @@
 //! Assertions are on the frames the client reads, on what the mock upstream
 //! saw (requests, disconnects), and on the sessions read back over gRPC.
 
-use e2e::fake::FakeAgentSvc;
+use e2e::fake::{finished, started, text, tool, FakeAgentSvc, Script, Step};
 use e2e::gateway::http_client;
 use e2e::harness::text_of;
 use e2e::prelude::*;
@@ -93,6 +93,52 @@ fn entry_text(e: &HistoryEntry) -> (String, String, bool) {
 /// The `seq` values of chat payloads are strictly increasing.
 fn assert_increasing(seqs: &[u64]) {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not strictly increasing: {seqs:?}");
+}
+
+/// A gateway in front of the scripted fake agent-svc, and a connected client.
+async fn fake_pair() -> (FakeAgentSvc, Gateway, WsClient) {
+    harness::init_tracing();
+    let fake = FakeAgentSvc::start().await;
+    let config = ConfigBuilder::new().auth_token(TOKEN).build();
+    let gw = Gateway::start(&config, Some(&fake.url())).await;
+    let (ws, _) = WsClient::connect(gw.addr(), json!({"token": TOKEN})).await;
+    (fake, gw, ws)
+}
+
+/// A tool call as `message.toolCalls` spells it.
+fn call_json(id: &str, name: &str, arguments: &str) -> Value {
+    json!({"id": id, "name": name, "arguments": arguments})
+}
+
+/// The calls a client rebuilds from the `deltaToolCalls` of `deltas`, checking
+/// on the way that each call's `id` and `name` come once, with its first
+/// fragment, and that each `delta`'s `message.toolCalls` is the calls so far.
+/// Also returns how many `delta`s carried tool-call fragments.
+fn fold_tool_call_deltas(deltas: &[Value]) -> (Vec<Value>, usize) {
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    let mut carrying = 0;
+    for d in deltas {
+        assert_eq!(d["state"], "delta", "{d}");
+        assert!(d["deltaText"].is_string(), "every delta has `deltaText`: {d}");
+        let Some(parts) = d["deltaToolCalls"].as_array() else { continue };
+        carrying += 1;
+        for part in parts {
+            let index = usize::try_from(part["index"].as_u64().expect("index")).expect("index");
+            let arguments = part["arguments"].as_str().expect("arguments");
+            if index == calls.len() {
+                let id = part["id"].as_str().expect("`id` with the first fragment");
+                let name = part["name"].as_str().expect("`name` with the first fragment");
+                calls.push((id.into(), name.into(), arguments.into()));
+            } else {
+                assert!(index < calls.len(), "index {index} skips a call: {d}");
+                assert!(part.get("id").is_none() && part.get("name").is_none(), "id and name once: {d}");
+                calls[index].2.push_str(arguments);
+            }
+        }
+        let so_far: Vec<Value> = calls.iter().map(|(i, n, a)| call_json(i, n, a)).collect();
+        assert_eq!(d["message"]["toolCalls"], json!(so_far), "the cumulative calls: {d}");
+    }
+    (calls.iter().map(|(i, n, a)| call_json(i, n, a)).collect(), carrying)
 }
 
 // ---------------------------------------------------------------------------
@@ -533,6 +579,87 @@ async fn chat_history_is_cut_to_fit_max_payload() {
     assert!(res.to_string().len() <= 16 * 1024);
 }
 
+#[tokio::test]
+async fn tool_calls_stream_as_delta_events_during_the_run() {
+    let p = pair(|c| c).await;
+    let weather = r#"{"city":"Paris","unit":"celsius"}"#;
+    let time = r#"{"tz":"Europe/Paris"}"#;
+    // Six fragments 150 ms apart, more than the 100 ms between deltas.
+    p.mock.push(
+        Behavior::tool_calls(vec![
+            MockToolCall::new("call_w", "get_weather", weather),
+            MockToolCall::new("call_t", "get_time", time),
+        ])
+        .with_delay(Duration::from_millis(150)),
+    );
+    let mut ws = p.client().await;
+    let run = start_chat(&mut ws, send_params("tools", "weather and time?", "k-tools")).await;
+    let events = ws.chat_run(&run).await;
+
+    let (last, deltas) = events.split_last().unwrap();
+    assert_eq!(last["state"], "final", "{events:?}");
+    let (calls, carrying) = fold_tool_call_deltas(deltas);
+    // Only the last delta can be the flush before `final`: the others came during the run.
+    assert!(carrying >= 2, "tool calls were not streamed: {events:?}");
+    assert!(deltas.iter().all(|d| d["deltaText"] == ""), "no text in this answer: {deltas:?}");
+    let want = json!([call_json("call_w", "get_weather", weather), call_json("call_t", "get_time", time)]);
+    assert_eq!(json!(calls), want);
+    // `final` is as before: the complete calls.
+    assert_eq!(last["message"]["toolCalls"], want);
+    assert_eq!(last["stopReason"], "tool_calls");
+    assert!(last.get("deltaToolCalls").is_none());
+    // One `seq` per event, without gaps.
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    let first = seqs[0];
+    assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>());
+    // The turn is in the session with its calls.
+    let h = p.history_with("agent:main:tools", 2).await;
+    let stored = &h[1].message.as_ref().expect("message").tool_calls;
+    let stored: Vec<Value> = stored.iter().map(|c| call_json(&c.id, &c.name, &c.arguments)).collect();
+    assert_eq!(json!(stored), want);
+}
+
+#[tokio::test]
+async fn a_tool_call_fragment_reaches_the_client_before_the_rest_is_produced() {
+    let (fake, _gw, mut ws) = fake_pair().await;
+    // agent-svc holds the rest of the answer until the gate opens.
+    let gate = Gate::new();
+    fake.push(Script::steps(vec![
+        started("agent:main:held"),
+        text("Looking it up."),
+        tool(0, "call_a", "lookup", r#"{"q":"#),
+        Step::Wait(gate.clone()),
+        tool(0, "", "", r#""rust"}"#),
+        tool(1, "call_b", "fetch", "{}"),
+        finished("tool_calls"),
+    ]));
+    let run = start_chat(&mut ws, send_params("held", "look it up", "k-held")).await;
+    let mut events = vec![ws.next_chat(&run).await];
+    // The first delta may carry the text alone; the call comes before the gate opens.
+    if events[0].get("deltaToolCalls").is_none() {
+        events.push(ws.next_chat(&run).await);
+    }
+    assert!(!gate.is_open());
+    let held = events.last().unwrap().clone();
+    assert_eq!(held["state"], "delta", "{held}");
+    assert_eq!(
+        held["deltaToolCalls"],
+        json!([{"index": 0, "id": "call_a", "name": "lookup", "arguments": r#"{"q":"#}])
+    );
+    assert_eq!(message_text(&held), "Looking it up.");
+
+    gate.open();
+    events.extend(ws.chat_run(&run).await);
+    let (last, deltas) = events.split_last().unwrap();
+    assert_eq!(delta_text(deltas), "Looking it up.");
+    let (calls, _) = fold_tool_call_deltas(deltas);
+    let want = json!([call_json("call_a", "lookup", r#"{"q":"rust"}"#), call_json("call_b", "fetch", "{}")]);
+    assert_eq!(json!(calls), want);
+    assert_eq!(last["state"], "final");
+    assert_eq!(last["message"]["toolCalls"], want);
+    assert_eq!(message_text(last), "Looking it up.");
+}
+
 // ---------------------------------------------------------------------------
 // Concurrency and order
 
@@ -690,6 +817,56 @@ async fn chat_abort_before_agent_svc_started_the_run() {
 }
 
 #[tokio::test]
+async fn chat_abort_by_session_key_reaches_a_run_waiting_in_the_gateway() {
+    let (fake, _gw, mut ws) = fake_pair().await;
+    // agent-svc holds the first run's `started` back, so the second run of the
+    // session waits in the gateway for it (turns keep their order).
+    let gate = Gate::new();
+    fake.push(Script::steps(vec![
+        Step::Wait(gate.clone()),
+        started("agent:main:waiting"),
+        text("one"),
+        finished("stop"),
+    ]));
+    let first = start_chat(&mut ws, send_params("waiting", "one", "w1")).await;
+    assert!(fake.wait_for_requests(1, T).await);
+    let second = start_chat(&mut ws, send_params("waiting", "two", "w2")).await;
+
+    let res = ws.call("chat.abort", json!({"sessionKey": "waiting"})).await;
+    assert_eq!(res["ok"], true, "{res}");
+    assert_eq!(res["payload"]["aborted"], true, "{res}");
+    let mut ids: Vec<&str> =
+        res["payload"]["runIds"].as_array().expect("runIds").iter().filter_map(Value::as_str).collect();
+    ids.sort_unstable();
+    let mut want = [first.as_str(), second.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "both runs agent-svc does not know yet: {res}");
+    // The waiting run ends now, while its predecessor is still held, and never
+    // reaches agent-svc.
+    let events = ws.chat_run(&second).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["state"], "aborted");
+    assert!(events[0].get("message").is_none(), "{events:?}");
+    assert!(!gate.is_open());
+    assert_eq!(fake.requests().len(), 1);
+    // It keeps its place, though: a later run of the session still waits for
+    // the first to start.
+    let third = start_chat(&mut ws, send_params("waiting", "three", "w3")).await;
+    assert!(!fake.wait_for_requests(2, Duration::from_millis(300)).await, "the third run overtook the first");
+
+    gate.open();
+    // The first run's abort goes to agent-svc as soon as it has started (the
+    // fake aborts nothing, so that run then completes).
+    ws.chat_run(&first).await;
+    let aborts = fake.aborts();
+    assert!(aborts.iter().any(|a| a.session_key == "agent:main:waiting"), "{aborts:?}");
+    assert!(aborts.iter().any(|a| a.run_id == first), "{aborts:?}");
+    assert_eq!(ws.chat_run(&third).await.last().unwrap()["state"], "final");
+    let calls: Vec<String> = fake.requests().iter().map(|(r, _)| r.run_id.clone()).collect();
+    assert_eq!(calls, [first, third]);
+}
+
+#[tokio::test]
 async fn closing_the_socket_does_not_abort_the_run() {
     let p = pair(|c| c).await;
     for (i, graceful) in [(0, true), (1, false)] {
@@ -806,6 +983,37 @@ async fn a_client_that_never_reads_is_disconnected() {
     assert_eq!(text_of(h[1].message.as_ref().unwrap()).len(), 2000 * 2048);
     // Now read: the server has closed this connection; what was in the socket
     // buffers comes out, then the end, and never the `final` event.
+    let (_, seen) =
+        ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
+    assert!(!seen.is_empty(), "at least the reply was delivered");
+    assert!(
+        seen.iter().all(|f| f["payload"]["state"] != "final"),
+        "a client that never read got the whole run"
+    );
+    assert_eq!(p.mock.disconnects(), 0, "the run was not cancelled");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_streamed_tool_calls_is_disconnected() {
+    let p = pair(|c| c.set("gateway.ws.maxBufferedBytes", json!(8192))).await;
+    // One call whose ~4 MB of arguments come in 2000 fragments: the `delta`s
+    // (each with the cumulative call) amount to far more than the socket buffers hold.
+    let args = format!(r#"{{"data":"{}"}}"#, "x".repeat(2000 * 2048));
+    p.mock.push(
+        Behavior::tool_call("call_big", "store", &args)
+            .with_fragments(2000)
+            .with_delay(Duration::from_millis(1)),
+    );
+    let mut ws = p.client().await;
+    ws.send_json(&json!({"type": "req", "id": "s", "method": "chat.send",
+                         "params": send_params("tool-flood", "go", "k-tool-flood")}))
+        .await;
+    // Not reading while the run goes on; it completes in the session regardless.
+    let h = p.history_with("agent:main:tool-flood", 2).await;
+    let calls = &h[1].message.as_ref().expect("message").tool_calls;
+    assert_eq!(calls.iter().map(|c| c.arguments.len()).collect::<Vec<_>>(), [args.len()]);
+    // The server has closed this connection: what the socket buffers held comes
+    // out, then the end, and never the `final` event.
     let (_, seen) =
         ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
     assert!(!seen.is_empty(), "at least the reply was delivered");

@@ -7,7 +7,7 @@
 //! (agent-svc's own rules): `agent:<id>:<rest>` as is, anything else
 //! `agent:<agentId>:<key>` with the request's `agentId` or the default agent.
 
-use super::chat::{self, ActiveRun, Begin, ChatRun, RunState, ToolCallJson, TurnOrder};
+use super::chat::{self, ActiveRun, Begin, ChatRun, ToolCallJson, TurnOrder};
 use super::outbox::Outbox;
 use super::protocol::{self, code, ErrorShape, Request};
 use crate::client::CallContext;
@@ -94,11 +94,28 @@ fn resolve_with(raw: &str, agent_id: &str) -> Result<String, ErrorShape> {
 
 /// The full key of `raw`, asking agent-svc for the default agent only when needed.
 async fn resolve_key(conn: &Conn, raw: &str, agent_id: Option<&str>) -> Result<String, ErrorShape> {
+    resolve_key_cached(conn, raw, agent_id, &mut None).await
+}
+
+/// [`resolve_key`] that asks agent-svc for the default agent at most once,
+/// keeping it in `default` (for resolving several keys at once).
+async fn resolve_key_cached(
+    conn: &Conn,
+    raw: &str,
+    agent_id: Option<&str>,
+    default: &mut Option<String>,
+) -> Result<String, ErrorShape> {
     check_agent_id(agent_id)?;
     let agent = match agent_id {
         Some(id) => id.to_owned(),
         None if raw.trim_start().starts_with("agent:") => String::new(),
-        None => conn.state.client().list_agents(&conn.ctx()).await.map_err(api)?.default_agent_id,
+        None => match default {
+            Some(d) => d.clone(),
+            None => {
+                let d = conn.state.client().list_agents(&conn.ctx()).await.map_err(api)?.default_agent_id;
+                default.insert(d).clone()
+            }
+        },
     };
     resolve_with(raw, &agent)
 }
@@ -396,27 +413,41 @@ struct AbortReply {
     run_ids: Vec<String>,
 }
 
+/// Aborts through agent-svc and, first, in this gateway: a run of ours that
+/// agent-svc does not know yet (still waiting for its session's turn here, or
+/// its call on the way) is marked, so it ends without reaching agent-svc or is
+/// aborted as soon as agent-svc has started it. The reply lists agent-svc's
+/// aborted runs and those marked runs.
 async fn chat_abort(conn: &Conn, p: Value) -> Result<AbortReply, ErrorShape> {
     let p: AbortParams = params("chat.abort", p)?;
     let client = conn.state.client();
-    let run_ids = match p.run_id.filter(|r| !r.is_empty()) {
+    let runs = conn.state.ws_runs();
+    let (mut run_ids, local) = match p.run_id.filter(|r| !r.is_empty()) {
         Some(run_id) => {
-            // A run of ours that agent-svc has not started yet is aborted as soon as it starts.
-            let local = conn.state.ws_runs().running(&run_id);
-            if let Some(run) = &local {
-                run.request_abort();
-            }
-            let mut ids = client.abort_run(&run_id, "", &conn.ctx()).await.map_err(api)?.aborted_run_ids;
-            if ids.is_empty() && local.is_some_and(|r| r.state() == RunState::Running) {
-                ids.push(run_id);
-            }
-            ids
+            let marked = runs.running(&run_id).is_some_and(|run| run.request_abort());
+            let local = if marked { vec![run_id.clone()] } else { Vec::new() };
+            (client.abort_run(&run_id, "", &conn.ctx()).await.map_err(api)?.aborted_run_ids, local)
         }
         None => {
-            let key = resolve_key(conn, &p.session_key, p.agent_id.as_deref()).await?;
-            client.abort_run("", &key, &conn.ctx()).await.map_err(api)?.aborted_run_ids
+            let mut default = None;
+            let key = resolve_key_cached(conn, &p.session_key, p.agent_id.as_deref(), &mut default).await?;
+            let mut local = Vec::new();
+            for run in runs.all_running() {
+                let agent = Some(run.agent_id.as_str()).filter(|a| !a.is_empty());
+                if resolve_key_cached(conn, &run.session_key, agent, &mut default).await? == key
+                    && run.request_abort()
+                {
+                    local.push(run.run_id.clone());
+                }
+            }
+            (client.abort_run("", &key, &conn.ctx()).await.map_err(api)?.aborted_run_ids, local)
         }
     };
+    for id in local {
+        if !run_ids.contains(&id) {
+            run_ids.push(id);
+        }
+    }
     Ok(AbortReply { ok: true, aborted: !run_ids.is_empty(), run_ids })
 }
 
@@ -479,10 +510,10 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
     let active = ActiveRun(conn.active_runs.clone());
     let agent = p.agent_id.as_deref().unwrap_or("");
     let dedupe_key = format!("{agent}\n{}\n{}", p.session_key, p.idempotency_key);
-    let begin = conn
-        .state
-        .ws_runs()
-        .begin(&dedupe_key, || ChatRun::new(uuid::Uuid::new_v4().to_string(), p.session_key.clone()));
+    let begin = conn.state.ws_runs().begin(&dedupe_key, || {
+        let agent = p.agent_id.clone().unwrap_or_default();
+        ChatRun::new(uuid::Uuid::new_v4().to_string(), p.session_key.clone(), agent)
+    });
     let outbox = &conn.outbox;
     match begin {
         Begin::Existing(run) => {

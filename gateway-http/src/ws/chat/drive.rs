@@ -1,19 +1,22 @@
 //! Driving one `chat.send` run: calling agent-svc when the run's turn comes,
 //! consuming its events and sending them to the subscribers as `chat` events.
 //!
-//! Deltas are coalesced: the first text goes out at once, later text at most
-//! every [`DELTA_INTERVAL`] (each `delta` carries the cumulative `message`, so
-//! one event per upstream token would cost bytes quadratic in the answer).
+//! Deltas are coalesced: the first text or tool-call fragment goes out at
+//! once, later ones at most every [`DELTA_INTERVAL`] (each `delta` carries the
+//! cumulative `message`, so one event per upstream token would cost bytes
+//! quadratic in the answer). A `delta` carries the text received since the
+//! previous one (`deltaText`, empty when only tool calls moved) and, when tool
+//! calls moved, their new fragments (`deltaToolCalls`).
 
 use super::order::{ActiveRun, Turn};
-use super::payload::{AssistantMessage, ChatPayload, TextPart, ToolCallJson, UsageJson};
+use super::payload::{AssistantMessage, ChatPayload, TextPart, ToolCallDeltaJson, ToolCallJson, UsageJson};
 use super::{ChatRun, RunState};
 use crate::client::{is_token, CallContext, RunEvent, RunEvents};
 use crate::error::ApiError;
 use crate::state::AppState;
 use futures::StreamExt;
-use services::proto::{AgentRunRequest, RunFinished, ToolCall};
-use services::run_events::{self, ToolCallFold};
+use services::proto::{AgentRunRequest, RunFinished, ToolCallDelta};
+use services::run_events::{self, fallback_call_id, ToolCallFold};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,19 +52,40 @@ pub(crate) fn spawn(
     let tasks = state.ws_runs().tasks.clone();
     tasks.spawn(async move {
         let _active = active;
-        turn.wait().await;
+        tokio::select! {
+            biased;
+            () = turn.wait() => {}
+            // Aborted while waiting for the previous run of its session: it
+            // ends now (`drive` sees the abort and never calls agent-svc) ...
+            () = run.abort_requested_wait() => {}
+        }
         drive(&state, &run, request, &mut turn).await;
+        // ... but holds its place until that run has started, so the runs
+        // queued behind it cannot overtake it.
+        turn.wait().await;
         drop(turn);
         state.ws_runs().finished(&run.run_id);
     });
 }
 
-/// Text and tool calls received so far, and how much text was sent as deltas.
+/// How much of one tool call the `delta` events carried.
+#[derive(Debug, Clone, Copy)]
+struct CallSent {
+    index: u32,
+    /// Whether a `delta` carried its id and name.
+    announced: bool,
+    /// Bytes of its arguments sent.
+    arguments: usize,
+}
+
+/// Text and tool calls received so far, and how much of them went out in `delta`s.
 #[derive(Default)]
 struct Fold {
     text: String,
     sent: usize,
     calls: ToolCallFold,
+    /// One per call, sorted by index.
+    calls_sent: Vec<CallSent>,
 }
 
 impl Fold {
@@ -72,24 +96,86 @@ impl Fold {
             tool_calls: calls,
         }
     }
+
+    /// Adds a tool-call fragment. A call's id is settled by its first fragment
+    /// (agent-svc always gives one; else `call_<index>`), since `delta`s send
+    /// it once.
+    fn push_call(&mut self, d: &ToolCallDelta) {
+        match self.calls_sent.binary_search_by_key(&d.index, |c| c.index) {
+            Ok(_) => {
+                self.calls.push(d.index, "", &d.name, &d.arguments);
+            }
+            Err(pos) => {
+                let id = if d.id.is_empty() { fallback_call_id(d.index) } else { d.id.clone() };
+                self.calls.push(d.index, &id, &d.name, &d.arguments);
+                self.calls_sent.insert(pos, CallSent { index: d.index, announced: false, arguments: 0 });
+            }
+        }
+    }
+
+    /// The calls so far, by index, as the WebSocket protocol spells them.
+    fn calls_json(&self) -> Vec<ToolCallJson<'_>> {
+        self.calls_sent
+            .iter()
+            .filter_map(|s| self.calls.get(s.index))
+            .map(|c| ToolCallJson { id: &c.id, name: &c.name, arguments: &c.arguments })
+            .collect()
+    }
+
+    /// What the calls got since the last `delta`.
+    fn call_deltas(&self) -> Vec<ToolCallDeltaJson<'_>> {
+        self.calls_sent
+            .iter()
+            .filter_map(|s| {
+                let c = self.calls.get(s.index)?;
+                let arguments = c.arguments.get(s.arguments..).unwrap_or_default();
+                if s.announced && arguments.is_empty() {
+                    return None;
+                }
+                let first = !s.announced;
+                Some(ToolCallDeltaJson {
+                    index: s.index,
+                    id: first.then_some(c.id.as_str()),
+                    name: first.then_some(c.name.as_str()),
+                    arguments,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether something received has not gone out in a `delta` yet.
+    fn unsent(&self) -> bool {
+        self.sent < self.text.len()
+            || self.calls_sent.iter().any(|s| {
+                !s.announced || self.calls.get(s.index).is_some_and(|c| s.arguments < c.arguments.len())
+            })
+    }
+
+    /// Everything received so far went out.
+    fn mark_sent(&mut self) {
+        self.sent = self.text.len();
+        for s in &mut self.calls_sent {
+            s.announced = true;
+            s.arguments = self.calls.get(s.index).map_or(0, |c| c.arguments.len());
+        }
+    }
 }
 
-/// Complete calls as the WebSocket protocol spells them.
-fn calls_json(calls: &[ToolCall]) -> Vec<ToolCallJson<'_>> {
-    calls.iter().map(|c| ToolCallJson { id: &c.id, name: &c.name, arguments: &c.arguments }).collect()
-}
-
-/// Sends the text not yet sent as one `delta`.
+/// Sends what was received and not yet sent as one `delta`.
 fn flush_delta(run: &ChatRun, fold: &mut Fold) {
-    if fold.sent >= fold.text.len() {
+    if !fold.unsent() {
         return;
     }
     let delta = fold.text.get(fold.sent..).unwrap_or_default();
+    let call_deltas = fold.call_deltas();
+    let calls = fold.calls_json();
     let mut p = ChatPayload::new(run, "delta");
+    // Always present (possibly empty), as clients read it from every `delta`.
     p.delta_text = Some(delta);
-    p.message = Some(fold.message(&[]));
+    p.delta_tool_calls = Some(call_deltas.as_slice()).filter(|d| !d.is_empty());
+    p.message = Some(fold.message(&calls));
     run.emit(&p, None);
-    fold.sent = fold.text.len();
+    fold.mark_sent();
 }
 
 async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest, turn: &mut Turn) {
@@ -109,8 +195,7 @@ async fn drive(state: &AppState, run: &ChatRun, request: AgentRunRequest, turn: 
     };
     turn.started();
     flush_delta(run, &mut fold);
-    let complete = fold.calls.calls();
-    let calls = calls_json(&complete);
+    let calls = fold.calls_json();
     let partial = (!fold.text.is_empty() || !calls.is_empty()).then(|| fold.message(&calls));
     match &outcome {
         Outcome::Final(f) => {
@@ -180,27 +265,25 @@ async fn consume(
                             tracing::warn!(run_id = %run.run_id, error = %e, "AbortRun failed");
                         }
                     }
-                    RunEvent::Text(t) if !t.text.is_empty() => {
-                        fold.text.push_str(&t.text);
-                        let now = tokio::time::Instant::now();
-                        if now >= next_delta {
-                            flush_delta(run, fold);
-                            next_delta = now + DELTA_INTERVAL;
-                        } else if !scheduled {
-                            timer.as_mut().reset(next_delta);
-                            scheduled = true;
-                        }
-                    }
-                    RunEvent::ToolCall(tc) => {
-                        fold.calls.push_delta(&tc);
-                    }
+                    RunEvent::Text(t) => fold.text.push_str(&t.text),
+                    RunEvent::ToolCall(tc) => fold.push_call(&tc),
                     RunEvent::Finished(f) => {
                         state.metrics().run_finished(started_at, &f);
                         // agent-svc stores the turn before it sends `finished`, so a
                         // `chat.history` sent on `final` sees the turn.
                         return Outcome::Final(f);
                     }
-                    _ => {}
+                    RunEvent::Started(_) => {}
+                }
+                if !scheduled && fold.unsent() {
+                    let now = tokio::time::Instant::now();
+                    if now >= next_delta {
+                        flush_delta(run, fold);
+                        next_delta = now + DELTA_INTERVAL;
+                    } else {
+                        timer.as_mut().reset(next_delta);
+                        scheduled = true;
+                    }
                 }
             }
             () = &mut timer, if scheduled => {
@@ -229,7 +312,7 @@ mod tests {
 
     #[test]
     fn subscribers_get_their_reply_first_and_their_own_seq() {
-        let run = ChatRun::new("r1".into(), "main".into());
+        let run = ChatRun::new("r1".into(), "main".into(), String::new());
         let (a, mut rx_a) = Outbox::new(1 << 20);
         let (b, mut rx_b) = Outbox::new(1 << 20);
         // `b` already sent an event of its own.
@@ -267,25 +350,87 @@ mod tests {
         assert!(rx_c.try_recv().is_err());
     }
 
+    fn delta(index: u32, id: &str, name: &str, arguments: &str) -> ToolCallDelta {
+        ToolCallDelta { index, id: id.into(), name: name.into(), arguments: arguments.into() }
+    }
+
     #[test]
     fn tool_call_fragments_fold_by_index() {
         let mut f = Fold::default();
-        f.calls.push(0, "call_a", "get_", "{\"ci");
-        f.calls.push(0, "", "weather", "ty\":1}");
-        f.calls.push(1, "call_b", "x", "{}");
+        f.push_call(&delta(0, "call_a", "get_", "{\"ci"));
+        f.push_call(&delta(0, "", "weather", "ty\":1}"));
+        // A later fragment's id does not change the one settled by the first.
+        f.push_call(&delta(1, "call_b", "x", "{}"));
+        f.push_call(&delta(1, "other", "", ""));
         // An index agent-svc never sent before is a call of its own.
-        f.calls.push(7, "", "", "!");
-        let calls = f.calls.calls();
+        f.push_call(&delta(7, "", "", "!"));
+        let calls = f.calls_json();
         assert_eq!(calls.len(), 3);
-        assert_eq!((calls[0].id.as_str(), calls[0].name.as_str()), ("call_a", "get_weather"));
+        assert_eq!((calls[0].id, calls[0].name), ("call_a", "get_weather"));
         assert_eq!(calls[0].arguments, "{\"city\":1}");
-        assert_eq!(calls[1].arguments, "{}");
-        assert_eq!((calls[2].id.as_str(), calls[2].arguments.as_str()), ("call_7", "!"));
-        let json = calls_json(&calls);
-        let v = serde_json::to_value(f.message(&json)).unwrap();
+        assert_eq!((calls[1].id, calls[1].arguments), ("call_b", "{}"));
+        assert_eq!((calls[2].id, calls[2].arguments), ("call_7", "!"));
+        let v = serde_json::to_value(f.message(&calls)).unwrap();
         assert_eq!(
             v["toolCalls"][0],
             json!({"id": "call_a", "name": "get_weather", "arguments": "{\"city\":1}"})
+        );
+        assert_eq!(
+            f.calls.calls().iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            ["call_a", "call_b", "call_7"]
+        );
+    }
+
+    #[test]
+    fn deltas_carry_tool_call_fragments_once_with_the_cumulative_message() {
+        let run = ChatRun::new("r1".into(), "main".into(), String::new());
+        let (a, mut rx) = Outbox::new(1 << 20);
+        run.reply_and_subscribe(&a, |_| {});
+        let mut f = Fold::default();
+        f.text.push_str("Let me check.");
+        f.push_call(&delta(1, "call_b", "time", "{"));
+        f.push_call(&delta(0, "call_a", "weather", "{\"ci"));
+        flush_delta(&run, &mut f);
+        f.push_call(&delta(0, "", "", "ty\":1}"));
+        flush_delta(&run, &mut f);
+        flush_delta(&run, &mut f); // nothing new: no event
+        f.push_call(&delta(1, "", "", "}"));
+        f.push_call(&delta(0, "", "", ""));
+        flush_delta(&run, &mut f);
+        let got: Vec<Value> = events(&mut rx).into_iter().map(|e| e["payload"].clone()).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0]["deltaText"], "Let me check.");
+        assert_eq!(
+            got[0]["deltaToolCalls"],
+            json!([{"index": 0, "id": "call_a", "name": "weather", "arguments": "{\"ci"},
+                   {"index": 1, "id": "call_b", "name": "time", "arguments": "{"}])
+        );
+        // Only what moved, without id and name; `deltaText` is there, empty.
+        assert_eq!(got[1]["deltaText"], "");
+        assert_eq!(got[1]["deltaToolCalls"], json!([{"index": 0, "arguments": "ty\":1}"}]));
+        assert_eq!(got[2]["deltaToolCalls"], json!([{"index": 1, "arguments": "}"}]));
+        // `message` is cumulative: the text and every call so far.
+        assert_eq!(got[1]["message"]["content"][0]["text"], "Let me check.");
+        assert_eq!(
+            got[2]["message"]["toolCalls"],
+            json!([{"id": "call_a", "name": "weather", "arguments": "{\"city\":1}"},
+                   {"id": "call_b", "name": "time", "arguments": "{}"}])
+        );
+        assert_eq!(got.iter().map(|e| e["state"].as_str().unwrap()).collect::<Vec<_>>(), ["delta"; 3]);
+    }
+
+    #[test]
+    fn text_deltas_are_unchanged_without_tool_calls() {
+        let run = ChatRun::new("r1".into(), "main".into(), String::new());
+        let (a, mut rx) = Outbox::new(1 << 20);
+        run.reply_and_subscribe(&a, |_| {});
+        let mut f = Fold { text: "Hi".into(), ..Default::default() };
+        flush_delta(&run, &mut f);
+        let got = events(&mut rx);
+        assert_eq!(
+            got[0]["payload"],
+            json!({"runId": "r1", "sessionKey": "main", "seq": 1, "state": "delta", "deltaText": "Hi",
+                   "message": {"role": "assistant", "content": [{"type": "text", "text": "Hi"}]}})
         );
     }
 }

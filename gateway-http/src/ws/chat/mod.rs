@@ -27,9 +27,9 @@ use super::protocol;
 use parking_lot::Mutex;
 use payload::ChatPayload;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Where a run is.
@@ -70,18 +70,23 @@ pub struct ChatRun {
     pub run_id: String,
     /// The session key as the client sent it (echoed in events).
     pub session_key: String,
+    /// The `agentId` the client sent (empty: the default agent); with
+    /// `session_key` it gives the run's full session key.
+    pub agent_id: String,
     inner: Mutex<RunInner>,
-    abort_requested: AtomicBool,
+    /// Cancelled by `chat.abort`.
+    abort: CancellationToken,
 }
 
 impl ChatRun {
     /// A new running run with no subscribers.
-    pub fn new(run_id: String, session_key: String) -> Arc<ChatRun> {
+    pub fn new(run_id: String, session_key: String, agent_id: String) -> Arc<ChatRun> {
         Arc::new(ChatRun {
             run_id,
             session_key,
+            agent_id,
             inner: Mutex::new(RunInner { state: RunState::Running, subscribers: Vec::new() }),
-            abort_requested: AtomicBool::new(false),
+            abort: CancellationToken::new(),
         })
     }
 
@@ -105,13 +110,23 @@ impl ChatRun {
         }
     }
 
-    /// Marks the run for abort (honoured as soon as agent-svc has started it).
-    pub fn request_abort(&self) {
-        self.abort_requested.store(true, Ordering::SeqCst);
+    /// Marks the run for abort: a run still waiting for its session's turn in
+    /// this gateway ends at once without calling agent-svc, one whose call is
+    /// on its way is aborted as soon as agent-svc has started it. True when the
+    /// run was still going (so this abort is what ends it, unless it finishes
+    /// first).
+    pub fn request_abort(&self) -> bool {
+        self.abort.cancel();
+        self.state() == RunState::Running
     }
 
     fn abort_requested(&self) -> bool {
-        self.abort_requested.load(Ordering::SeqCst)
+        self.abort.is_cancelled()
+    }
+
+    /// Resolves once the run is marked for abort.
+    async fn abort_requested_wait(&self) {
+        self.abort.cancelled().await;
     }
 
     /// Sends a `chat` event to every subscriber; with `end`, the run is over
@@ -183,6 +198,14 @@ impl ChatRuns {
         self.running.lock().get(run_id).cloned()
     }
 
+    /// Every run of this gateway still going (for `chat.abort` by session key,
+    /// which must also reach runs agent-svc does not know yet).
+    pub fn all_running(&self) -> Vec<Arc<ChatRun>> {
+        let all: Vec<Arc<ChatRun>> = self.running.lock().values().cloned().collect();
+        // Each run's state is read after the registry's lock is released (one lock at a time).
+        all.into_iter().filter(|r| r.state() == RunState::Running).collect()
+    }
+
     pub(crate) fn finished(&self, run_id: &str) {
         self.running.lock().remove(run_id);
     }
@@ -205,16 +228,21 @@ mod tests {
     #[test]
     fn resends_find_the_run_and_finished_runs_leave_the_running_index() {
         let runs = ChatRuns::new(100, Duration::from_secs(60));
-        let Begin::New(first) = runs.begin("k", || ChatRun::new("r1".into(), "s".into())) else {
+        let Begin::New(first) = runs.begin("k", || ChatRun::new("r1".into(), "s".into(), String::new()))
+        else {
             panic!("first send must start a run")
         };
-        let Begin::Existing(again) = runs.begin("k", || ChatRun::new("r2".into(), "s".into())) else {
+        let Begin::Existing(again) = runs.begin("k", || ChatRun::new("r2".into(), "s".into(), String::new()))
+        else {
             panic!("a resend must find the run")
         };
         assert!(Arc::ptr_eq(&first, &again));
         assert!(runs.running("r1").is_some());
         runs.finished("r1");
         assert!(runs.running("r1").is_none());
-        assert!(matches!(runs.begin("k", || ChatRun::new("r3".into(), "s".into())), Begin::Existing(_)));
+        assert!(matches!(
+            runs.begin("k", || ChatRun::new("r3".into(), "s".into(), String::new())),
+            Begin::Existing(_)
+        ));
     }
 }

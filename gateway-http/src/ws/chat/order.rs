@@ -20,7 +20,9 @@ impl Drop for ActiveRun {
 /// session run in arrival order). Each run calls agent-svc only once the
 /// previous run of its session has been started there (agent-svc then holds
 /// its place in the session queue) or has failed to start. Runs of different
-/// sessions do not wait on each other.
+/// sessions do not wait on each other. A run aborted while it waits ends at
+/// once but lets the next run go only once its own predecessor has started, so
+/// the next run cannot overtake that one.
 #[derive(Debug, Default)]
 pub(crate) struct TurnOrder {
     /// Per session key: the generation of its latest run and the signal that
@@ -52,15 +54,23 @@ pub(crate) struct Turn {
 
 impl Turn {
     /// Waits until the previous run of the session has started (or ended).
+    /// Cancel-safe: waiting again after a cancelled wait goes on waiting.
     pub(super) async fn wait(&mut self) {
-        if let Some(rx) = self.after.take() {
+        if let Some(rx) = self.after.as_mut() {
             // A dropped sender means the previous run is over: go on.
             let _ = rx.await;
+            self.after = None;
         }
     }
 
     /// This run has started (or ended): the next run of the session may go.
+    /// Before the previous run has started (this run was aborted while it
+    /// waited) this does nothing: the drop after a completed [`Turn::wait`]
+    /// lets the next run go instead.
     pub(super) fn started(&mut self) {
+        if self.after.is_some() {
+            return;
+        }
         let Some(tx) = self.started.take() else { return };
         let mut last = self.order.last.lock();
         if last.get(&self.key).is_some_and(|(g, _)| *g == self.generation) {
@@ -74,5 +84,32 @@ impl Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         self.started();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn a_run_ended_early_lets_the_next_go_only_after_its_predecessor_started() {
+        let order = Arc::new(TurnOrder::default());
+        let mut first = order.enqueue("s".into());
+        let mut second = order.enqueue("s".into());
+        let mut third = order.enqueue("s".into());
+        first.wait().await;
+        // `second` gives up waiting (aborted) and ends before `first` started.
+        assert!(second.wait().now_or_never().is_none());
+        second.started();
+        assert!(third.wait().now_or_never().is_none(), "`third` must not overtake `first`");
+        first.started();
+        // A cancelled wait resumes where it was: `first` has started now.
+        assert!(second.wait().now_or_never().is_some());
+        assert!(third.wait().now_or_never().is_none(), "`second` still holds its place");
+        drop(second);
+        assert!(third.wait().now_or_never().is_some());
+        third.started();
+        assert!(order.last.lock().is_empty());
     }
 }

@@ -28,6 +28,20 @@ pub(crate) struct ToolCallJson<'a> {
     pub arguments: &'a str,
 }
 
+/// One entry of `deltaToolCalls`: what a `delta` adds to the tool call at
+/// `index` (0-based, one per parallel call). `id` and `name` come once, with the
+/// call's first fragment; `arguments` is the argument text received since the
+/// previous `delta` (appended, it gives the call's arguments; may be empty).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(super) struct ToolCallDeltaJson<'a> {
+    pub(super) index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) name: Option<&'a str>,
+    pub(super) arguments: &'a str,
+}
+
 /// `usage` in `final`.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +61,8 @@ pub(super) struct ChatPayload<'a> {
     pub(super) state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) delta_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) delta_tool_calls: Option<&'a [ToolCallDeltaJson<'a>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) message: Option<AssistantMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +85,7 @@ impl<'a> ChatPayload<'a> {
             seq: 0,
             state,
             delta_text: None,
+            delta_tool_calls: None,
             message: None,
             usage: None,
             stop_reason: None,
