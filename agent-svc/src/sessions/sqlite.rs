@@ -76,7 +76,8 @@ INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Followed by `VALUES (…), (…)` for each message of an append.
-const INSERT_MESSAGES: &str = "INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind) ";
+const INSERT_MESSAGES: &str =
+    "INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind) ";
 
 // A negative LIMIT means no limit in SQLite, so one statement serves both cases.
 const SELECT_PAGE: &str = "
