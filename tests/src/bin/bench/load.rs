@@ -21,7 +21,7 @@ use tokio::sync::Barrier;
 /// The request path on both the mock and the gateway.
 const PATH: &str = "/v1/chat/completions";
 /// The non-streaming request body (direct and through the gateway).
-const BODY: &str = r#"{"model":"openclaw","messages":[{"role":"user","content":"hi"}]}"#;
+pub(crate) const BODY: &str = r#"{"model":"openclaw","messages":[{"role":"user","content":"hi"}]}"#;
 /// The streaming request body. It asks for usage because agent-svc always does
 /// upstream: so the mock sends the same events on both paths.
 const STREAM_BODY: &str = r#"{"model":"openclaw","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
@@ -81,7 +81,7 @@ impl Target {
 }
 
 /// One HTTP/1.1 keep-alive connection, reopened after any error.
-struct Client {
+pub(crate) struct Client {
     conn: Option<SendRequest<Full<Bytes>>>,
     check: StreamCheck,
 }

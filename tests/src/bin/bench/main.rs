@@ -29,14 +29,21 @@
 //! (MISS alone is not a failure). Run it with `scripts/bench.sh`, which builds
 //! everything in release mode first.
 //!
+//! With `--sessions-secs S` it then compares, through the gateway, S seconds of
+//! stateless requests with S seconds of requests keyed to `--users` stable
+//! sessions under a small `--context-tokens` budget, per `--sessions-interval-s`
+//! interval, on the `--session-store` chosen (`--requests 0` skips the rest).
+//!
 //! Modules: [`procs`] (starting and killing the processes), [`load`] (the
 //! load driver and the answer checks), [`procfs`] (CPU, context switches and
-//! memory from `/proc`), [`report`] (the tables).
+//! memory from `/proc`), [`report`] (the tables), [`sessions`] (the session
+//! comparison).
 
 mod load;
 mod procfs;
 mod procs;
 mod report;
+mod sessions;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -96,6 +103,26 @@ struct Cli {
     /// Measure only the direct upstream (agent-svc and gateway-http are not started).
     #[arg(long)]
     direct_only: bool,
+    /// Seconds of the stable-session comparison (0 skips it): this long stateless, then this long
+    /// with every request keyed to a stable session, through the gateway.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    sessions_secs: u64,
+    /// Length of one reported interval of the session comparison, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    sessions_interval_s: u64,
+    /// Workers (connections) of the session comparison.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    sessions_concurrency: usize,
+    /// Distinct stable sessions (`user` values) of the session comparison.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    users: usize,
+    /// `session.store` of agent-svc: `memory`, `sqlite` (a file in the bench's temp dir) or a
+    /// `postgres://` URL.
+    #[arg(long, default_value = "sqlite", value_name = "STORE")]
+    session_store: String,
+    /// `agents.defaults.contextTokens`: small, so sessions pass it (and are compacted) within the run.
+    #[arg(long, default_value_t = 3000, value_name = "TOKENS")]
+    context_tokens: u32,
 }
 
 fn main() -> ExitCode {
@@ -111,8 +138,13 @@ fn main() -> ExitCode {
 
 /// Starts the processes, runs every measurement and prints the tables.
 fn run_all(cli: &Cli) -> Result<()> {
-    if cli.requests == 0 {
-        bail!("--requests must be at least 1");
+    if cli.requests == 0 && cli.sessions_secs == 0 {
+        bail!("--requests must be at least 1 (0 only with --sessions-secs)");
+    }
+    if cli.sessions_secs > 0
+        && (cli.direct_only || cli.sessions_interval_s == 0 || cli.sessions_concurrency == 0)
+    {
+        bail!("--sessions-secs needs the gateway, and --sessions-interval-s and --sessions-concurrency of at least 1");
     }
     if cli.concurrency.is_empty() || cli.concurrency.iter().any(|&c| c == 0 || c > 1024) {
         bail!("--concurrency must list values between 1 and 1024");
@@ -157,7 +189,11 @@ fn run_all(cli: &Cli) -> Result<()> {
     let mut gateway_addr = None;
     if let (Some(agent_bin), Some(gateway_bin)) = (agent_bin, gateway_bin) {
         let config = tmp.path().join("bench.json5");
-        std::fs::write(&config, config_text(mock_addr))
+        let store = match cli.session_store.as_str() {
+            "sqlite" => format!("sqlite:{}", tmp.path().join("sessions.db").display()),
+            other => other.to_string(),
+        };
+        std::fs::write(&config, config_text(mock_addr, &store, cli.context_tokens))
             .with_context(|| format!("cannot write {}", config.display()))?;
         let config = config.display().to_string();
         let (agent, line) = Proc::start(
@@ -204,8 +240,8 @@ fn run_all(cli: &Cli) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let timeout = Duration::from_secs(cli.timeout_s.max(1));
-    let results = rt
+    let timeout = Duration::from_secs(cli.timeout_s.max(1) + 2 * cli.sessions_secs);
+    let (results, session_runs) = rt
         .block_on(async {
             tokio::time::timeout(timeout, measure(cli, &mut procs, mock_addr, gateway_addr))
                 .await
@@ -226,10 +262,16 @@ fn run_all(cli: &Cli) -> Result<()> {
     let names: Vec<&str> = procs.iter().map(|p| p.name).collect();
     let report =
         Report { cli, clk_tck, online_cpus: online_cpus(), names, idle_rss, peak_rss, runs: results };
-    print!("{}", report.render());
+    if !report.runs.is_empty() {
+        print!("{}", report.render());
+    }
+    let mut failed: u64 = report.runs.iter().map(|r| r.errors).sum();
+    if let Some((stateless, stateful)) = &session_runs {
+        print!("{}", sessions::render(stateless, stateful, &cli.session_store, cli.context_tokens));
+        failed += stateless.errors() + stateful.errors();
+    }
     drop(procs);
     drop(tmp);
-    let failed: u64 = report.runs.iter().map(|r| r.errors).sum();
     if failed > 0 {
         bail!("{failed} requests failed: the figures above are not valid");
     }
@@ -237,21 +279,27 @@ fn run_all(cli: &Cli) -> Result<()> {
 }
 
 /// The config both services read: the mock as provider `mock`, agent `main` on `mock/bench`.
-fn config_text(mock: SocketAddr) -> String {
+fn config_text(mock: SocketAddr, store: &str, context_tokens: u32) -> String {
     format!(
         r#"// Written by the benchmark.
 {{
   models: {{ providers: {{ mock: {{ baseUrl: "http://{mock}/v1", api: "openai-completions" }} }} }},
-  agents: {{ defaults: {{ model: "mock/bench" }}, list: [{{ id: "main", default: true }}] }},
+  agents: {{
+    defaults: {{ model: "mock/bench", contextTokens: {context_tokens} }},
+    list: [{{ id: "main", default: true }}],
+  }},
   gateway: {{
     auth: {{ mode: "token", token: "{TOKEN}" }},
     http: {{ endpoints: {{ chatCompletions: {{ enabled: true }} }} }},
   }},
-  session: {{ store: "memory" }},
+  session: {{ store: {store:?} }},
 }}
 "#
     )
 }
+
+/// The stateless and the stateful timed runs of the session comparison.
+type SessionRuns = Option<(sessions::TimedResult, sessions::TimedResult)>;
 
 /// Smoke-checks every path, then runs every measurement in order.
 async fn measure(
@@ -259,12 +307,12 @@ async fn measure(
     procs: &mut [Proc],
     mock: SocketAddr,
     gateway: Option<SocketAddr>,
-) -> Result<Vec<RunResult>> {
+) -> Result<(Vec<RunResult>, SessionRuns)> {
     let req_timeout = Duration::from_millis(cli.request_timeout_ms.max(1));
     let direct = Target::new(Route::Direct, mock, None);
     let via_gw = gateway.map(|a| Target::new(Route::Gateway, a, Some(TOKEN)));
     let mut targets = vec![direct];
-    targets.extend(via_gw);
+    targets.extend(via_gw.clone());
 
     for t in &targets {
         smoke(t, false, req_timeout)
@@ -281,7 +329,9 @@ async fn measure(
     let mut plan = Vec::new();
     for &c in &cli.concurrency {
         for t in &targets {
-            plan.push((t.clone(), false, c, cli.requests));
+            if cli.requests > 0 {
+                plan.push((t.clone(), false, c, cli.requests));
+            }
         }
     }
     if cli.stream_requests > 0 {
@@ -318,5 +368,45 @@ async fn measure(
             break;
         }
     }
-    Ok(results)
+    let sessions = match (&via_gw, cli.sessions_secs) {
+        (Some(gw), secs) if secs > 0 && results.iter().all(|r| r.errors == 0) => {
+            Some(session_comparison(cli, procs, gw, req_timeout).await?)
+        }
+        _ => None,
+    };
+    Ok((results, sessions))
+}
+
+/// The session comparison: stateless, then stateful, each for `--sessions-secs`.
+async fn session_comparison(
+    cli: &Cli,
+    procs: &mut [Proc],
+    gateway: &Target,
+    timeout: Duration,
+) -> Result<(sessions::TimedResult, sessions::TimedResult)> {
+    let mut out = Vec::with_capacity(2);
+    for stateful in [false, true] {
+        eprintln!(
+            "bench: gateway JSON c={} {} for {} s",
+            cli.sessions_concurrency,
+            if stateful { "stable sessions" } else { "stateless" },
+            cli.sessions_secs
+        );
+        let spec = sessions::TimedSpec {
+            stateful,
+            concurrency: cli.sessions_concurrency,
+            users: cli.users,
+            duration: Duration::from_secs(cli.sessions_secs),
+            interval: Duration::from_secs(cli.sessions_interval_s),
+            timeout,
+            max_errors: cli.max_errors.max(1),
+        };
+        out.push(sessions::run_timed(Arc::new(gateway.clone()), spec).await?);
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+    }
+    let stateful = out.pop().context("no stateful run")?;
+    let stateless = out.pop().context("no stateless run")?;
+    Ok((stateless, stateful))
 }

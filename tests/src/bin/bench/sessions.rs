@@ -1,0 +1,193 @@
+//! The stable-session comparison: the same gateway, the same concurrency and the
+//! same duration, once with stateless requests and once with every request
+//! keyed to a stable session (`user`), under a small context budget so the
+//! sessions pass it (and are compacted) within the run. Reported per interval,
+//! so a stateful path that slows down as transcripts grow shows as a falling row.
+
+use crate::load::{Client, Target, BODY};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shape of one timed run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimedSpec {
+    /// Every request carries a `user` (a stable session) when true.
+    pub(crate) stateful: bool,
+    pub(crate) concurrency: usize,
+    /// Distinct sessions, dealt out to the workers so no two workers share one
+    /// (a shared session would measure its FIFO queue, not the store).
+    pub(crate) users: usize,
+    pub(crate) duration: Duration,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) max_errors: usize,
+}
+
+/// One interval of a timed run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Interval {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    /// Successful requests' latency (ns), sorted.
+    pub(crate) latency: Vec<u64>,
+}
+
+/// The outcome of one timed run.
+pub(crate) struct TimedResult {
+    pub(crate) spec: TimedSpec,
+    pub(crate) intervals: Vec<Interval>,
+    pub(crate) first_error: Option<String>,
+}
+
+impl TimedResult {
+    pub(crate) fn errors(&self) -> u64 {
+        self.intervals.iter().map(|i| i.errors).sum()
+    }
+
+    fn rps(&self, i: &Interval) -> f64 {
+        i.ok as f64 / self.spec.interval.as_secs_f64()
+    }
+
+    fn total_rps(&self) -> f64 {
+        let ok: u64 = self.intervals.iter().map(|i| i.ok).sum();
+        ok as f64 / (self.spec.interval.as_secs_f64() * self.intervals.len().max(1) as f64)
+    }
+}
+
+/// The request body of session `k` (the same turn as [`BODY`], keyed by `user`).
+fn session_body(k: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"openclaw","user":"bench-user-{k}","messages":[{{"role":"user","content":"hi"}}]}}"#
+    ))
+}
+
+/// Runs C workers back to back for the spec's duration, bucketing every
+/// finished request by the interval it finished in.
+pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<TimedResult> {
+    let buckets = (spec.duration.as_secs_f64() / spec.interval.as_secs_f64()).ceil().max(1.0) as usize;
+    let start = Instant::now();
+    let deadline = start + spec.duration;
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::with_capacity(spec.concurrency);
+    for w in 0..spec.concurrency {
+        let bodies: Vec<Bytes> = if spec.stateful {
+            (w..spec.users.max(spec.concurrency)).step_by(spec.concurrency).map(session_body).collect()
+        } else {
+            vec![Bytes::from_static(BODY.as_bytes())]
+        };
+        let (t, errors) = (target.clone(), errors.clone());
+        handles.push(tokio::spawn(async move {
+            let mut client = Client::new();
+            let mut done: Vec<(usize, Result<u64, String>)> = Vec::new();
+            let mut turn = 0usize;
+            while Instant::now() < deadline
+                && errors.load(std::sync::atomic::Ordering::Relaxed) < spec.max_errors
+            {
+                let body = &bodies[turn % bodies.len()];
+                turn += 1;
+                let t0 = Instant::now();
+                let r = client.send(&t, body, false, spec.timeout).await;
+                let end = Instant::now();
+                let bucket = ((end - start).as_secs_f64() / spec.interval.as_secs_f64()) as usize;
+                if bucket >= buckets {
+                    break;
+                }
+                match r {
+                    Ok(_) => done.push((bucket, Ok(nanos(end - t0)))),
+                    Err(e) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        done.push((bucket, Err(format!("{e:#}"))));
+                    }
+                }
+            }
+            done
+        }));
+    }
+    let mut intervals = vec![Interval::default(); buckets];
+    let mut first_error = None;
+    for h in handles {
+        for (bucket, r) in h.await.context("a session load worker panicked")? {
+            let i = &mut intervals[bucket];
+            match r {
+                Ok(ns) => {
+                    i.ok += 1;
+                    i.latency.push(ns);
+                }
+                Err(e) => {
+                    i.errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    for i in &mut intervals {
+        i.latency.sort_unstable();
+    }
+    Ok(TimedResult { spec, intervals, first_error })
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn p50_ms(sorted: &[u64]) -> String {
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    format!("{:.1}", sorted[(sorted.len() - 1) / 2] as f64 / 1e6)
+}
+
+/// The per-interval table and the two targets: stateful ≥ 50% of stateless,
+/// and the stateful last interval within 10% of its first.
+pub(crate) fn render(stateless: &TimedResult, stateful: &TimedResult, store: &str, budget: u32) -> String {
+    let mut o = String::new();
+    let s = stateful.spec;
+    let _ = writeln!(
+        o,
+        "\nstable sessions vs stateless (gateway, JSON, c={}, {} sessions, store {store}, contextTokens {budget}, \
+         {} s per interval)",
+        s.concurrency,
+        s.users.max(s.concurrency),
+        s.interval.as_secs()
+    );
+    let _ = writeln!(
+        o,
+        "{:<10} {:>16} {:>9} {:>16} {:>9} {:>7}",
+        "interval", "stateless req/s", "p50 ms", "stateful req/s", "p50 ms", "ratio"
+    );
+    for (n, (a, b)) in stateless.intervals.iter().zip(&stateful.intervals).enumerate() {
+        let (ra, rb) = (stateless.rps(a), stateful.rps(b));
+        let _ = writeln!(
+            o,
+            "{:<10} {:>16.0} {:>9} {:>16.0} {:>9} {:>7.2}",
+            format!("{}-{} s", n as u64 * s.interval.as_secs(), (n as u64 + 1) * s.interval.as_secs()),
+            ra,
+            p50_ms(&a.latency),
+            rb,
+            p50_ms(&b.latency),
+            rb / ra.max(1e-9)
+        );
+    }
+    let ratio = stateful.total_rps() / stateless.total_rps().max(1e-9);
+    let clean = stateless.errors() == 0 && stateful.errors() == 0;
+    let mark = |ok: bool| if ok && clean { "PASS" } else { "MISS" };
+    let _ = writeln!(o, "{}  stateful throughput >= 50% of stateless: {:.2}", mark(ratio >= 0.5), ratio);
+    if let (Some(first), Some(last)) = (stateful.intervals.first(), stateful.intervals.last()) {
+        let drift = stateful.rps(last) / stateful.rps(first).max(1e-9);
+        let _ = writeln!(
+            o,
+            "{}  stateful last interval within 10% of the first: {:.2}",
+            mark(stateful.intervals.len() > 1 && (0.9..=1.1).contains(&drift)),
+            drift
+        );
+    }
+    for (what, r) in [("stateless", stateless), ("stateful", stateful)] {
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(o, "{what}: {} failed requests; first: {e}", r.errors());
+        }
+    }
+    o
+}
