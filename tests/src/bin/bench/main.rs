@@ -138,8 +138,8 @@ fn main() -> ExitCode {
 
 /// Starts the processes, runs every measurement and prints the tables.
 fn run_all(cli: &Cli) -> Result<()> {
-    if cli.requests == 0 && cli.sessions_secs == 0 {
-        bail!("--requests must be at least 1 (0 only with --sessions-secs)");
+    if cli.requests == 0 && cli.stream_requests == 0 && cli.sessions_secs == 0 {
+        bail!("nothing to measure: --requests, --stream-requests and --sessions-secs are all 0");
     }
     if cli.sessions_secs > 0
         && (cli.direct_only || cli.sessions_interval_s == 0 || cli.sessions_concurrency == 0)

@@ -104,11 +104,30 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so that a service shuts down the way it does in
+    /// production (and a wrapper such as valgrind writes its output); SIGKILL
+    /// after [`STOP_GRACE`].
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let term = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if term.is_ok_and(|s| s.success()) {
+                let deadline = Instant::now() + STOP_GRACE;
+                while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// How long a process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// The last 30 lines of a log file (or why it cannot be read).
 pub(crate) fn log_tail(path: &Path) -> String {
