@@ -4,6 +4,9 @@
 # status, content type, headers or body the document does not allow, and on a request
 # the document calls invalid that the gateway accepts.
 #
+# The document itself is first checked against the OpenAPI 3.1 meta-schema
+# (openapi-spec-validator, pinned too).
+#
 # One process: gateway-http in embedded mode on the offline `echo` model, bound to a
 # free 127.0.0.1 port, sessions in memory. The venv lives in target/api-conformance/
 # (reused across runs). Bounded: API_CONFORMANCE_EXAMPLES test cases per operation and
@@ -12,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
+SPEC_VALIDATOR_VERSION=0.9.0
 EXAMPLES=${API_CONFORMANCE_EXAMPLES:-300}
 MAX_TIME=${API_CONFORMANCE_MAX_TIME:-120}
 TOKEN=api-conformance-token
@@ -19,10 +23,15 @@ WORK=target/api-conformance
 VENV=$WORK/venv
 
 mkdir -p "$WORK"
-if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
+  || ! "$VENV/bin/pip" show openapi-spec-validator 2>/dev/null | grep -qx "Version: $SPEC_VALIDATOR_VERSION"; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$SPEC_VALIDATOR_VERSION"
 fi
+
+# The committed document against the OpenAPI 3.1 meta-schema.
+"$VENV/bin/openapi-spec-validator" gateway-http/openapi.json
 
 cargo build --quiet -p gateway-http
 GATEWAY_BIN=${CARGO_TARGET_DIR:-target}/debug/gateway-http
