@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): formatting, lints, every test in the workspace, the
-# HTTP API against its OpenAPI document (schemathesis on a live gateway, 2-4 min; skipped
+# HTTP API against its OpenAPI document (schemathesis on a live gateway, 3-4 min; skipped
 # with OPENCLAW_SKIP_API_CONFORMANCE=1), the Kubernetes manifests against the API schemas,
 # then the cluster test (real containers with docker compose; skipped with one line when no
 # Docker engine answers, or with OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
