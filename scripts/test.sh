@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README): formatting, lints, every test in the workspace, the
-# Kubernetes manifests against the API schemas, then the cluster test (real containers
-# with docker compose; skipped with one line when no Docker engine answers, or with
-# OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
+# HTTP API against its OpenAPI document (schemathesis on a live gateway, 3-4 min; skipped
+# with OPENCLAW_SKIP_API_CONFORMANCE=1), the Kubernetes manifests against the API schemas,
+# then the cluster test (real containers with docker compose; skipped with one line when no
+# Docker engine answers, or with OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
 # session-store tests unless OPENCLAW_TEST_POSTGRES_URL already names one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   exit 1
 fi
 cargo nextest run --workspace --no-fail-fast "$@"
+if [ "${OPENCLAW_SKIP_API_CONFORMANCE:-0}" = 1 ]; then
+  echo "API conformance skipped: OPENCLAW_SKIP_API_CONFORMANCE=1"
+else
+  scripts/api-conformance.sh
+fi
 scripts/validate-k8s.sh
 if [ "${OPENCLAW_SKIP_CLUSTER:-0}" = 1 ]; then
   echo "cluster test skipped: OPENCLAW_SKIP_CLUSTER=1"

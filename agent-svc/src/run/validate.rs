@@ -8,6 +8,9 @@ use services::proto::{content_part::Part, tool_choice::Choice, AgentRunRequest, 
 /// Roles a message may have.
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
+/// The largest integer a double holds exactly, 2^53 − 1 (`seed` is a double in the proto).
+const MAX_EXACT_SEED: f64 = 9_007_199_254_740_991.0;
+
 /// Checks every sampling parameter, tool, tool choice, response format and the
 /// shape of each message. Image limits apply to the new turn:
 /// [`services::messages::check_new_turn_images`].
@@ -39,8 +42,13 @@ fn validate_params(req: &AgentRunRequest) -> Result<(), AgentError> {
     range("frequency_penalty", p.frequency_penalty, -2.0, 2.0)?;
     range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
     if let Some(seed) = p.seed {
-        if !(seed.is_finite() && seed.fract() == 0.0 && seed.abs() <= 9.007_199_254_740_992e15) {
-            return Err(AgentError::invalid("seed", "`seed` must be an integer."));
+        // Beyond 2^53 − 1 a double no longer tells neighbouring integers apart:
+        // 2^53 may be a rounded 2^53 + 1, so it is refused rather than sent on.
+        if !(seed.is_finite() && seed.fract() == 0.0 && seed.abs() <= MAX_EXACT_SEED) {
+            return Err(AgentError::invalid(
+                "seed",
+                "`seed` must be an integer between -9007199254740991 and 9007199254740991.",
+            ));
         }
     }
     if p.stop.len() > 4 {
@@ -148,6 +156,11 @@ fn validate_message(m: &Message, allow_urls: bool) -> Result<(), AgentError> {
             if m.tool_calls.iter().any(|c| c.id.is_empty() || c.name.is_empty()) {
                 return Err(invalid("Assistant `tool_calls` need an `id` and `function.name`.".into()));
             }
+            // Only function calls exist (upstream they are always sent as such); the
+            // proto's `type` may be left empty.
+            if m.tool_calls.iter().any(|c| !matches!(c.r#type.as_str(), "" | "function")) {
+                return Err(invalid("Assistant `tool_calls` must have `type: \"function\"`.".into()));
+            }
         }
         "tool" if m.tool_call_id.as_deref().unwrap_or("").is_empty() => {
             return Err(invalid("A `tool` message needs `tool_call_id`.".into()));
@@ -215,6 +228,9 @@ mod tests {
             (SamplingParams { frequency_penalty: Some(3.0), ..Default::default() }, "frequency_penalty"),
             (SamplingParams { presence_penalty: Some(-3.0), ..Default::default() }, "presence_penalty"),
             (SamplingParams { seed: Some(1.5), ..Default::default() }, "seed"),
+            (SamplingParams { seed: Some(9_007_199_254_740_992.0), ..Default::default() }, "seed"),
+            (SamplingParams { seed: Some(-9_007_199_254_740_992.0), ..Default::default() }, "seed"),
+            (SamplingParams { seed: Some(1e300), ..Default::default() }, "seed"),
             (SamplingParams { stop: vec!["a".into(); 5], ..Default::default() }, "stop"),
             (SamplingParams { stop: vec!["".into()], ..Default::default() }, "stop"),
             (SamplingParams { max_tokens: Some(0), ..Default::default() }, "max_tokens"),
@@ -326,7 +342,16 @@ mod tests {
             }],
             ..null_assistant
         };
-        check(&AgentRunRequest { messages: vec![with_calls], ..Default::default() }).unwrap();
+        check(&AgentRunRequest { messages: vec![with_calls.clone()], ..Default::default() }).unwrap();
+        check(&req_with(SamplingParams { seed: Some(9_007_199_254_740_991.0), ..Default::default() }))
+            .unwrap();
+        let mut untyped = with_calls.clone();
+        untyped.tool_calls[0].r#type = String::new();
+        check(&AgentRunRequest { messages: vec![untyped], ..Default::default() }).unwrap();
+        let mut retrieval = with_calls;
+        retrieval.tool_calls[0].r#type = "retrieval".into();
+        let req = AgentRunRequest { messages: vec![retrieval], ..Default::default() };
+        assert_eq!(param_of(check(&req).unwrap_err()).as_deref(), Some("messages"));
         let null_user = Message { role: "user".into(), ..Default::default() };
         let req = AgentRunRequest { messages: vec![null_user], ..Default::default() };
         assert!(check(&req).is_err());

@@ -104,23 +104,22 @@ pub fn parse_chat_request(
         top_p: opt_f64(&mut obj, "top_p")?,
         frequency_penalty: opt_f64(&mut obj, "frequency_penalty")?,
         presence_penalty: opt_f64(&mut obj, "presence_penalty")?,
-        // A double, so that 1.5 reaches agent-svc's integer rule.
-        seed: opt_f64(&mut obj, "seed")?,
+        seed: seed(&mut obj)?,
         stop: stop(take(&mut obj, "stop"))?,
         max_completion_tokens: opt_i64(&mut obj, "max_completion_tokens")?,
         max_tokens: opt_i64(&mut obj, "max_tokens")?,
         n: opt_i64(&mut obj, "n")?,
     };
 
-    let session = if let Some(key) = non_empty(overrides.session_key) {
-        Some(Session::SessionKey(key.to_owned()))
-    } else {
-        match take(&mut obj, "user") {
-            None => None,
-            Some(Value::String(u)) if u.is_empty() => None,
-            Some(Value::String(u)) => Some(Session::User(u)),
-            Some(_) => return Err(ApiError::invalid("user", "`user` must be a string.")),
-        }
+    // Checked even when the session key header wins over it.
+    let user = match take(&mut obj, "user") {
+        None => None,
+        Some(Value::String(u)) => Some(u).filter(|u| !u.is_empty()),
+        Some(_) => return Err(ApiError::invalid("user", "`user` must be a string.")),
+    };
+    let session = match non_empty(overrides.session_key) {
+        Some(key) => Some(Session::SessionKey(key.to_owned())),
+        None => user.map(Session::User),
     };
 
     let run = AgentRunRequest {
@@ -162,6 +161,39 @@ fn opt_f64(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<f64
         None => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
         Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a number."))),
+    }
+}
+
+/// The largest integer a double holds exactly (2^53 − 1); `seed` travels to
+/// agent-svc as a double, so anything beyond would be silently rounded.
+pub const MAX_EXACT_SEED: u64 = (1 << 53) - 1;
+
+/// `seed` as a double. An integer beyond ±[`MAX_EXACT_SEED`] is refused here,
+/// where its exact value is still known; a float (`1.5`, `42.0`) goes on to
+/// agent-svc's integer rule, which applies the same bound.
+fn seed(obj: &mut Map<String, Value>) -> Result<Option<f64>, ApiError> {
+    let too_big = || {
+        ApiError::invalid(
+            "seed",
+            format!("`seed` must be an integer between -{MAX_EXACT_SEED} and {MAX_EXACT_SEED}."),
+        )
+    };
+    match take(obj, "seed") {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                if i.unsigned_abs() > MAX_EXACT_SEED {
+                    return Err(too_big());
+                }
+                #[allow(clippy::cast_precision_loss)] // exact: |i| < 2^53
+                Ok(Some(i as f64))
+            } else if n.is_u64() {
+                Err(too_big())
+            } else {
+                Ok(n.as_f64())
+            }
+        }
+        Some(_) => Err(ApiError::invalid("seed", "`seed` must be a number.")),
     }
 }
 
@@ -294,11 +326,12 @@ fn tool_call(i: usize, v: Value) -> Result<ToolCall, ApiError> {
     let r#type = opt_string_in(&mut c, "type").map_err(|_| bad())?.unwrap_or_else(|| "function".into());
     let Some(Value::Object(mut f)) = take(&mut c, "function") else { return Err(bad()) };
     let name = opt_string_in(&mut f, "name").map_err(|_| bad())?.unwrap_or_default();
+    // JSON text, as OpenAI requires: an object is refused rather than re-serialized,
+    // so that what is stored and sent upstream is exactly what the model produced.
     let arguments = match take(&mut f, "arguments") {
         None => String::new(),
         Some(Value::String(s)) => s,
-        // Some clients send the arguments as an object; carry them as JSON text.
-        Some(other) => other.to_string(),
+        Some(_) => return Err(bad_message(i, ": `function.arguments` of a tool call must be a string.")),
     };
     Ok(ToolCall { id, r#type, name, arguments })
 }
@@ -467,6 +500,19 @@ mod tests {
             (json!({"messages": [{"role": "assistant", "tool_calls": {}}]}), "messages"),
             (json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a"}]}]}), "messages"),
             (json!({"messages": [{"role": "tool", "tool_call_id": 3, "content": "x"}]}), "messages"),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [
+                {"id": "a", "function": {"name": "f", "arguments": {"x": 1}}}]}]}),
+                "messages",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [
+                {"id": "a", "function": {"name": "f", "arguments": 3}}]}]}),
+                "messages",
+            ),
+            (json!({"messages": m, "seed": 9_007_199_254_740_992_u64}), "seed"),
+            (json!({"messages": m, "seed": -9_007_199_254_740_992_i64}), "seed"),
+            (json!({"messages": m, "seed": u64::MAX}), "seed"),
         ];
         for (body, param) in cases {
             assert_eq!(param_of(parse(body.clone())).as_deref(), Some(param), "{body}");
@@ -518,6 +564,28 @@ mod tests {
         let body = json!({"messages": [user("hi")], "user": "alice"}).to_string();
         let r = parse_chat_request(body.as_bytes(), &ov, &POLICY).unwrap();
         assert_eq!(r.run.session, Some(Session::SessionKey("my-key".into())));
+        // The header wins over `user`, but a `user` of the wrong type is still a 400.
+        let body = json!({"messages": [user("hi")], "user": {}}).to_string();
+        let e = parse_chat_request(body.as_bytes(), &ov, &POLICY);
+        assert_eq!(param_of(e).as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn seeds_are_exact_or_refused() {
+        let max = MAX_EXACT_SEED as i64;
+        for seed in [0, 42, max, -max] {
+            let r = parse(json!({"messages": [user("hi")], "seed": seed})).unwrap();
+            #[allow(clippy::cast_precision_loss)]
+            let expected = seed as f64;
+            assert_eq!(r.run.params.unwrap().seed, Some(expected));
+        }
+        // 2^53 + 1 rounds to 2^53 as a double: refused, never sent rounded.
+        let e = parse_chat_request(
+            br#"{"messages":[{"role":"user","content":"hi"}],"seed":9007199254740993}"#,
+            &Overrides::default(),
+            &POLICY,
+        );
+        assert_eq!(param_of(e).as_deref(), Some("seed"));
     }
 
     #[test]
@@ -531,7 +599,7 @@ mod tests {
             ]},
             {"role": "assistant", "content": null, "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
-                {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": {"b": 2}}},
+                {"id": "call_2", "type": "function", "function": {"name": "g"}},
             ]},
             {"role": "tool", "tool_call_id": "call_1", "content": "42"},
         ]}))
@@ -553,7 +621,8 @@ mod tests {
         assert!(m[2].parts.is_empty() && !m[2].text_only);
         assert_eq!(m[2].tool_calls[0].name, "f");
         assert_eq!(m[2].tool_calls[0].r#type, "function");
-        assert_eq!(m[2].tool_calls[1].arguments, r#"{"b":2}"#);
+        assert_eq!(m[2].tool_calls[0].arguments, r#"{"a":1}"#);
+        assert_eq!(m[2].tool_calls[1].arguments, "");
         assert_eq!(m[3].tool_call_id.as_deref(), Some("call_1"));
         // Role values are agent-svc's rule; the gateway carries them.
         let r = parse(json!({"messages": [{"role": "robot", "content": "x"}]})).unwrap();

@@ -15,6 +15,9 @@
 mod chat;
 mod health;
 mod models;
+mod openapi;
+
+pub use openapi::OPENAPI_JSON;
 
 use crate::auth::Caller;
 use crate::browser::BrowserGuardLayer;
@@ -36,7 +39,8 @@ pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(health::healthz).fallback(|| not_allowed(GET)))
         .route("/readyz", get(health::readyz).fallback(|| not_allowed(GET)))
-        .route("/metrics", get(health::metrics).fallback(|| not_allowed(GET)));
+        .route("/metrics", get(health::metrics).fallback(|| not_allowed(GET)))
+        .route("/openapi.json", get(openapi::document).fallback(|| not_allowed(GET)));
     if state.chat().enabled {
         r = r
             .route("/v1/chat/completions", post(chat::completions).fallback(|| not_allowed("POST")))
@@ -109,4 +113,41 @@ pub(crate) fn client_ip(parts: &Parts) -> IpAddr {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(addr)| addr.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI_JSON;
+    use serde_json::Value;
+
+    /// The paths [`super::router`] registers, read from this file's own source
+    /// (axum cannot list a router's routes), wildcards written as OpenAPI
+    /// parameters (`{*id}` → `{id}`).
+    fn routed_paths() -> Vec<String> {
+        let source = include_str!("mod.rs");
+        let needle = concat!(".route", "(\"");
+        source
+            .match_indices(needle)
+            .filter_map(|(at, _)| {
+                let rest = &source[at + needle.len()..];
+                rest.find('"').map(|end| rest[..end].replace("{*", "{"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is valid JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| v.starts_with("3.1.")), Some(true));
+        let paths = doc["paths"].as_object().expect("the document has paths");
+        let routed = routed_paths();
+        assert!(routed.len() >= 7, "the source scan found the routes: {routed:?}");
+        for path in &routed {
+            assert!(paths.contains_key(path), "route {path} is not in openapi.json");
+        }
+        // And nothing documented that is not routed (the WebSocket upgrade takes any path).
+        for path in paths.keys().filter(|p| p.as_str() != "/") {
+            assert!(routed.contains(path), "openapi.json documents {path}, which is not routed");
+        }
+    }
 }
