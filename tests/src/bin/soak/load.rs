@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -175,6 +175,8 @@ pub struct Env {
     pub timeout: Duration,
     /// No request starts after this.
     pub deadline: Instant,
+    /// Set when the run is over early (a service exited): workers stop at once.
+    pub stop: AtomicBool,
 }
 
 /// One worker: requests back to back, cycling through [`CYCLE`], until the deadline.
@@ -182,7 +184,7 @@ pub async fn worker(i: usize, env: &Env, counters: &Counters) {
     let mut ws: Option<Ws> = None;
     let mut step = i;
     let mut stable_turns = 0u64;
-    while Instant::now() < env.deadline {
+    while Instant::now() < env.deadline && !env.stop.load(Ordering::Relaxed) {
         let kind = CYCLE[step % CYCLE.len()];
         step += 1;
         let session = format!("soak-w{i}-g{}", stable_turns / TURNS_PER_SESSION);

@@ -37,6 +37,7 @@ use report::{plateau, plateau_line, rss_slack, Sample, MIN_SAMPLES};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,6 +184,7 @@ fn soak(cli: &Cli) -> Result<()> {
             http: http.clone(),
             timeout,
             deadline: started + cli.duration,
+            stop: AtomicBool::new(false),
         });
         let workers: Vec<_> = (0..cli.concurrency)
             .map(|i| {
@@ -193,8 +195,9 @@ fn soak(cli: &Cli) -> Result<()> {
         let mut samples = Vec::with_capacity(n_samples);
         for k in 1..=n_samples as u32 {
             tokio::time::sleep_until((started + sample * k).into()).await;
-            if let Some(dead) = services.procs.iter_mut().find_map(|p| p.check_alive().err()) {
-                failures.push(format!("{dead:#}"));
+            if services.procs.iter_mut().any(|p| p.check_alive().is_err()) {
+                // Reported below with the others; what follows would be noise.
+                env.stop.store(true, Ordering::Relaxed);
                 break;
             }
             let s = read_sample(&pids, started.elapsed(), &counters)?;
@@ -244,6 +247,32 @@ fn soak(cli: &Cli) -> Result<()> {
         Err(e) => failures.push(format!("cannot read agent-svc's metrics: {e:#}")),
     }
 
+    if samples.len() < n_samples {
+        println!("\nPlateau: not judged (the run stopped after {} of {n_samples} samples)", samples.len());
+    } else {
+        plateaus(cli, &names, &samples, &mut failures);
+    }
+
+    if !failures.is_empty() {
+        println!("\nVerdict: FAIL");
+        for f in &failures {
+            println!("  - {f}");
+        }
+        for p in &services.procs {
+            eprintln!("--- last lines of {} ---\n{}", p.log.display(), log_tail(&p.log));
+        }
+        drop(services);
+        drop(tmp);
+        bail!("{} checks failed", failures.len());
+    }
+    println!("\nVerdict: PASS");
+    drop(services);
+    drop(tmp);
+    Ok(())
+}
+
+/// The plateau rule on every process's RSS and fds; prints a line per series.
+fn plateaus(cli: &Cli, names: &[&str], samples: &[Sample], failures: &mut Vec<String>) {
     println!(
         "\nPlateau (first third of the samples ignored; RSS slack {}% / at least {} MB, fd slack {})",
         cli.rss_slack_pct, cli.rss_slack_mb, cli.fd_slack
@@ -271,23 +300,6 @@ fn soak(cli: &Cli) -> Result<()> {
             }
         }
     }
-
-    if !failures.is_empty() {
-        println!("\nVerdict: FAIL");
-        for f in &failures {
-            println!("  - {f}");
-        }
-        for p in &services.procs {
-            eprintln!("--- last lines of {} ---\n{}", p.log.display(), log_tail(&p.log));
-        }
-        drop(services);
-        drop(tmp);
-        bail!("{} checks failed", failures.len());
-    }
-    println!("\nVerdict: PASS");
-    drop(services);
-    drop(tmp);
-    Ok(())
 }
 
 /// RSS and fds of every process, and the request counts, now.
@@ -357,6 +369,9 @@ fn start(cli: &Cli, dir: &Path) -> Result<Services> {
     let config = dir.join("soak.json5");
     std::fs::write(&config, config_text(mock_addr, &dir.join("sessions.db")))
         .with_context(|| format!("cannot write {}", config.display()))?;
+    // It holds the token: readable by its owner only (else the services warn).
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", config.display()))?;
     let config = config.display().to_string();
     let agent_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let (agent, line) = Proc::start(
