@@ -193,8 +193,18 @@ fn soak(cli: &Cli) -> Result<()> {
             })
             .collect();
         let mut samples = Vec::with_capacity(n_samples);
+        // Ctrl-C ends the run through the normal path, so the services are killed too.
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
         for k in 1..=n_samples as u32 {
-            tokio::time::sleep_until((started + sample * k).into()).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until((started + sample * k).into()) => {}
+                _ = &mut interrupted => {
+                    failures.push("interrupted (Ctrl-C)".to_string());
+                    env.stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
             if services.procs.iter_mut().any(|p| p.check_alive().is_err()) {
                 // Reported below with the others; what follows would be noise.
                 env.stop.store(true, Ordering::Relaxed);
