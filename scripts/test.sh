@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README): formatting, lints, every test in the workspace, the
 # HTTP API against its OpenAPI document (schemathesis on a live gateway, 3-4 min; skipped
-# with OPENCLAW_SKIP_API_CONFORMANCE=1), the Kubernetes manifests against the API schemas,
-# then the cluster test (real containers with docker compose; skipped with one line when no
-# Docker engine answers, or with OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
+# with OPENCLAW_SKIP_API_CONFORMANCE=1), a 3-minute soak test on the debug build (skipped
+# with OPENCLAW_SKIP_SOAK=1), the Kubernetes manifests against the API schemas, then the
+# cluster test (real containers with docker compose; skipped with one line when no Docker
+# engine answers, or with OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
 # session-store tests unless OPENCLAW_TEST_POSTGRES_URL already names one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,14 @@ if [ "${OPENCLAW_SKIP_API_CONFORMANCE:-0}" = 1 ]; then
   echo "API conformance skipped: OPENCLAW_SKIP_API_CONFORMANCE=1"
 else
   scripts/api-conformance.sh
+fi
+if [ "${OPENCLAW_SKIP_SOAK:-0}" = 1 ]; then
+  echo "soak test skipped: OPENCLAW_SKIP_SOAK=1"
+else
+  # The debug build the tests just used (only the service binaries are linked on top). The
+  # RSS slack covers the gateway's chat.send idempotency map, which fills for longer than
+  # a 3-minute run can warm up (README "Soak test").
+  scripts/soak.sh --debug --duration 3m --sample-secs 15 --rss-slack-mb 12
 fi
 scripts/validate-k8s.sh
 if [ "${OPENCLAW_SKIP_CLUSTER:-0}" = 1 ]; then

@@ -11,6 +11,8 @@
 //!   helpers and `AgentRun` stream folding.
 //! - [`ws`]: a real WebSocket client for the gateway protocol.
 //! - [`tls`]: a throwaway CA, certificate files, and TLS clients (HTTPS, WSS, gRPC).
+//! - [`procs`], [`procfs`]: the services as child processes and what `/proc`
+//!   says about them (the benchmark and the soak test).
 //! - [`prelude`]: what the gateway test files share (`use e2e::prelude::*;`).
 
 pub mod fake;
@@ -18,6 +20,8 @@ pub mod gateway;
 pub mod harness;
 pub mod mock;
 pub mod prelude;
+pub mod procfs;
+pub mod procs;
 mod serve;
 pub mod sse;
 pub mod tls;

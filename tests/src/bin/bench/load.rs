@@ -2,9 +2,9 @@
 //! the answer checks (the SSE ones with the tests' parser, [`e2e::sse`]), and one
 //! measured run of C workers.
 
-use crate::procfs::{deltas, MachineTicks, Sample};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
+use e2e::procfs::{deltas, MachineTicks, Sample};
 use e2e::sse::{SseItem, SseParser};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;

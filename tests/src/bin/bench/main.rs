@@ -34,23 +34,20 @@
 //! sessions under a small `--context-tokens` budget, per `--sessions-interval-s`
 //! interval, on the `--session-store` chosen (`--requests 0` skips the rest).
 //!
-//! Modules: [`procs`] (starting and killing the processes), [`load`] (the
-//! load driver and the answer checks), [`procfs`] (CPU, context switches and
-//! memory from `/proc`), [`report`] (the tables), [`sessions`] (the session
-//! comparison).
+//! Modules: [`load`] (the load driver and the answer checks), [`report`] (the
+//! tables), [`sessions`] (the session comparison); from the library, [`e2e::procs`] (starting and killing the
+//! processes) and [`e2e::procfs`] (CPU, context switches and memory from `/proc`).
 
 mod load;
-mod procfs;
-mod procs;
 mod report;
 mod sessions;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
+use e2e::procfs::{clock_ticks_per_second, online_cpus, status_kb};
+use e2e::procs::{log_tail, parse_ready_addr, Proc};
 use e2e::TempDir;
 use load::{run, smoke, Route, RunResult, RunSpec, Target};
-use procfs::{clock_ticks_per_second, online_cpus, status_kb};
-use procs::{log_tail, parse_ready_addr, Proc};
 use report::Report;
 use std::net::SocketAddr;
 use std::path::PathBuf;

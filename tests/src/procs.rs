@@ -1,5 +1,6 @@
-//! The child processes: started from their binaries, waited for by their
-//! readiness line, killed and reaped on every exit path.
+//! The services as child processes (the benchmark's and the soak test's):
+//! started from their binaries, waited for by their readiness line, killed and
+//! reaped on every exit path.
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -11,18 +12,19 @@ use std::time::{Duration, Instant};
 
 /// A child process that is killed and reaped when dropped, on every exit path
 /// (normal end, error, panic unwinding).
-pub(crate) struct Proc {
-    pub(crate) name: &'static str,
+pub struct Proc {
+    /// The service's name, as used in reports and the log file's name.
+    pub name: &'static str,
     child: Child,
     /// Its stderr, kept for error reports.
-    pub(crate) log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Proc {
     /// Spawns `bin args…` with stdout piped and stderr to `<dir>/<name>.log`, and
     /// waits (at most `timeout`) for the stdout line starting with `ready`.
     /// Returns the process and the rest of that line.
-    pub(crate) fn start(
+    pub fn start(
         name: &'static str,
         bin: &Path,
         args: &[String],
@@ -89,15 +91,16 @@ impl Proc {
         }
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    /// The process id (for `/proc` readings).
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// An error when the process has exited.
-    pub(crate) fn check_alive(&mut self) -> Result<()> {
+    pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait().with_context(|| format!("{}: wait", self.name))? {
             // The caller prints every process's log tail.
-            bail!("{} exited ({status}) during the benchmark", self.name);
+            bail!("{} exited ({status}) while under load", self.name);
         }
         Ok(())
     }
@@ -130,7 +133,7 @@ impl Drop for Proc {
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// The last 30 lines of a log file (or why it cannot be read).
-pub(crate) fn log_tail(path: &Path) -> String {
+pub fn log_tail(path: &Path) -> String {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let lines: Vec<&str> = s.lines().collect();
@@ -141,7 +144,7 @@ pub(crate) fn log_tail(path: &Path) -> String {
 }
 
 /// The address in a readiness line (`ADDR` or `http://ADDR`): must be loopback with a real port.
-pub(crate) fn parse_ready_addr(name: &str, rest: &str) -> Result<SocketAddr> {
+pub fn parse_ready_addr(name: &str, rest: &str) -> Result<SocketAddr> {
     let s = rest.trim().trim_start_matches("http://").trim_end_matches('/');
     let addr: SocketAddr = s
         .parse()

@@ -1,11 +1,12 @@
-//! Measurement from `/proc`: CPU time and context switches per process, the
-//! machine's busy and stolen time, memory (`VmRSS`, `VmHWM`).
+//! Measurement from `/proc` (the benchmark's and the soak test's): CPU time and
+//! context switches per process, the machine's busy and stolen time, memory
+//! (`VmRSS`, `VmHWM`) and open file descriptors.
 
 use anyhow::{Context, Result};
 use std::process::{Command, Stdio};
 
 /// utime + stime of a process (all its threads), in clock ticks.
-pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let s = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // The command name (field 2) may contain spaces and parentheses: fields after the last ')'.
@@ -24,7 +25,7 @@ pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
 
 /// Voluntary + involuntary context switches of all threads of a process
 /// (`/proc/<pid>/task/*/status`; threads that already exited are not counted).
-pub(crate) fn ctx_switches(pid: u32) -> Result<u64> {
+pub fn ctx_switches(pid: u32) -> Result<u64> {
     let dir = format!("/proc/{pid}/task");
     let mut total = 0;
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
@@ -45,11 +46,11 @@ pub(crate) fn ctx_switches(pid: u32) -> Result<u64> {
 
 /// Machine-wide CPU ticks (all cores) from the `cpu` line of `/proc/stat`.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct MachineTicks {
+pub struct MachineTicks {
     /// user + nice + system + irq + softirq.
-    pub(crate) busy: u64,
+    pub busy: u64,
     /// Time the hypervisor ran something else.
-    pub(crate) steal: u64,
+    pub steal: u64,
 }
 
 fn machine_ticks() -> Result<MachineTicks> {
@@ -62,7 +63,7 @@ fn machine_ticks() -> Result<MachineTicks> {
 }
 
 /// A `kB` line of `/proc/<pid>/status` (e.g. `VmRSS`), in kB.
-pub(crate) fn status_kb(pid: u32, key: &str) -> Result<u64> {
+pub fn status_kb(pid: u32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let s = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let line = s
@@ -73,8 +74,16 @@ pub(crate) fn status_kb(pid: u32, key: &str) -> Result<u64> {
     number.parse().with_context(|| format!("{path}: {key} is not a number: {line:?}"))
 }
 
+/// Open file descriptors of a process: the entries of `/proc/<pid>/fd`.
+pub fn open_fds(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))?;
+    // An fd closed between the listing and the count may yield an error entry: it is gone, skip it.
+    Ok(entries.filter(|e| e.is_ok()).count() as u64)
+}
+
 /// CPUs online: the `cpuN` lines of `/proc/stat` (at least 1).
-pub(crate) fn online_cpus() -> usize {
+pub fn online_cpus() -> usize {
     std::fs::read_to_string("/proc/stat")
         .map(|s| {
             s.lines()
@@ -88,7 +97,7 @@ pub(crate) fn online_cpus() -> usize {
 }
 
 /// `CLK_TCK` (the unit of utime/stime), from `getconf`; 100 when that fails.
-pub(crate) fn clock_ticks_per_second() -> u64 {
+pub fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .stderr(Stdio::null())
@@ -100,23 +109,25 @@ pub(crate) fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-pub(crate) fn deltas(after: &[u64], before: &[u64]) -> Vec<u64> {
+/// `after - before` element by element (a counter that went back counts 0).
+pub fn deltas(after: &[u64], before: &[u64]) -> Vec<u64> {
     after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect()
 }
 
 /// Counters read at the start and the end of a measured phase.
-pub(crate) struct Sample {
+pub struct Sample {
     /// utime+stime per child process (ticks).
-    pub(crate) cpu: Vec<u64>,
+    pub cpu: Vec<u64>,
     /// Context switches per child process.
-    pub(crate) ctx: Vec<u64>,
+    pub ctx: Vec<u64>,
     /// The bench's own utime+stime (ticks).
-    pub(crate) self_cpu: u64,
-    pub(crate) machine: MachineTicks,
+    pub self_cpu: u64,
+    pub machine: MachineTicks,
 }
 
 impl Sample {
-    pub(crate) fn take(pids: &[u32]) -> Result<Self> {
+    /// Reads every counter now.
+    pub fn take(pids: &[u32]) -> Result<Self> {
         Ok(Self {
             cpu: pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?,
             ctx: pids.iter().map(|&p| ctx_switches(p)).collect::<Result<_>>()?,
