@@ -40,7 +40,7 @@ fn validate_params(req: &AgentRunRequest) -> Result<(), AgentError> {
     range("presence_penalty", p.presence_penalty, -2.0, 2.0)?;
     if let Some(seed) = p.seed {
         if !(seed.is_finite() && seed.fract() == 0.0 && seed.abs() <= 9.007_199_254_740_992e15) {
-            return Err(AgentError::invalid("seed", "`seed` must be an integer."));
+            return Err(AgentError::invalid("seed", "`seed` must be an integer from -2^53 to 2^53."));
         }
     }
     if p.stop.len() > 4 {

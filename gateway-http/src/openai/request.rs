@@ -104,8 +104,7 @@ pub fn parse_chat_request(
         top_p: opt_f64(&mut obj, "top_p")?,
         frequency_penalty: opt_f64(&mut obj, "frequency_penalty")?,
         presence_penalty: opt_f64(&mut obj, "presence_penalty")?,
-        // A double, so that 1.5 reaches agent-svc's integer rule.
-        seed: opt_f64(&mut obj, "seed")?,
+        seed: opt_seed(&mut obj)?,
         stop: stop(take(&mut obj, "stop"))?,
         max_completion_tokens: opt_i64(&mut obj, "max_completion_tokens")?,
         max_tokens: opt_i64(&mut obj, "max_tokens")?,
@@ -164,6 +163,23 @@ fn opt_f64(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<f64
         Some(_) => Err(ApiError::invalid(key, format!("`{key}` must be a number."))),
     }
 }
+
+/// `seed`, carried as a double so that `1.5` reaches agent-svc's integer
+/// rule; an integer the double cannot hold exactly is refused here, before
+/// the conversion would change it.
+fn opt_seed(obj: &mut Map<String, Value>) -> Result<Option<f64>, ApiError> {
+    const MAX_EXACT: u64 = 1 << 53;
+    if let Some(Value::Number(n)) = obj.get("seed") {
+        let magnitude = n.as_i64().map(i64::unsigned_abs).or_else(|| n.as_u64());
+        if magnitude.is_some_and(|m| m > MAX_EXACT) {
+            return Err(ApiError::invalid("seed", SEED_RANGE));
+        }
+    }
+    opt_f64(obj, "seed")
+}
+
+/// agent-svc's message for a seed out of range, for the gateway's own check.
+const SEED_RANGE: &str = "`seed` must be an integer from -2^53 to 2^53.";
 
 /// An integer; a whole float (`100.0`) is accepted, a fraction is not.
 /// Values beyond `i64` saturate (agent-svc and the provider cap them anyway).
@@ -298,7 +314,11 @@ fn tool_call(i: usize, v: Value) -> Result<ToolCall, ApiError> {
         None => String::new(),
         Some(Value::String(s)) => s,
         // Some clients send the arguments as an object; carry them as JSON text.
-        Some(other) => other.to_string(),
+        Some(obj @ Value::Object(_)) => obj.to_string(),
+        // Anything else is no arguments object at all, and the provider would refuse it.
+        Some(_) => {
+            return Err(bad_message(i, ": `function.arguments` must be a string of JSON or an object."))
+        }
     };
     Ok(ToolCall { id, r#type, name, arguments })
 }
@@ -467,6 +487,9 @@ mod tests {
             (json!({"messages": [{"role": "assistant", "tool_calls": {}}]}), "messages"),
             (json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "a"}]}]}), "messages"),
             (json!({"messages": [{"role": "tool", "tool_call_id": 3, "content": "x"}]}), "messages"),
+            (json!({"messages": m, "seed": 9_007_199_254_740_993u64}), "seed"),
+            (json!({"messages": m, "seed": -9_007_199_254_740_993i64}), "seed"),
+            (json!({"messages": m, "seed": u64::MAX}), "seed"),
         ];
         for (body, param) in cases {
             assert_eq!(param_of(parse(body.clone())).as_deref(), Some(param), "{body}");
@@ -504,6 +527,36 @@ mod tests {
         assert!(!r.stream);
         let r = parse(json!({"messages": [user("hi")], "max_tokens": u64::MAX})).unwrap();
         assert_eq!(r.run.params.unwrap().max_tokens, Some(i64::MAX));
+    }
+
+    #[test]
+    fn seeds_are_carried_exactly_or_refused() {
+        // 2^53 + 1 used to become 2^53 on its way to a double (found by the fuzzer).
+        let e = parse(json!({"messages": [user("hi")], "seed": 9_007_199_254_740_993u64})).unwrap_err();
+        assert_eq!(e.to_string(), SEED_RANGE);
+        for seed in [9_007_199_254_740_992i64, -9_007_199_254_740_992, 0, 42] {
+            let r = parse(json!({"messages": [user("hi")], "seed": seed})).unwrap();
+            assert_eq!(r.run.params.unwrap().seed, Some(seed as f64));
+        }
+    }
+
+    #[test]
+    fn tool_call_arguments_are_a_string_or_an_object() {
+        let call = |arguments: Value| {
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+                user("hi")]})
+        };
+        let args = |v: Value| parse(call(v)).unwrap().run.messages[0].tool_calls[0].arguments.clone();
+        assert_eq!(args(json!("{\"a\":1}")), r#"{"a":1}"#);
+        assert_eq!(args(json!({"a": 1})), r#"{"a":1}"#);
+        assert_eq!(args(Value::Null), "");
+        // A number, an array or a boolean is no arguments object (they were carried as text).
+        for bad in [json!(5), json!([1]), json!(true)] {
+            let e = parse(call(bad.clone())).unwrap_err();
+            assert!(e.to_string().contains("function.arguments"), "{bad}: {e}");
+            assert_eq!(param_of(Err(e)).as_deref(), Some("messages"));
+        }
     }
 
     #[test]
