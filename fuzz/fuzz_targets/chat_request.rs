@@ -27,10 +27,6 @@ fuzz_target!(|body: &[u8]| {
             let wire = req.run.encode_to_vec();
             let back = AgentRunRequest::decode(wire.as_slice()).expect("our own encoding decodes");
             assert_eq!(back, req.run);
-            if let Some(seed) = req.run.params.as_ref().and_then(|p| p.seed) {
-                // A seed is carried exactly or refused: no integer the double cannot hold.
-                assert!(!(seed.fract() == 0.0 && seed.abs() > 9_007_199_254_740_992.0), "seed {seed}");
-            }
         }
         Err(e) => {
             assert_eq!(e.status().as_u16(), 400, "{e:?}");
