@@ -64,6 +64,14 @@ pub fn resolve(
             format!("Invalid channel {channel:?} (letters, digits, '-', '_', '.' only, at most {MAX_CHANNEL_BYTES} bytes)."),
         ));
     }
+    // A stateless key is `agent:<id>:<channel>:<uuid>`: a channel named like a
+    // reserved namespace would make one that is refused when sent back.
+    if is_reserved(&format!("{channel}:")) {
+        return Err(RuleError::new(
+            "channel",
+            format!("The channel {channel:?} is a reserved session namespace."),
+        ));
+    }
     match selector {
         SessionSelector::Stateless => Ok(ResolvedSession {
             key: format!("{AGENT_PREFIX}{agent_id}:{channel}:{}", uuid::Uuid::new_v4()),
@@ -72,11 +80,17 @@ pub fn resolve(
         }),
         SessionSelector::User(raw) => {
             let user = check_user(raw)?;
-            Ok(ResolvedSession {
-                key: format!("{AGENT_PREFIX}{agent_id}:{channel}-user:{user}"),
-                agent_id: agent_id.to_string(),
-                stable: true,
-            })
+            let key = format!("{AGENT_PREFIX}{agent_id}:{channel}-user:{user}");
+            if key.len() > MAX_KEY_BYTES {
+                return Err(RuleError::new(
+                    "user",
+                    format!(
+                        "`user` is too long: its session key `agent:<agentId>:<channel>-user:<user>` \
+                         may have at most {MAX_KEY_BYTES} bytes."
+                    ),
+                ));
+            }
+            Ok(ResolvedSession { key, agent_id: agent_id.to_string(), stable: true })
         }
         SessionSelector::Explicit(raw) => resolve_explicit(raw, agent_id),
     }
@@ -118,11 +132,16 @@ fn resolve_explicit(raw: &str, agent_id: &str) -> Result<ResolvedSession, RuleEr
         check_rest(rest)?;
         return Ok(ResolvedSession { key: key.to_string(), agent_id: id.to_string(), stable: true });
     }
-    Ok(ResolvedSession {
-        key: format!("{AGENT_PREFIX}{agent_id}:{key}"),
-        agent_id: agent_id.to_string(),
-        stable: true,
-    })
+    // The full key is what the client gets back and may send again: it must
+    // pass the same limit.
+    let key = format!("{AGENT_PREFIX}{agent_id}:{key}");
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RuleError::no_param(format!(
+            "`x-openclaw-session-key` is too long: the full key `agent:<agentId>:<key>` may have at most \
+             {MAX_KEY_BYTES} bytes."
+        )));
+    }
+    Ok(ResolvedSession { key, agent_id: agent_id.to_string(), stable: true })
 }
 
 /// Checks the `<rest>` of an `agent:<id>:<rest>` key, including nested
@@ -226,8 +245,39 @@ mod tests {
         let (msg, param) = message(resolve(SessionSelector::User(&long), "main", "openai").unwrap_err());
         assert_eq!(param.as_deref(), Some("user"));
         assert!(msg.contains("512"));
-        let max = "u".repeat(MAX_KEY_BYTES);
-        assert!(resolve(SessionSelector::User(&max), "main", "openai").is_ok());
+        // The limit is on the key the user makes, which must be usable as an explicit key.
+        let prefix = "agent:main:openai-user:".len();
+        let max = "u".repeat(MAX_KEY_BYTES - prefix);
+        let r = resolve(SessionSelector::User(&max), "main", "openai").unwrap();
+        assert_eq!(r.key.len(), MAX_KEY_BYTES);
+        assert_eq!(explicit(&r.key).unwrap().key, r.key);
+        let over = "u".repeat(MAX_KEY_BYTES - prefix + 1);
+        let (msg, param) = message(resolve(SessionSelector::User(&over), "main", "openai").unwrap_err());
+        assert_eq!(param.as_deref(), Some("user"));
+        assert!(msg.contains("512"), "{msg}");
+    }
+
+    #[test]
+    fn a_scoped_key_over_the_limit_is_refused() {
+        // 512 bytes given, but `agent:main:` in front makes the full key longer (found by the fuzzer).
+        let key = "k".repeat(MAX_KEY_BYTES - "agent:main:".len());
+        let r = explicit(&key).unwrap();
+        assert_eq!(r.key.len(), MAX_KEY_BYTES);
+        assert_eq!(explicit(&r.key).unwrap().key, r.key, "the key handed out is accepted back");
+        let (msg, param) = message(explicit(&format!("{key}k")).unwrap_err());
+        assert!(msg.contains("x-openclaw-session-key") && msg.contains("512"), "{msg}");
+        assert_eq!(param, None);
+    }
+
+    #[test]
+    fn reserved_namespaces_are_not_channels() {
+        for channel in ["cron", "subagent", "ACP", "Cron"] {
+            let (_, param) = message(resolve(SessionSelector::Stateless, "main", channel).unwrap_err());
+            assert_eq!(param.as_deref(), Some("channel"), "{channel}");
+        }
+        // A stateless key of any other channel is accepted back as it is.
+        let r = resolve(SessionSelector::Stateless, "main", "cron-jobs").unwrap();
+        assert_eq!(explicit(&r.key).unwrap().key, r.key);
     }
 
     #[test]
@@ -293,7 +343,8 @@ mod tests {
         // Multi-byte characters count in bytes.
         let key = "é".repeat(MAX_KEY_BYTES / 2 + 1);
         assert!(explicit(&key).is_err());
-        assert!(explicit(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert!(explicit(&"k".repeat(MAX_KEY_BYTES - "agent:main:".len())).is_ok());
+        assert!(explicit(&format!("agent:main:{}", "k".repeat(MAX_KEY_BYTES - "agent:main:".len()))).is_ok());
     }
 
     #[test]

@@ -553,6 +553,37 @@ mod tests {
     }
 
     #[test]
+    fn seeds_are_carried_exactly_or_refused() {
+        // 2^53 + 1 used to become 2^53 on its way to a double (found by the fuzzer and schemathesis).
+        for bad in [9_007_199_254_740_993u64, 9_007_199_254_740_992, u64::MAX] {
+            let e = parse(json!({"messages": [user("hi")], "seed": bad})).unwrap_err();
+            assert!(e.to_string().contains("between"), "{bad}: {e}");
+        }
+        for seed in [9_007_199_254_740_991i64, -9_007_199_254_740_991, 0, 42] {
+            let r = parse(json!({"messages": [user("hi")], "seed": seed})).unwrap();
+            assert_eq!(r.run.params.unwrap().seed, Some(seed as f64));
+        }
+    }
+
+    #[test]
+    fn tool_call_arguments_are_a_string() {
+        let call = |arguments: Value| {
+            json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+                user("hi")]})
+        };
+        let args = |v: Value| parse(call(v)).unwrap().run.messages[0].tool_calls[0].arguments.clone();
+        assert_eq!(args(json!("{\"a\":1}")), r#"{"a":1}"#);
+        assert_eq!(args(Value::Null), "");
+        // As at OpenAI: anything but a string (an object included) is refused, not re-encoded.
+        for bad in [json!({"a": 1}), json!(5), json!([1]), json!(true)] {
+            let e = parse(call(bad.clone())).unwrap_err();
+            assert!(e.to_string().contains("function.arguments"), "{bad}: {e}");
+            assert_eq!(param_of(Err(e)).as_deref(), Some("messages"));
+        }
+    }
+
+    #[test]
     fn sessions() {
         let r = parse(json!({"messages": [user("hi")]})).unwrap();
         assert_eq!(r.run.session, None);

@@ -112,7 +112,7 @@ fn refuse(outbox: &Outbox, id: &Value, error: &ErrorShape, reason: &'static str)
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ConnectParams {
+pub(super) struct ConnectParams {
     min_protocol: u64,
     max_protocol: u64,
     #[serde(default)]
@@ -128,6 +128,27 @@ struct ConnectAuth {
     token: Option<String>,
     #[serde(default)]
     password: Option<String>,
+}
+
+/// `connect`'s params, checked (shape, protocol range, `client`); the error
+/// comes with the reason logged for the refusal.
+pub(super) fn connect_params(params: Value) -> Result<ConnectParams, (ErrorShape, &'static str)> {
+    let params = match params {
+        Value::Object(_) => serde_json::from_value::<ConnectParams>(params),
+        _ => Err(serde::de::Error::custom("params must be an object")),
+    }
+    .map_err(|e| (ErrorShape::invalid(format!("Invalid connect params: {e}")), "invalid request"))?;
+    if !(params.min_protocol..=params.max_protocol).contains(&PROTOCOL_VERSION) {
+        let e = ErrorShape::invalid(format!(
+            "Protocol mismatch: this gateway speaks protocol {PROTOCOL_VERSION}; the client offered {}..={}.",
+            params.min_protocol, params.max_protocol
+        ));
+        return Err((e, "protocol mismatch"));
+    }
+    if params.client.as_ref().is_some_and(|c| !c.is_object()) {
+        return Err((ErrorShape::invalid("`client` must be an object."), "invalid request"));
+    }
+    Ok(params)
 }
 
 /// Sends the challenge and waits for a valid `connect`. True when connected;
@@ -193,34 +214,13 @@ async fn handshake(
         refuse(outbox, &req.id, &e, "invalid request");
         return false;
     }
-    let params = match req.params {
-        Value::Object(_) => serde_json::from_value::<ConnectParams>(req.params),
-        _ => Err(serde::de::Error::custom("params must be an object")),
-    };
-    let params = match params {
+    let params = match connect_params(req.params) {
         Ok(p) => p,
-        Err(e) => {
-            refuse(
-                outbox,
-                &req.id,
-                &ErrorShape::invalid(format!("Invalid connect params: {e}")),
-                "invalid request",
-            );
+        Err((e, reason)) => {
+            refuse(outbox, &req.id, &e, reason);
             return false;
         }
     };
-    if !(params.min_protocol..=params.max_protocol).contains(&PROTOCOL_VERSION) {
-        let e = ErrorShape::invalid(format!(
-            "Protocol mismatch: this gateway speaks protocol {PROTOCOL_VERSION}; the client offered {}..={}.",
-            params.min_protocol, params.max_protocol
-        ));
-        refuse(outbox, &req.id, &e, "protocol mismatch");
-        return false;
-    }
-    if params.client.as_ref().is_some_and(|c| !c.is_object()) {
-        refuse(outbox, &req.id, &ErrorShape::invalid("`client` must be an object."), "invalid request");
-        return false;
-    }
     let auth = params.auth.unwrap_or_default();
     let checked = match state.auth().mode() {
         AuthMode::Token => state.auth().check_secret(caller, auth.token.as_deref()),

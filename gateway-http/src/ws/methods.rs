@@ -206,11 +206,16 @@ struct SessionsList {
     sessions: Vec<SessionJson>,
 }
 
-async fn sessions_list(conn: &Conn, p: Value) -> Result<SessionsList, ErrorShape> {
+/// `sessions.list`'s params, checked: the agent (`""`: all) and the limit.
+fn sessions_list_params(p: Value) -> Result<(String, u32), ErrorShape> {
     let p: SessionsListParams = params("sessions.list", p)?;
     check_agent_id(p.agent_id.as_deref())?;
     let limit = check_limit(p.limit)?;
-    let agent = p.agent_id.unwrap_or_default();
+    Ok((p.agent_id.unwrap_or_default(), limit))
+}
+
+async fn sessions_list(conn: &Conn, p: Value) -> Result<SessionsList, ErrorShape> {
+    let (agent, limit) = sessions_list_params(p)?;
     let list = conn.state.client().list_sessions(&agent, limit, &conn.ctx()).await.map_err(api)?;
     let sessions = list
         .sessions
@@ -482,8 +487,9 @@ pub(crate) fn chat_send(conn: &Conn, req: Request) {
     }
 }
 
-fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
-    let p: SendParams = params("chat.send", req.params.clone())?;
+/// `chat.send`'s params, checked, with the session's full key.
+fn send_params(p: Value) -> Result<(SendParams, String), ErrorShape> {
+    let p: SendParams = params("chat.send", p)?;
     check_agent_id(p.agent_id.as_deref())?;
     // The same rules agent-svc applies (reserved namespaces, length, control
     // characters); the agent id does not change them.
@@ -496,6 +502,11 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
             "`idempotencyKey` must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes."
         )));
     }
+    Ok((p, key))
+}
+
+fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
+    let (p, key) = send_params(req.params.clone())?;
     if conn.active_runs.fetch_add(1, Ordering::AcqRel) >= MAX_RUNS_PER_CONNECTION {
         conn.active_runs.fetch_sub(1, Ordering::AcqRel);
         return Err(ErrorShape {
@@ -547,6 +558,40 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
         }
     }
     Ok(())
+}
+
+/// The checks each method makes on its params before it calls agent-svc
+/// (`connect`'s included), with `main` standing in for the default agent,
+/// which only agent-svc knows. For the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub fn check_params(method: &str, p: Value) -> Result<(), ErrorShape> {
+    let key = |raw: &str, agent: Option<&str>| {
+        check_agent_id(agent)?;
+        resolve_with(raw, agent.unwrap_or("main")).map(drop)
+    };
+    match method {
+        "connect" => super::conn::connect_params(p).map(drop).map_err(|(e, _)| e),
+        "health" | "models.list" | "agents.list" => Ok(()),
+        "sessions.list" => sessions_list_params(p).map(drop),
+        "chat.history" => {
+            let p: HistoryParams = params(method, p)?;
+            check_limit(p.limit)?;
+            key(&p.session_key, p.agent_id.as_deref())
+        }
+        "sessions.reset" | "sessions.delete" | "sessions.compact" => {
+            let p: SessionParams = params(method, p)?;
+            key(&p.session_key, p.agent_id.as_deref())
+        }
+        "chat.abort" => {
+            let p: AbortParams = params(method, p)?;
+            match p.run_id.filter(|r| !r.is_empty()) {
+                Some(_) => Ok(()),
+                None => key(&p.session_key, p.agent_id.as_deref()),
+            }
+        }
+        "chat.send" => send_params(p).map(drop),
+        other => Err(ErrorShape::invalid(format!("Unknown method: {other}"))),
+    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub mod close {
 /// A client request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// The request id (a string or a number), echoed in the reply.
+    /// The request id (a string, or an integer that fits an i64), echoed in the reply.
     pub id: Value,
     /// The method name.
     pub method: String,
@@ -100,11 +100,16 @@ pub fn parse_request(text: &str) -> Result<Request, BadFrame> {
     };
     let id = match frame.remove("id") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_BYTES => Value::String(s),
-        Some(n @ Value::Number(_)) => n,
+        // Only integers that fit an i64: a fraction, an exponent or a bigger
+        // number would not come back as the client wrote it (nor fit a JS number).
+        Some(Value::Number(n)) if n.is_i64() => Value::Number(n),
         _ => {
             return Err(BadFrame::new(
                 Value::Null,
-                format!("`id` must be a non-empty string of at most {MAX_ID_BYTES} bytes, or a number."),
+                format!(
+                    "`id` must be a non-empty string of at most {MAX_ID_BYTES} bytes, or an integer \
+                     from -2^63 to 2^63-1."
+                ),
             ))
         }
     };
@@ -263,6 +268,16 @@ mod tests {
             let e = parse_request(text).unwrap_err();
             assert_eq!(e.id, id, "{text}");
             assert!(e.message.contains(needle), "{text}: {}", e.message);
+        }
+        // Numeric ids are integers that fit an i64 (found by the fuzzer: others were echoed changed).
+        for id in ["9223372036854775808", "18446744073709551615", "1.5", "1e3", "-0.0", "1E400"] {
+            let text = format!(r#"{{"type":"req","id":{id},"method":"health"}}"#);
+            let e = parse_request(&text).unwrap_err();
+            assert_eq!(e.id, Value::Null, "{id}");
+        }
+        for id in [i64::MIN, -1, 0, i64::MAX] {
+            let text = format!(r#"{{"type":"req","id":{id},"method":"health"}}"#);
+            assert_eq!(parse_request(&text).unwrap().id, json!(id));
         }
         let long = format!(r#"{{"type":"req","id":"{}","method":"health"}}"#, "x".repeat(MAX_ID_BYTES + 1));
         assert_eq!(parse_request(&long).unwrap_err().id, Value::Null);

@@ -28,7 +28,8 @@ pub fn load(cli: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
     let (path, explicit) = config_path(cli);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let (loaded, literal) = parse_inner(&text, ConfigSource::File(path.clone()), &process_env)?;
+            let (loaded, literal) =
+                parse_inner(&text, ConfigSource::File(path.clone()), &process_env, SecretFiles::Read)?;
             warn_if_exposed(&path, &literal);
             Ok(loaded)
         }
@@ -56,7 +57,25 @@ pub fn parse_with_env(
     source: ConfigSource,
     env: EnvLookup<'_>,
 ) -> Result<LoadedConfig, ConfigError> {
-    parse_inner(text, source, env).map(|(loaded, _)| loaded)
+    parse_inner(text, source, env, SecretFiles::Read).map(|(loaded, _)| loaded)
+}
+
+/// [`parse_with_env`] that leaves `…File` secrets unread (a fuzzer's input
+/// could name any file). For the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub fn parse_skipping_secret_files(
+    text: &str,
+    source: ConfigSource,
+    env: EnvLookup<'_>,
+) -> Result<LoadedConfig, ConfigError> {
+    parse_inner(text, source, env, SecretFiles::Skip).map(|(loaded, _)| loaded)
+}
+
+/// Whether `…File` secrets are read while parsing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SecretFiles {
+    Read,
+    Skip,
 }
 
 /// [`parse_with_env`], also returning the keys whose secret the text holds literally.
@@ -64,9 +83,14 @@ fn parse_inner(
     text: &str,
     source: ConfigSource,
     env: EnvLookup<'_>,
+    files: SecretFiles,
 ) -> Result<(LoadedConfig, Vec<String>), ConfigError> {
     let file = source.to_string();
     let err = |key: String, message: String| ConfigError { file: file.clone(), key, message };
+    // The JSON5 parser recurses once per level with no limit of its own.
+    if nesting_exceeds(text, MAX_DEPTH) {
+        return Err(err("<file>".into(), format!("invalid JSON5: nested deeper than {MAX_DEPTH} levels")));
+    }
     let mut value: serde_json::Value =
         json5::from_str(text).map_err(|e| err("<file>".into(), format!("invalid JSON5: {e}")))?;
     if !value.is_object() {
@@ -82,11 +106,64 @@ fn parse_inner(
         let key = e.path().to_string();
         err(if key == "." { "<root>".into() } else { key }, e.into_inner().to_string())
     })?;
-    read_secret_files(&mut config).map_err(|(k, m)| err(k, m))?;
+    if files == SecretFiles::Read {
+        read_secret_files(&mut config).map_err(|(k, m)| err(k, m))?;
+    }
     for k in &unknown_keys {
         tracing::warn!(file = %file, key = %k, "unknown config key ignored");
     }
     Ok((LoadedConfig { config, source, unknown_keys }, literal))
+}
+
+/// Deepest nesting of objects and arrays accepted (serde_json's own limit).
+const MAX_DEPTH: usize = 128;
+
+/// Whether JSON5 `text` opens more than `max` objects or arrays inside one
+/// another. Brackets in strings and comments do not count; for text that is
+/// not JSON5 the answer only has to err on the side the parser then reports.
+fn nesting_exceeds(text: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' | b'\'' => {
+                while let Some(c) = bytes.next() {
+                    match c {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        c if c == b => break,
+                        _ => {}
+                    }
+                }
+            }
+            b'/' => match bytes.clone().next() {
+                Some(b'/') => {
+                    bytes.find(|&c| c == b'\n' || c == b'\r');
+                }
+                Some(b'*') => {
+                    bytes.next();
+                    let mut star = false;
+                    for c in bytes.by_ref() {
+                        if star && c == b'/' {
+                            break;
+                        }
+                        star = c == b'*';
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -160,6 +237,30 @@ mod tests {
         .unwrap();
         assert_eq!((c.config.gateway.port, c.config.gateway.bind.as_str()), (16, "lan"));
         assert_eq!(c.config.agents.defaults.timeout_seconds, 0.5);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_config_error_not_a_stack_overflow() {
+        // The JSON5 parser has no depth limit of its own (found by the fuzzer).
+        for open in ["[", "{a:", "{\"a\":["] {
+            let text = format!("{{x: {}", open.repeat(100_000));
+            let e = load_str(&text).unwrap_err();
+            assert_eq!(e.key, "<file>");
+            assert!(e.message.contains("nested deeper than 128 levels"), "{e}");
+        }
+        // 128 levels in all are fine; brackets in strings and comments do not count.
+        let deep = format!("{{wat: {}1{}}}", "[".repeat(127), "]".repeat(127));
+        assert!(load_str(&deep).unwrap().unknown_keys.contains(&"wat".to_string()));
+        let text = format!(
+            "{{a: '{}', b: \"\\\"{}\", // {}\n /* {} */ c: 1}}",
+            "[".repeat(200),
+            "{".repeat(200),
+            "[".repeat(200),
+            "{".repeat(200)
+        );
+        assert_eq!(load_str(&text).unwrap().unknown_keys.len(), 3);
+        assert!(super::nesting_exceeds(&"[".repeat(129), 128));
+        assert!(!super::nesting_exceeds(&"[]".repeat(1000), 128));
     }
 
     #[test]

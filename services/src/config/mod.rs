@@ -21,7 +21,7 @@ mod secrets;
 mod tls;
 
 pub use env::{process_env, EnvLookup};
-pub use load::{config_path, load, parse, parse_with_env};
+pub use load::{config_path, load, parse, parse_skipping_secret_files, parse_with_env};
 pub use resolve::{parse_bind, valid_agent_id, ModelRef, ResolvedAgent, ResolvedAgents};
 pub use schema::*;
 pub use tls::{HopTls, AGENT_SERVICE_TLS_KEY, PUBLIC_TLS_KEY};

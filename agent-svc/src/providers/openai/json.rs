@@ -24,7 +24,7 @@ pub(super) async fn read_completion(
 }
 
 /// A whole `chat.completion` as the event sequence a stream would have produced.
-fn parse_completion(body: &[u8]) -> Result<Vec<ProviderEvent>, ProviderError> {
+pub(super) fn parse_completion(body: &[u8]) -> Result<Vec<ProviderEvent>, ProviderError> {
     let c: Completion = serde_json::from_slice(body)
         .map_err(|e| ProviderError::Upstream(format!("malformed response from provider: {e}")))?;
     if let Some(err) = c.error {

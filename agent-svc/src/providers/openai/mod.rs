@@ -16,6 +16,26 @@ mod json;
 mod stream;
 mod wire;
 
+/// Entry points for the fuzz targets (`fuzz/`): the exact code paths the
+/// provider runs on an upstream body, without the network. Not an API.
+#[doc(hidden)]
+pub mod fuzz {
+    use crate::providers::{ProviderError, ProviderEvent};
+
+    /// A streamed (SSE) body delivered in `chunks`, read by the provider's stream to its end.
+    pub fn stream_events(chunks: &[&[u8]]) -> Vec<Result<ProviderEvent, ProviderError>> {
+        use futures::StreamExt;
+        let body = futures::stream::iter(chunks.iter().map(|c| Ok::<_, std::io::Error>(c.to_vec())));
+        // No idle timeout: no timer, so no runtime is needed to drive it.
+        futures::executor::block_on(super::stream::SseStream::new(body, None).collect())
+    }
+
+    /// A whole (non-streamed) JSON completion body, as the provider reads it.
+    pub fn completion_events(body: &[u8]) -> Result<Vec<ProviderEvent>, ProviderError> {
+        super::json::parse_completion(body)
+    }
+}
+
 use super::{Provider, ProviderError, ProviderFuture, ProviderRequest};
 use crate::error::AgentError;
 use futures::StreamExt;

@@ -78,11 +78,12 @@ impl ChunkState {
             return Err(reported(err));
         }
         for choice in chunk.choices.into_iter().flatten() {
-            // Only one choice is ever asked for (`n` is never sent).
+            // Only one choice is ever asked for (`n` is never sent). Content after
+            // the finish reason is dropped: the answer is over (the trait's order).
             if choice.index.unwrap_or(0) != 0 {
                 continue;
             }
-            if let Some(delta) = choice.delta {
+            if let Some(delta) = choice.delta.filter(|_| !self.finished) {
                 if let Some(text) = non_empty(delta.content) {
                     out.push_back(ProviderEvent::Text(text));
                 }
@@ -125,6 +126,9 @@ pub(super) struct SseStream<S> {
     state: ChunkState,
     /// The idle timeout and its timer, reset by every chunk.
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The error that ended the body, held until the events parsed before it
+    /// (from the same chunk) are out.
+    failed: Option<ProviderError>,
 }
 
 impl<S> SseStream<S> {
@@ -136,6 +140,7 @@ impl<S> SseStream<S> {
             pending: VecDeque::new(),
             state: ChunkState::default(),
             idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            failed: None,
         }
     }
 
@@ -182,6 +187,9 @@ where
             if let Some(ev) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(ev)));
             }
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -224,7 +232,7 @@ where
                         }
                         Err(e) => {
                             this.body = None;
-                            return Poll::Ready(Some(Err(e)));
+                            this.failed = Some(e);
                         }
                     }
                 }
@@ -394,6 +402,40 @@ mod tests {
         // `error` as a bare string (Ollama style).
         let got = run_sse(&[&data(r#"{"error":"model not loaded"}"#)]).await;
         assert_eq!(got, vec![Err(ProviderError::Upstream("model not loaded".into()))]);
+    }
+
+    #[tokio::test]
+    async fn an_error_comes_after_the_events_before_it_in_the_same_chunk() {
+        // One network read holding content and then an error chunk (found by the fuzzer).
+        let one_read =
+            [data(r#"{"choices":[{"index":0,"delta":{"content":"x"}}]}"#), "data: {\n\n".into()].concat();
+        let got = run_sse(&[&one_read]).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], text("x"));
+        assert!(
+            matches!(&got[1], Err(ProviderError::Upstream(m)) if m.starts_with("malformed stream chunk"))
+        );
+        let one_read = [
+            data(r#"{"choices":[{"index":0,"delta":{"content":"y"}}]}"#),
+            data(r#"{"error":{"message":"overloaded"}}"#),
+        ]
+        .concat();
+        assert_eq!(
+            run_sse(&[&one_read]).await,
+            vec![text("y"), Err(ProviderError::Upstream("overloaded".into()))]
+        );
+    }
+
+    #[tokio::test]
+    async fn content_after_the_finish_is_dropped() {
+        let got = run_sse(&[
+            &data(r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#),
+            &data(r#"{"choices":[{"index":0,"delta":{"content":"late","tool_calls":[{"index":0,"id":"c","function":{"name":"f"}}]}}]}"#),
+            &data(r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
+            "data: [DONE]\n\n",
+        ])
+        .await;
+        assert_eq!(got, vec![text("a"), finish("stop"), usage(1, 1)]);
     }
 
     #[tokio::test]
