@@ -157,3 +157,78 @@ pub fn parse_ready_addr(name: &str, rest: &str) -> Result<SocketAddr> {
     }
     Ok(addr)
 }
+
+/// Where the service binaries are: `dir` when given, else beside this executable
+/// (`target/<profile>/`, where cargo puts every binary of the workspace).
+pub fn bin_dir(dir: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.to_path_buf());
+    }
+    Ok(std::env::current_exe()
+        .context("cannot find this executable")?
+        .parent()
+        .context("this executable has no parent directory")?
+        .to_path_buf())
+}
+
+/// `dir/name`, which must exist; `script` names what builds it.
+pub fn find_bin(dir: &Path, name: &str, script: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!("{} not found; build it first ({script} does)", p.display());
+    }
+    Ok(p)
+}
+
+/// How the services are started: their logs' directory, `RUST_LOG`, and the
+/// startup timeout of each.
+pub struct Launch<'a> {
+    /// Where each process's stderr log goes.
+    pub dir: &'a Path,
+    /// `RUST_LOG` of every service.
+    pub log_level: &'a str,
+    /// How long each may take to print its readiness line.
+    pub startup: Duration,
+}
+
+impl Launch<'_> {
+    /// Starts `mock-upstream` on a loopback port with `chunk_delay_ms` between
+    /// its SSE events; returns it and its address.
+    pub fn mock(&self, bin: &Path, chunk_delay_ms: u64) -> Result<(Proc, SocketAddr)> {
+        let args =
+            ["--listen".into(), "127.0.0.1:0".into(), "--chunk-delay-ms".into(), chunk_delay_ms.to_string()];
+        self.service("mock-upstream", bin, &args)
+    }
+
+    /// Starts `agent-svc` with `config` on a loopback port (plus `extra`
+    /// arguments); returns it and its gRPC address.
+    pub fn agent_svc(&self, bin: &Path, config: &str, extra: &[String]) -> Result<(Proc, SocketAddr)> {
+        let mut args = vec!["--config".into(), config.into(), "--listen".into(), "127.0.0.1:0".into()];
+        args.extend_from_slice(extra);
+        self.service("agent-svc", bin, &args)
+    }
+
+    /// Starts `gateway-http` with `config` on a loopback port, with agent-svc
+    /// out of process at `agent`; returns it and its address.
+    pub fn gateway(&self, bin: &Path, config: &str, agent: SocketAddr) -> Result<(Proc, SocketAddr)> {
+        let args = [
+            "--config".into(),
+            config.into(),
+            "--port".into(),
+            "0".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--agent-svc".into(),
+            format!("http://{agent}"),
+        ];
+        self.service("gateway-http", bin, &args)
+    }
+
+    /// One service, waited for by its `<name> listening on ADDR` line.
+    fn service(&self, name: &'static str, bin: &Path, args: &[String]) -> Result<(Proc, SocketAddr)> {
+        let ready = format!("{name} listening on ");
+        let (proc, line) = Proc::start(name, bin, args, self.dir, self.log_level, &ready, self.startup)?;
+        let addr = parse_ready_addr(name, &line)?;
+        Ok((proc, addr))
+    }
+}

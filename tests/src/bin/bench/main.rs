@@ -45,7 +45,7 @@ mod sessions;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use e2e::procfs::{clock_ticks_per_second, online_cpus, status_kb};
-use e2e::procs::{log_tail, parse_ready_addr, Proc};
+use e2e::procs::{bin_dir, find_bin, log_tail, Launch, Proc};
 use e2e::TempDir;
 use load::{run, smoke, Route, RunResult, RunSpec, Target};
 use report::Report;
@@ -146,21 +146,8 @@ fn run_all(cli: &Cli) -> Result<()> {
     if cli.concurrency.is_empty() || cli.concurrency.iter().any(|&c| c == 0 || c > 1024) {
         bail!("--concurrency must list values between 1 and 1024");
     }
-    let bin_dir = match &cli.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this executable")?
-            .parent()
-            .context("this executable has no parent directory")?
-            .to_path_buf(),
-    };
-    let bin = |name: &str| -> Result<PathBuf> {
-        let p = bin_dir.join(name);
-        if !p.is_file() {
-            bail!("{} not found; build it first (scripts/bench.sh does)", p.display());
-        }
-        Ok(p)
-    };
+    let bin_dir = bin_dir(cli.bin_dir.as_deref())?;
+    let bin = |name: &str| find_bin(&bin_dir, name, "scripts/bench.sh");
     let mock_bin = bin("mock-upstream")?;
     let (agent_bin, gateway_bin) =
         if cli.direct_only { (None, None) } else { (Some(bin("agent-svc")?), Some(bin("gateway-http")?)) };
@@ -171,17 +158,9 @@ fn run_all(cli: &Cli) -> Result<()> {
     let tmp = TempDir::try_new().context("cannot create a temp dir")?;
     let mut procs: Vec<Proc> = Vec::new();
 
-    let (mock, line) = Proc::start(
-        "mock-upstream",
-        &mock_bin,
-        &["--listen".into(), "127.0.0.1:0".into(), "--chunk-delay-ms".into(), cli.chunk_delay_ms.to_string()],
-        tmp.path(),
-        &cli.log_level,
-        "mock-upstream listening on ",
-        startup,
-    )?;
+    let launch = Launch { dir: tmp.path(), log_level: &cli.log_level, startup };
+    let (mock, mock_addr) = launch.mock(&mock_bin, cli.chunk_delay_ms)?;
     procs.push(mock);
-    let mock_addr = parse_ready_addr("mock-upstream", &line)?;
 
     let mut gateway_addr = None;
     if let (Some(agent_bin), Some(gateway_bin)) = (agent_bin, gateway_bin) {
@@ -193,37 +172,11 @@ fn run_all(cli: &Cli) -> Result<()> {
         std::fs::write(&config, config_text(mock_addr, &store, cli.context_tokens))
             .with_context(|| format!("cannot write {}", config.display()))?;
         let config = config.display().to_string();
-        let (agent, line) = Proc::start(
-            "agent-svc",
-            &agent_bin,
-            &["--config".into(), config.clone(), "--listen".into(), "127.0.0.1:0".into()],
-            tmp.path(),
-            &cli.log_level,
-            "agent-svc listening on ",
-            startup,
-        )?;
+        let (agent, agent_addr) = launch.agent_svc(&agent_bin, &config, &[])?;
         procs.push(agent);
-        let agent_addr = parse_ready_addr("agent-svc", &line)?;
-        let (gateway, line) = Proc::start(
-            "gateway-http",
-            &gateway_bin,
-            &[
-                "--config".into(),
-                config,
-                "--port".into(),
-                "0".into(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--agent-svc".into(),
-                format!("http://{agent_addr}"),
-            ],
-            tmp.path(),
-            &cli.log_level,
-            "gateway-http listening on ",
-            startup,
-        )?;
+        let (gateway, addr) = launch.gateway(&gateway_bin, &config, agent_addr)?;
         procs.push(gateway);
-        gateway_addr = Some(parse_ready_addr("gateway-http", &line)?);
+        gateway_addr = Some(addr);
     }
 
     // Idle memory: right after startup, before any request.

@@ -30,7 +30,7 @@ mod report;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use e2e::procfs::{open_fds, status_kb};
-use e2e::procs::{log_tail, parse_ready_addr, Proc};
+use e2e::procs::{bin_dir, find_bin, log_tail, Launch, Proc};
 use e2e::TempDir;
 use load::{Counters, Env};
 use report::{plateau, plateau_line, rss_slack, Sample, MIN_SAMPLES};
@@ -347,34 +347,13 @@ fn free_port() -> Result<u16> {
 
 /// Starts mock-upstream, agent-svc and gateway-http, each waited for.
 fn start(cli: &Cli, dir: &Path) -> Result<Services> {
-    let bin_dir = match &cli.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this executable")?
-            .parent()
-            .context("this executable has no parent directory")?
-            .to_path_buf(),
-    };
-    let bin = |name: &str| -> Result<PathBuf> {
-        let p = bin_dir.join(name);
-        if !p.is_file() {
-            bail!("{} not found; build it first (scripts/soak.sh does)", p.display());
-        }
-        Ok(p)
-    };
-    let startup = Duration::from_secs(cli.startup_timeout_s.max(1));
+    let bin_dir = bin_dir(cli.bin_dir.as_deref())?;
+    let bin = |name: &str| find_bin(&bin_dir, name, "scripts/soak.sh");
+    let launch =
+        Launch { dir, log_level: &cli.log_level, startup: Duration::from_secs(cli.startup_timeout_s.max(1)) };
     let mut procs = Vec::new();
-    let (mock, line) = Proc::start(
-        "mock-upstream",
-        &bin("mock-upstream")?,
-        &["--listen".into(), "127.0.0.1:0".into(), "--chunk-delay-ms".into(), cli.chunk_delay_ms.to_string()],
-        dir,
-        &cli.log_level,
-        "mock-upstream listening on ",
-        startup,
-    )?;
+    let (mock, mock_addr) = launch.mock(&bin("mock-upstream")?, cli.chunk_delay_ms)?;
     procs.push(mock);
-    let mock_addr = parse_ready_addr("mock-upstream", &line)?;
 
     let config = dir.join("soak.json5");
     std::fs::write(&config, config_text(mock_addr, &dir.join("sessions.db")))
@@ -384,44 +363,11 @@ fn start(cli: &Cli, dir: &Path) -> Result<Services> {
         .with_context(|| format!("cannot chmod {}", config.display()))?;
     let config = config.display().to_string();
     let agent_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let (agent, line) = Proc::start(
-        "agent-svc",
-        &bin("agent-svc")?,
-        &[
-            "--config".into(),
-            config.clone(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            agent_metrics.to_string(),
-        ],
-        dir,
-        &cli.log_level,
-        "agent-svc listening on ",
-        startup,
-    )?;
+    let metrics_args = ["--metrics-listen".into(), agent_metrics.to_string()];
+    let (agent, agent_addr) = launch.agent_svc(&bin("agent-svc")?, &config, &metrics_args)?;
     procs.push(agent);
-    let agent_addr = parse_ready_addr("agent-svc", &line)?;
-    let (gateway, line) = Proc::start(
-        "gateway-http",
-        &bin("gateway-http")?,
-        &[
-            "--config".into(),
-            config,
-            "--port".into(),
-            "0".into(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--agent-svc".into(),
-            format!("http://{agent_addr}"),
-        ],
-        dir,
-        &cli.log_level,
-        "gateway-http listening on ",
-        startup,
-    )?;
-    procs.push(gateway);
-    let gateway = parse_ready_addr("gateway-http", &line)?;
+    let (gateway_proc, gateway) = launch.gateway(&bin("gateway-http")?, &config, agent_addr)?;
+    procs.push(gateway_proc);
     Ok(Services { procs, gateway, agent_metrics })
 }
 
