@@ -88,10 +88,19 @@ SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.contex
 FROM sessions s JOIN messages m ON m.session_key = s.key
 WHERE s.key = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3";
 
+/// The context: the messages from `context_seq` on, and the summary when it lies
+/// before them. Two index range lookups, not one `OR`: with the `OR` the
+/// planner reads every message the session ever had (compacted ones too), so a
+/// turn cost more the longer the session had lived.
 const SELECT_CONTEXT: &str = "
 SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.context_seq, s.summary_seq
-FROM sessions s JOIN messages m ON m.session_key = s.key
-WHERE s.key = $1 AND (m.seq >= s.context_seq OR m.seq = s.summary_seq) ORDER BY m.seq";
+FROM sessions s JOIN messages m ON m.session_key = s.key AND m.seq >= s.context_seq
+WHERE s.key = $1
+UNION ALL
+SELECT m.seq, m.run_id, m.interrupted, m.created_at_ms, m.body, m.kind, s.context_seq, s.summary_seq
+FROM sessions s JOIN messages m ON m.session_key = s.key AND m.seq = s.summary_seq
+WHERE s.key = $1 AND s.summary_seq < s.context_seq
+ORDER BY 1";
 
 const TAKE_SEQ: &str =
     "UPDATE sessions SET message_count = message_count + 1 WHERE key = $1 RETURNING message_count";
