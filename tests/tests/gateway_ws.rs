@@ -70,6 +70,20 @@ fn send_params(session: &str, message: &str, key: &str) -> Value {
 }
 
 /// Sends `chat.send` and returns the run id from the `started` reply.
+/// A client that stopped reading was disconnected: what the socket buffers held
+/// comes out, then the end, never the run's `final` event; the run itself was
+/// not cancelled upstream.
+async fn assert_closed_before_final(mut ws: WsClient, p: &Pair) {
+    let (_, seen) =
+        ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
+    assert!(!seen.is_empty(), "at least the reply was delivered");
+    assert!(
+        seen.iter().all(|f| f["payload"]["state"] != "final"),
+        "a client that never read got the whole run"
+    );
+    assert_eq!(p.mock.disconnects(), 0, "the run was not cancelled");
+}
+
 async fn start_chat(ws: &mut WsClient, params: Value) -> String {
     let res = ws.call("chat.send", params).await;
     assert_eq!(res["ok"], true, "{res}");
@@ -983,14 +997,7 @@ async fn a_client_that_never_reads_is_disconnected() {
     assert_eq!(text_of(h[1].message.as_ref().unwrap()).len(), 2000 * 2048);
     // Now read: the server has closed this connection; what was in the socket
     // buffers comes out, then the end, and never the `final` event.
-    let (_, seen) =
-        ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
-    assert!(!seen.is_empty(), "at least the reply was delivered");
-    assert!(
-        seen.iter().all(|f| f["payload"]["state"] != "final"),
-        "a client that never read got the whole run"
-    );
-    assert_eq!(p.mock.disconnects(), 0, "the run was not cancelled");
+    assert_closed_before_final(ws, &p).await;
 }
 
 #[tokio::test]
@@ -1014,14 +1021,7 @@ async fn a_client_that_never_reads_streamed_tool_calls_is_disconnected() {
     assert_eq!(calls.iter().map(|c| c.arguments.len()).collect::<Vec<_>>(), [args.len()]);
     // The server has closed this connection: what the socket buffers held comes
     // out, then the end, and never the `final` event.
-    let (_, seen) =
-        ws.read_to_end(Duration::from_secs(30)).await.expect("the server never closed the connection");
-    assert!(!seen.is_empty(), "at least the reply was delivered");
-    assert!(
-        seen.iter().all(|f| f["payload"]["state"] != "final"),
-        "a client that never read got the whole run"
-    );
-    assert_eq!(p.mock.disconnects(), 0, "the run was not cancelled");
+    assert_closed_before_final(ws, &p).await;
 }
 
 #[tokio::test]

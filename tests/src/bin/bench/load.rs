@@ -431,7 +431,8 @@ async fn worker(t: Arc<Target>, s: Arc<Shared>) -> WorkerOut {
     out
 }
 
-fn nanos(d: Duration) -> u64 {
+/// A duration in nanoseconds, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -4,7 +4,7 @@
 //! sessions pass it (and are compacted) within the run. Reported per interval,
 //! so a stateful path that slows down as transcripts grow shows as a falling row.
 
-use crate::load::{Client, Target, BODY};
+use crate::load::{nanos, Client, Target, BODY};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use std::fmt::Write as _;
@@ -127,10 +127,6 @@ pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<Ti
         i.latency.sort_unstable();
     }
     Ok(TimedResult { spec, intervals, first_error })
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn p50_ms(sorted: &[u64]) -> String {
