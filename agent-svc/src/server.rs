@@ -123,7 +123,8 @@ pub async fn start_with(
         None => None,
     };
     let registry = Arc::new(AgentRegistry::from_config(config)?);
-    let store = sessions::open(&config.config.session.store).await?;
+    let session = &config.config.session;
+    let store = sessions::open(&session.store, (session.cache_mb as usize) << 20).await?;
     let shutdown = CancellationToken::new();
     sessions::retention::spawn(store.clone(), &config.config.session.retention, shutdown.clone());
     let max_runs =

@@ -326,14 +326,15 @@ async fn a_ten_thousand_message_history_pages_through_grpc_and_the_websocket() {
     let key = "agent:main:long";
     let store_spec = format!("sqlite:{}", dir.join("sessions.db").display());
     {
-        let store = agent_svc::sessions::open(&store_spec).await.expect("store");
+        let store = agent_svc::sessions::open(&store_spec, 1 << 20).await.expect("store");
         for chunk in 0..10 {
             let entries = (0..1000)
                 .map(|i| agent_svc::sessions::StoredMessage {
                     message: agent_svc::run::assemble::text_message(
                         if i % 2 == 0 { "user" } else { "assistant" },
                         format!("message {}", chunk * 1000 + i),
-                    ),
+                    )
+                    .into(),
                     ..Default::default()
                 })
                 .collect();

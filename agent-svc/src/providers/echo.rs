@@ -7,6 +7,7 @@
 use super::{Provider, ProviderEvent, ProviderFuture, ProviderRequest};
 use futures::StreamExt;
 use services::proto::{content_part, tool_choice, Message};
+use std::sync::Arc;
 
 /// Id of the single tool call the echo provider makes.
 pub const ECHO_CALL_ID: &str = "call_echo_0";
@@ -57,16 +58,16 @@ fn message_text(m: &Message) -> Option<String> {
 
 /// What echo answers: after a tool message, `tool result: <its text>`; else the
 /// last user message's text; `(no text)` when there is no text to echo.
-fn reply_text(messages: &[Message]) -> String {
+fn reply_text(messages: &[Arc<Message>]) -> String {
     const NO_TEXT: &str = "(no text)";
     if let Some(last) = messages.last().filter(|m| m.role == "tool") {
         return format!("tool result: {}", message_text(last).unwrap_or_else(|| NO_TEXT.into()));
     }
-    messages.iter().rev().find(|m| m.role == "user").and_then(message_text).unwrap_or_else(|| NO_TEXT.into())
+    messages.iter().rev().find(|m| m.role == "user").and_then(|m| message_text(m)).unwrap_or_else(|| NO_TEXT.into())
 }
 
 /// Whitespace-separated words over every text part of every message.
-fn prompt_words(messages: &[Message]) -> u32 {
+fn prompt_words(messages: &[Arc<Message>]) -> u32 {
     let words: usize = messages
         .iter()
         .flat_map(|m| m.parts.iter())
@@ -165,6 +166,7 @@ mod tests {
     use services::proto::{Tool, ToolChoice};
 
     fn req(messages: Vec<Message>) -> ProviderRequest {
+        let messages = messages.into_iter().map(Arc::new).collect();
         ProviderRequest { model: "echo".into(), messages, ..Default::default() }
     }
 

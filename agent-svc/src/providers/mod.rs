@@ -13,14 +13,16 @@ use futures::stream::BoxStream;
 use services::proto::{Message, SamplingParams, Tool, ToolChoice};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// What a provider is asked to do for one attempt.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderRequest {
     /// The model name as the provider knows it (no `provider/` prefix).
     pub model: String,
-    /// Full upstream conversation: system message first (if any), transcript, new turn.
-    pub messages: Vec<Message>,
+    /// Full upstream conversation: system message first (if any), transcript, new
+    /// turn; shared with the session's stored entries (no copy per turn or attempt).
+    pub messages: Vec<Arc<Message>>,
     /// Sampling parameters (already validated).
     pub params: SamplingParams,
     /// Effective completion-token cap (client cap clamped to the model's `maxTokens`).

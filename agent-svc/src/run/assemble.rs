@@ -6,6 +6,7 @@
 use crate::sessions::StoredMessage;
 use services::messages::message_text;
 use services::proto::{content_part::Part, ContentPart, Message};
+use std::sync::Arc;
 
 /// A plain text message.
 pub fn text_message(role: &str, text: String) -> Message {
@@ -38,12 +39,12 @@ pub fn system_text(
 /// A stored message as it goes upstream: an interrupted assistant message keeps
 /// only its text (a half-made tool call would make the provider reject the
 /// history), and is left out when it has none.
-pub fn upstream_message(stored: &StoredMessage) -> Option<Message> {
+pub fn upstream_message(stored: &StoredMessage) -> Option<Arc<Message>> {
     if stored.interrupted && stored.message.role == "assistant" {
         let text = message_text(&stored.message);
-        (!text.is_empty()).then(|| text_message("assistant", text))
+        (!text.is_empty()).then(|| Arc::new(text_message("assistant", text)))
     } else {
-        Some(stored.message.clone())
+        Some(Arc::clone(&stored.message))
     }
 }
 
@@ -51,15 +52,15 @@ pub fn upstream_message(stored: &StoredMessage) -> Option<Message> {
 /// if any), the transcript, the request's own history, the new turn.
 pub fn upstream_messages(
     system: Option<String>,
-    transcript: &[StoredMessage],
-    client_history: &[Message],
-    new_turn: &[Message],
-) -> Vec<Message> {
+    transcript: &[Arc<StoredMessage>],
+    client_history: &[Arc<Message>],
+    new_turn: &[Arc<Message>],
+) -> Vec<Arc<Message>> {
     let mut out = Vec::with_capacity(1 + transcript.len() + client_history.len() + new_turn.len());
     if let Some(s) = system {
-        out.push(text_message("system", s));
+        out.push(Arc::new(text_message("system", s)));
     }
-    out.extend(transcript.iter().filter_map(upstream_message));
+    out.extend(transcript.iter().filter_map(|m| upstream_message(m)));
     out.extend(client_history.iter().cloned());
     out.extend(new_turn.iter().cloned());
     out
@@ -74,10 +75,14 @@ mod tests {
         text_message(role, text.to_string())
     }
 
+    fn shared(m: Message) -> Arc<Message> {
+        Arc::new(m)
+    }
+
     #[test]
     fn upstream_order_and_interrupted_sanitising() {
         let stored =
-            |m: Message, interrupted| StoredMessage { message: m, interrupted, ..Default::default() };
+            |m: Message, interrupted| Arc::new(StoredMessage { message: m.into(), interrupted, ..Default::default() });
         let half_call = Message {
             tool_calls: vec![ToolCall {
                 id: "c".into(),
@@ -98,21 +103,21 @@ mod tests {
             system_text(Some("AGENT"), Some("REQ"), None),
             &transcript,
             &[],
-            &[msg("user", "now")],
+            &[shared(msg("user", "now"))],
         );
-        assert_eq!(
-            out,
-            vec![
-                msg("system", "AGENT\n\nREQ"),
-                msg("user", "u1"),
-                msg("assistant", "partial"),
-                msg("user", "u2"),
-                msg("user", "now"),
-            ]
-        );
-        let out =
-            upstream_messages(system_text(None, None, None), &[], &[msg("user", "h")], &[msg("user", "n")]);
-        assert_eq!(out, vec![msg("user", "h"), msg("user", "n")]);
+        let expected = [
+            msg("system", "AGENT\n\nREQ"),
+            msg("user", "u1"),
+            msg("assistant", "partial"),
+            msg("user", "u2"),
+            msg("user", "now"),
+        ];
+        assert_eq!(out, expected.map(shared));
+        // The transcript's entries are shared, not copied.
+        assert!(Arc::ptr_eq(&out[1], &transcript[0].message));
+        let (h, n) = (shared(msg("user", "h")), shared(msg("user", "n")));
+        let out = upstream_messages(system_text(None, None, None), &[], &[h.clone()], &[n.clone()]);
+        assert_eq!(out, vec![h, n]);
         assert_eq!(
             system_text(Some(""), None, Some("we met")).as_deref(),
             Some("Summary of the earlier conversation:\nwe met")

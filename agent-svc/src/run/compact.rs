@@ -31,6 +31,7 @@ use services::config::CompactionMode;
 use services::messages::message_text;
 use services::proto::{content_part::Part, Message};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The longest a summary call may take before the turn falls back to truncation.
@@ -53,7 +54,7 @@ pub fn summary_prompt(max_tokens: u32) -> String {
 /// and what fitting did.
 pub(super) struct Fitted {
     pub(super) summary: Option<String>,
-    pub(super) window: Vec<StoredMessage>,
+    pub(super) window: Vec<Arc<StoredMessage>>,
     /// The context start moved (older entries compacted).
     pub(super) compacted: bool,
     /// A new summary was stored.
@@ -63,14 +64,14 @@ pub(super) struct Fitted {
 }
 
 impl Fitted {
-    fn unchanged(summary: Option<String>, window: Vec<StoredMessage>, tokens_before: u64) -> Fitted {
+    fn unchanged(summary: Option<String>, window: Vec<Arc<StoredMessage>>, tokens_before: u64) -> Fitted {
         Fitted { summary, window, compacted: false, summarized: false, tokens_before }
     }
 
     /// Estimated tokens of the context sent (summary and window).
     pub(super) fn tokens(&self) -> u64 {
         self.summary.as_deref().map_or(0, summary_cost)
-            + budget::messages_tokens(self.window.iter().map(|m| &m.message))
+            + budget::messages_tokens(self.window.iter().map(|m| &*m.message))
     }
 }
 
@@ -97,7 +98,7 @@ impl Runner {
         let stored_tokens = summary_tokens + tokens.iter().sum::<u64>();
         let total = fixed + stored_tokens;
         let cfg = &p.agent.compaction;
-        let refs: Vec<&Message> = window.iter().map(|m| &m.message).collect();
+        let refs: Vec<&Message> = window.iter().map(|m| &*m.message).collect();
 
         if !force && total as f64 <= cfg.threshold * budget as f64 {
             return Ok(Fitted::unchanged(summary, window, stored_tokens));
@@ -137,7 +138,7 @@ impl Runner {
             let outcome = if new_summary.is_some() { "summarized" } else { "truncated" };
             metrics::counter!("openclaw_agent_compactions_total", "outcome" => outcome).increment(1);
             let entry = new_summary.as_ref().map(|text| StoredMessage {
-                message: assemble::text_message("system", text.clone()),
+                message: assemble::text_message("system", text.clone()).into(),
                 created_at_ms: now_ms(),
                 run_id: p.run_id.clone(),
                 summary: true,
@@ -177,7 +178,7 @@ impl Runner {
         &self,
         p: &Prepared,
         previous: Option<&str>,
-        older: &[StoredMessage],
+        older: &[Arc<StoredMessage>],
         budget: u64,
     ) -> Result<String, String> {
         let model = p.chain.first().ok_or("no model to summarise with")?;
@@ -190,8 +191,8 @@ impl Runner {
         let req = ProviderRequest {
             model: model.model.clone(),
             messages: vec![
-                assemble::text_message("system", prompt),
-                assemble::text_message("user", render(previous, older, room)),
+                assemble::text_message("system", prompt).into(),
+                assemble::text_message("user", render(previous, older, room)).into(),
             ],
             params: Default::default(),
             max_tokens: Some(max),
@@ -225,7 +226,7 @@ impl Runner {
 /// Tokens of the system prompt (agent's and request's) and the new turn.
 fn fixed_tokens(p: &Prepared) -> u64 {
     let system = assemble::system_text(p.agent.system_prompt.as_deref(), p.system.as_deref(), None);
-    system.as_deref().map_or(0, |s| text_tokens(s) + MESSAGE_OVERHEAD) + budget::messages_tokens(&p.new_turn)
+    system.as_deref().map_or(0, |s| text_tokens(s) + MESSAGE_OVERHEAD) + budget::messages_tokens(p.new_turn.iter().map(|m| &**m))
 }
 
 /// Tokens a summary adds to the system message.
@@ -243,7 +244,7 @@ pub(super) fn over_budget(p: &Prepared, needed: u64, budget: u64) -> AgentError 
 
 /// The older turns as plain text for the summary call, newest kept first when
 /// they do not all fit `room` tokens; the previous summary always leads.
-fn render(previous: Option<&str>, older: &[StoredMessage], room: u64) -> String {
+fn render(previous: Option<&str>, older: &[Arc<StoredMessage>], room: u64) -> String {
     let mut lines: Vec<String> = Vec::new();
     let mut used = previous.map_or(0, text_tokens);
     let mut omitted = false;
@@ -317,8 +318,12 @@ mod tests {
     use crate::run::assemble::text_message;
     use services::proto::ToolCall;
 
-    fn stored(role: &str, text: &str) -> StoredMessage {
-        StoredMessage { message: text_message(role, text.into()), ..Default::default() }
+    fn stored(role: &str, text: &str) -> Arc<StoredMessage> {
+        shared(text_message(role, text.into()))
+    }
+
+    fn shared(message: Message) -> Arc<StoredMessage> {
+        Arc::new(StoredMessage { message: message.into(), ..Default::default() })
     }
 
     #[test]
@@ -333,14 +338,8 @@ mod tests {
             ToolCall { id: "c1".into(), r#type: "function".into(), name: "f".into(), arguments: "{}".into() };
         let older = vec![
             stored("user", "first question"),
-            StoredMessage {
-                message: Message { tool_calls: vec![call], ..text_message("assistant", String::new()) },
-                ..Default::default()
-            },
-            StoredMessage {
-                message: Message { tool_call_id: Some("c1".into()), ..text_message("tool", "42".into()) },
-                ..Default::default()
-            },
+            shared(Message { tool_calls: vec![call], ..text_message("assistant", String::new()) }),
+            shared(Message { tool_call_id: Some("c1".into()), ..text_message("tool", "42".into()) }),
             stored("assistant", "the answer is 42"),
         ];
         let all = render(Some("they met"), &older, 10_000);

@@ -181,7 +181,7 @@ impl Runner {
         } else {
             let system = assemble::system_text(prompt, p.system.as_deref(), None);
             let messages = assemble::upstream_messages(system, &[], &p.client_history, &p.new_turn);
-            let needed = budget::messages_tokens(&messages);
+            let needed = budget::messages_tokens(messages.iter().map(|m| &**m));
             if needed > p.budget {
                 return Err(compact::over_budget(p, needed, p.budget));
             }
@@ -203,7 +203,7 @@ impl Runner {
         match self.attempts(p, tx, produced, started_at).await {
             Err(Some(AgentError::ContextTooLong(m))) if p.stable && !produced.first_token => {
                 tracing::info!(session = %p.session_key, error = %m, "the provider found the prompt too long; compacting and retrying");
-                let sent = budget::messages_tokens(&p.base.messages);
+                let sent = budget::messages_tokens(p.base.messages.iter().map(|m| &**m));
                 p.budget = (p.budget.min(sent) / 2).max(1);
                 self.begin_turn(p, true).await.map_err(Some)?;
                 produced.restart();
@@ -294,8 +294,8 @@ impl Runner {
             ..Default::default()
         };
         let mut turn: Vec<StoredMessage> =
-            p.new_turn.iter().map(|m| stored(m.clone(), false, p.began_at_ms)).collect();
-        turn.push(stored(produced.assistant_message(), !finished, now_ms()));
+            p.new_turn.iter().map(|m| stored(Arc::clone(m), false, p.began_at_ms)).collect();
+        turn.push(stored(produced.assistant_message().into(), !finished, now_ms()));
         self.store.append(&p.session_key, &p.agent.id, turn).await
     }
 

@@ -11,6 +11,7 @@ use services::config::{ModelRef, ResolvedAgent};
 use services::messages;
 use services::proto::{agent_run_request::Session, AgentRunRequest, Message};
 use services::session_key::{self, SessionSelector, DEFAULT_CHANNEL};
+use std::sync::Arc;
 
 /// Longest accepted caller-chosen run id, in bytes.
 const MAX_RUN_ID_BYTES: usize = 128;
@@ -27,8 +28,8 @@ pub(super) struct Prepared {
     /// The request's system/developer texts.
     pub(super) system: Option<String>,
     /// Earlier turns carried by a stateless request.
-    pub(super) client_history: Vec<Message>,
-    pub(super) new_turn: Vec<Message>,
+    pub(super) client_history: Vec<Arc<Message>>,
+    pub(super) new_turn: Vec<Arc<Message>>,
     /// When the turn got its session (Unix ms): the time its user messages are stored with.
     pub(super) began_at_ms: i64,
     /// Everything but `model` and `messages`, which each attempt fills in.
@@ -123,10 +124,15 @@ pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Res
         system: split.system,
         // A stable session's history is the stored transcript; only stateless
         // calls carry their history in the request.
-        client_history: if session.stable { Vec::new() } else { split.history },
-        new_turn: split.new_turn,
+        client_history: if session.stable { Vec::new() } else { shared(split.history) },
+        new_turn: shared(split.new_turn),
         began_at_ms: 0,
         base,
         budget,
     })
+}
+
+/// Messages as a provider request and the store share them.
+fn shared(messages: Vec<Message>) -> Vec<Arc<Message>> {
+    messages.into_iter().map(Arc::new).collect()
 }

@@ -5,6 +5,7 @@ use super::{now_ms, Compaction, Context, Page, SessionStore, SessionSummary, Sto
 use crate::error::AgentError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// In-process transcript store.
 #[derive(Default)]
@@ -16,8 +17,9 @@ struct Session {
     agent_id: String,
     created_at_ms: i64,
     updated_at_ms: i64,
-    /// Entries by seq: `messages[i].seq == i`.
-    messages: Vec<StoredMessage>,
+    /// Entries by seq: `messages[i].seq == i`, stored unflagged (never
+    /// `compacted`), shared with the contexts handed out.
+    messages: Vec<Arc<StoredMessage>>,
     /// The first seq sent upstream.
     context_seq: i64,
     /// The latest summary's seq, if any.
@@ -39,14 +41,14 @@ impl Session {
         let seq = self.messages.len() as i64;
         m.seq = seq;
         m.compacted = false;
-        self.messages.push(m);
+        self.messages.push(Arc::new(m));
         seq
     }
 
     /// An entry as reads return it: flagged when no longer sent upstream.
     fn read(&self, m: &StoredMessage) -> StoredMessage {
         let compacted = if m.summary { Some(m.seq) != self.summary_seq } else { m.seq < self.context_seq };
-        StoredMessage { compacted, ..m.clone() }
+        StoredMessage { compacted, ..StoredMessage::clone(m) }
     }
 }
 
@@ -95,9 +97,11 @@ impl SessionStore for MemoryStore {
         let sessions = self.sessions.lock();
         let Some(s) = sessions.get(key) else { return Ok(Context::default()) };
         let start = index(s.context_seq).min(s.messages.len());
+        // Neither the latest summary nor an entry from the context start on is
+        // compacted: the stored (unflagged) entries are what a read returns.
         Ok(Context {
-            summary: s.summary_seq.and_then(|seq| s.messages.get(index(seq))).map(|m| s.read(m)),
-            window: s.messages[start..].iter().filter(|m| !m.summary).map(|m| s.read(m)).collect(),
+            summary: s.summary_seq.and_then(|seq| s.messages.get(index(seq))).cloned(),
+            window: s.messages[start..].iter().filter(|m| !m.summary).cloned().collect(),
         })
     }
 

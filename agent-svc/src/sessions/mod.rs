@@ -10,15 +10,18 @@ pub mod queue;
 pub mod retention;
 mod rows;
 pub mod sqlite;
+pub mod window;
 
 use crate::error::AgentError;
 use services::proto::Message;
+use std::sync::Arc;
 
 /// One stored transcript entry: a message, or a compaction summary.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StoredMessage {
-    /// The message (user, assistant, tool …; a summary is a `system` text).
-    pub message: Message,
+    /// The message (user, assistant, tool …; a summary is a `system` text);
+    /// shared, so a turn sends it upstream without copying it.
+    pub message: Arc<Message>,
     /// The run stopped before finishing (cancelled, aborted, timed out, failed).
     pub interrupted: bool,
     /// Unix milliseconds.
@@ -34,13 +37,14 @@ pub struct StoredMessage {
     pub compacted: bool,
 }
 
-/// What a stable session's next turn may send upstream.
+/// What a stable session's next turn may send upstream. Entries are shared
+/// (with a store's cache), so taking a context copies no message.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Context {
     /// The latest summary, when the session was compacted by summarising.
-    pub summary: Option<StoredMessage>,
+    pub summary: Option<Arc<StoredMessage>>,
     /// The messages from the context start on, oldest first (no summaries).
-    pub window: Vec<StoredMessage>,
+    pub window: Vec<Arc<StoredMessage>>,
 }
 
 /// How a compaction moves a session's context start.
@@ -164,12 +168,13 @@ impl std::fmt::Debug for TurnLock {
 
 /// Opens the store named by `session.store`: `memory`, `sqlite:PATH`,
 /// `postgres://…` (or `postgresql://…`), with every operation bounded by
-/// [`bounded::STORE_TIMEOUT`].
-pub async fn open(spec: &str) -> Result<std::sync::Arc<dyn SessionStore>, AgentError> {
+/// [`bounded::STORE_TIMEOUT`]. `cache_bytes` bounds the context cache of the
+/// stores that can keep one (`sqlite:`, the only writer of its file).
+pub async fn open(spec: &str, cache_bytes: usize) -> Result<std::sync::Arc<dyn SessionStore>, AgentError> {
     let store: std::sync::Arc<dyn SessionStore> = if spec == "memory" {
         std::sync::Arc::new(memory::MemoryStore::default())
     } else if let Some(path) = spec.strip_prefix("sqlite:") {
-        std::sync::Arc::new(sqlite::SqliteStore::open(path).await?)
+        std::sync::Arc::new(sqlite::SqliteStore::open(path, cache_bytes).await?)
     } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
         std::sync::Arc::new(postgres::PostgresStore::open(spec).await?)
     } else {
@@ -201,6 +206,7 @@ pub(crate) mod fixtures {
     use services::proto::{content_part, ContentPart, ImageUrl, Message, ToolCall};
 
     fn stored(message: Message, interrupted: bool, created_at_ms: i64, run_id: &str) -> StoredMessage {
+        let message = message.into();
         StoredMessage { message, interrupted, created_at_ms, run_id: run_id.into(), ..Default::default() }
     }
 
@@ -262,6 +268,11 @@ pub(crate) mod fixtures {
         entries.into_iter().zip(first_seq..).map(|(m, seq)| StoredMessage { seq, ..m }).collect()
     }
 
+    /// `entries` as a context shares them.
+    pub(crate) fn shared(entries: &[StoredMessage]) -> Vec<std::sync::Arc<StoredMessage>> {
+        entries.iter().cloned().map(std::sync::Arc::new).collect()
+    }
+
     /// A compaction summary entry.
     pub(crate) fn summary(text_: &str) -> StoredMessage {
         StoredMessage { summary: true, ..text("system", text_) }
@@ -276,7 +287,7 @@ pub(crate) mod fixtures {
             store.append(key, "main", turn(i)).await.unwrap();
         }
         let all: Vec<StoredMessage> = numbered((0..5).flat_map(turn).collect(), 0);
-        assert_eq!(store.context(key).await.unwrap(), Context { summary: None, window: all.clone() });
+        assert_eq!(store.context(key).await.unwrap(), Context { summary: None, window: shared(&all) });
         assert_eq!(store.context("agent:main:none").await.unwrap(), Context::default());
 
         // Pages, newest first, returned oldest first; the cursor is the first seq of a page.
@@ -288,7 +299,7 @@ pub(crate) mod fixtures {
 
         // Truncation: the context starts at seq 4; history flags what came before.
         store.compact(key, Compaction { start_seq: 4, summary: None }).await.unwrap();
-        assert_eq!(store.context(key).await.unwrap().window, all[4..].to_vec());
+        assert_eq!(store.context(key).await.unwrap().window, shared(&all[4..]));
         let h = store.history(key, None).await.unwrap();
         assert!(h[..4].iter().all(|m| m.compacted) && h[4..].iter().all(|m| !m.compacted), "{h:?}");
         // Never backwards.
@@ -298,8 +309,8 @@ pub(crate) mod fixtures {
         // A summary: stored as the next entry, sent before the window.
         store.compact(key, Compaction { start_seq: 8, summary: Some(summary("S1")) }).await.unwrap();
         let ctx = store.context(key).await.unwrap();
-        assert_eq!(ctx.summary, Some(StoredMessage { seq: 10, ..summary("S1") }));
-        assert_eq!(ctx.window, all[8..].to_vec());
+        assert_eq!(ctx.summary, Some(StoredMessage { seq: 10, ..summary("S1") }.into()));
+        assert_eq!(ctx.window, shared(&all[8..]));
         store.append(key, "main", turn(5)).await.unwrap();
         let ctx = store.context(key).await.unwrap();
         assert_eq!(ctx.window.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 9, 11, 12]);
@@ -325,7 +336,7 @@ pub(crate) mod fixtures {
         assert!(store.history(key, None).await.unwrap().is_empty());
         assert_eq!(store.context(key).await.unwrap(), Context::default());
         store.append(key, "main", turn(9)).await.unwrap();
-        assert_eq!(store.context(key).await.unwrap().window, numbered(turn(9), 0));
+        assert_eq!(store.context(key).await.unwrap().window, shared(&numbered(turn(9), 0)));
         assert!(!store.reset("agent:main:none").await.unwrap());
 
         // Delete removes it.
@@ -395,12 +406,12 @@ mod tests {
 
     #[tokio::test]
     async fn open_memory_and_unsupported() {
-        let store = open("memory").await.unwrap();
+        let store = open("memory", 0).await.unwrap();
         assert!(!store.exists("agent:main:x").await.unwrap());
         // The default lock of a process-local store holds nothing.
         let lock = store.lock_turn("agent:main:x").await.unwrap();
         assert_eq!(format!("{lock:?}"), "TurnLock { held: false }");
-        match open("mysql://user:secret@db/x").await {
+        match open("mysql://user:secret@db/x", 0).await {
             Err(AgentError::Startup(msg)) => {
                 assert!(!msg.contains("secret"), "{msg}");
                 assert!(msg.contains("mysql://<redacted>@db/x"), "{msg}");

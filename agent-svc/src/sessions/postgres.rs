@@ -246,7 +246,7 @@ impl SessionStore for PostgresStore {
         if messages.is_empty() {
             return Ok(());
         }
-        let (count, new_rows) = rows::encode(messages)?;
+        let (count, new_rows) = rows::encode(&messages)?;
         let n = new_rows.len();
         let (mut run_ids, mut interrupted, mut created, mut bodies, mut kinds) = (
             Vec::with_capacity(n),
@@ -296,7 +296,7 @@ impl SessionStore for PostgresStore {
 
     async fn compact(&self, key: &str, c: Compaction) -> Result<(), AgentError> {
         let summary = match c.summary {
-            Some(m) => rows::encode(vec![StoredMessage { summary: true, ..m }])?.1.pop(),
+            Some(m) => rows::encode(&[StoredMessage { summary: true, ..m }])?.1.pop(),
             None => None,
         };
         let mut tx = self.data.begin().await?;

@@ -59,13 +59,13 @@ pub(super) struct NewRow {
 
 /// Encodes messages for insertion (before any lock is taken, so it is held
 /// only for the inserts) and counts them.
-pub(super) fn encode(messages: Vec<StoredMessage>) -> Result<(i64, Vec<NewRow>), AgentError> {
+pub(super) fn encode(messages: &[StoredMessage]) -> Result<(i64, Vec<NewRow>), AgentError> {
     let count = i64::try_from(messages.len()).map_err(|_| AgentError::Store("too many messages".into()))?;
     let rows = messages
-        .into_iter()
+        .iter()
         .map(|m| NewRow {
             body: m.message.encode_to_vec(),
-            run_id: m.run_id,
+            run_id: m.run_id.clone(),
             interrupted: m.interrupted,
             created_at_ms: m.created_at_ms,
             kind: if m.summary { KIND_SUMMARY } else { KIND_MESSAGE },
@@ -94,6 +94,7 @@ pub(super) fn entry(
         .map_err(|e| AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}")))?;
     let summary = kind == KIND_SUMMARY;
     let compacted = if summary { seq != marks.summary_seq } else { seq < marks.context_seq };
+    let message = message.into();
     Ok(StoredMessage { message, interrupted, created_at_ms, run_id, seq, summary, compacted })
 }
 
@@ -104,9 +105,9 @@ pub(super) fn context(key: &str, rows: Vec<HistoryRow>, marks: Marks) -> Result<
     for row in rows {
         let e = entry(key, row, marks)?;
         if !e.summary {
-            ctx.window.push(e);
+            ctx.window.push(e.into());
         } else if e.seq == marks.summary_seq {
-            ctx.summary = Some(e);
+            ctx.summary = Some(e.into());
         }
     }
     Ok(ctx)

@@ -9,6 +9,11 @@
 //! they never wait on the writer. sqlx runs every connection on its own worker
 //! thread, so no SQLite call blocks the runtime.
 //!
+//! The contexts of recent sessions are cached in the process
+//! ([`WindowCache`], `session.cacheMb`): this store is the only writer of its
+//! file, so every change passes through it and keeps the cache exact, and a
+//! turn reads its window from memory instead of the database.
+//!
 //! Durability: WAL with `synchronous = NORMAL`. A commit is in the WAL file
 //! before the append returns, so a crash of agent-svc (killed, OOM, panic)
 //! loses no acknowledged turn; a power loss or an operating-system crash can
@@ -17,12 +22,14 @@
 //! inconsistent.
 
 use super::rows::{self, MarkedRow, NewRow, SummaryRow};
+use super::window::WindowCache;
 use super::{now_ms, Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep};
 use crate::error::AgentError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -99,6 +106,8 @@ FROM sessions s JOIN messages m ON m.session_key = s.key AND m.seq = s.summary_s
 WHERE s.key = ?1 AND s.summary_seq < s.context_seq
 ORDER BY 1";
 
+const NEXT_SEQ: &str = "SELECT message_count FROM sessions WHERE key = ?1";
+
 const TAKE_SEQ: &str =
     "UPDATE sessions SET message_count = message_count + 1 WHERE key = ?1 RETURNING message_count";
 
@@ -141,6 +150,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Appends waiting for the group commit.
     appends: mpsc::Sender<PendingAppend>,
+    /// Recent sessions' contexts (kept exact by every write below).
+    cache: Arc<WindowCache>,
 }
 
 /// Appends that may wait for the group commit (a full queue makes callers wait).
@@ -156,28 +167,42 @@ struct PendingAppend {
     agent_id: String,
     count: i64,
     rows: Vec<NewRow>,
+    /// The entries themselves, for the cache (empty when it is off).
+    entries: Vec<StoredMessage>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 /// The writer task: commits every append waiting (up to [`GROUP_MAX`]) in one
 /// transaction and tells each caller the outcome. An append whose caller gave
 /// up (its future dropped, e.g. at the store timeout) before its group began
-/// is not written. Ends when the store is dropped.
-async fn group_commit(pool: SqlitePool, mut rx: mpsc::Receiver<PendingAppend>) {
+/// is not written. The cache learns of each commit before its caller does, so
+/// the session's next turn finds it there. Ends when the store is dropped.
+async fn group_commit(pool: SqlitePool, mut rx: mpsc::Receiver<PendingAppend>, cache: Arc<WindowCache>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
+    let mut first_seqs = Vec::with_capacity(GROUP_MAX);
     while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
         group.retain(|p| !p.done.is_closed());
         if group.is_empty() {
             continue;
         }
-        let outcome = commit_group(&pool, &group).await.map_err(|e| e.to_string());
-        for p in group.drain(..) {
+        first_seqs.clear();
+        let outcome = commit_group(&pool, &group, &mut first_seqs).await.map_err(|e| e.to_string());
+        for (i, mut p) in group.drain(..).enumerate() {
+            match (&outcome, first_seqs.get(i)) {
+                (Ok(()), Some(&first)) => cache.appended(&p.key, first, std::mem::take(&mut p.entries)),
+                _ => cache.invalidate(&p.key),
+            }
             let _ = p.done.send(outcome.clone());
         }
     }
 }
 
-async fn commit_group(pool: &SqlitePool, group: &[PendingAppend]) -> Result<(), sqlx::Error> {
+/// Commits a group in one transaction; `first_seqs` gets each append's first seq.
+async fn commit_group(
+    pool: &SqlitePool,
+    group: &[PendingAppend],
+    first_seqs: &mut Vec<i64>,
+) -> Result<(), sqlx::Error> {
     // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let now = now_ms();
@@ -191,6 +216,7 @@ async fn commit_group(pool: &SqlitePool, group: &[PendingAppend]) -> Result<(), 
             .await?;
         // message_count is bumped in the same transaction, so it is the next seq.
         let first_seq = total - p.count;
+        first_seqs.push(first_seq);
         for (i, chunk) in p.rows.chunks(ROWS_PER_INSERT).enumerate() {
             let mut insert = sqlx::QueryBuilder::new(INSERT_MESSAGES);
             let base = first_seq + (i * ROWS_PER_INSERT) as i64;
@@ -210,9 +236,10 @@ async fn commit_group(pool: &SqlitePool, group: &[PendingAppend]) -> Result<(), 
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and its schema.
-    /// `:memory:` gives a private in-memory database.
-    pub async fn open(path: &str) -> Result<Self, AgentError> {
+    /// Opens (creating if needed) the database at `path` and its schema, with
+    /// a context cache of `cache_bytes` (0: none). `:memory:` gives a private
+    /// in-memory database.
+    pub async fn open(path: &str, cache_bytes: usize) -> Result<Self, AgentError> {
         // Accept the URL form `sqlite://PATH` too (`sqlite:///abs` → `/abs`).
         let path = path.strip_prefix("//").unwrap_or(path);
         let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -264,8 +291,9 @@ impl SqliteStore {
             (writer, reader)
         };
         let (appends, queue) = mpsc::channel(APPEND_QUEUE);
-        tokio::spawn(group_commit(writer.clone(), queue));
-        Ok(SqliteStore { writer, reader, appends })
+        let cache = Arc::new(WindowCache::new(cache_bytes));
+        tokio::spawn(group_commit(writer.clone(), queue, Arc::clone(&cache)));
+        Ok(SqliteStore { writer, reader, appends, cache })
     }
 
     /// Closes all connections (waits for running statements). Later calls fail.
@@ -306,9 +334,11 @@ impl SessionStore for SqliteStore {
         if messages.is_empty() {
             return Ok(());
         }
-        let (count, rows) = rows::encode(messages)?;
+        let (count, rows) = rows::encode(&messages)?;
+        let entries = if self.cache.enabled() { messages } else { Vec::new() };
         let (done, outcome) = oneshot::channel();
-        let pending = PendingAppend { key: key.to_owned(), agent_id: agent_id.to_owned(), count, rows, done };
+        let pending =
+            PendingAppend { key: key.to_owned(), agent_id: agent_id.to_owned(), count, rows, entries, done };
         let closed = || AgentError::Store("the session store is closed".into());
         self.appends.send(pending).await.map_err(|_| closed())?;
         outcome.await.map_err(|_| closed())?.map_err(AgentError::Store)
@@ -327,14 +357,30 @@ impl SessionStore for SqliteStore {
     }
 
     async fn context(&self, key: &str) -> Result<Context, AgentError> {
-        let found: Vec<MarkedRow> = sqlx::query_as(SELECT_CONTEXT).bind(key).fetch_all(&self.reader).await?;
+        if let Some(ctx) = self.cache.get(key) {
+            return Ok(ctx);
+        }
+        let epoch = self.cache.epoch();
+        // One snapshot for the context and the next seq the cache needs.
+        let mut tx = self.reader.begin().await?;
+        let found: Vec<MarkedRow> = sqlx::query_as(SELECT_CONTEXT).bind(key).fetch_all(&mut *tx).await?;
+        let next: Option<(i64,)> = if self.cache.enabled() {
+            sqlx::query_as(NEXT_SEQ).bind(key).fetch_optional(&mut *tx).await?
+        } else {
+            None
+        };
+        tx.commit().await?;
         let (in_order, marks) = rows::unzip(found);
-        rows::context(key, in_order, marks)
+        let ctx = rows::context(key, in_order, marks)?;
+        if self.cache.enabled() {
+            self.cache.fill(key, &ctx, next.map_or(0, |(n,)| n), epoch);
+        }
+        Ok(ctx)
     }
 
     async fn compact(&self, key: &str, c: Compaction) -> Result<(), AgentError> {
         let summary = match c.summary {
-            Some(m) => Some(rows::encode(vec![StoredMessage { summary: true, ..m }])?.1),
+            Some(m) => Some(rows::encode(&[StoredMessage { summary: true, ..m }])?.1),
             None => None,
         };
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -358,7 +404,9 @@ impl SessionStore for SqliteStore {
             summary_seq = Some(count - 1);
         }
         sqlx::query(MOVE_CONTEXT).bind(key).bind(c.start_seq).bind(summary_seq).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let committed = tx.commit().await;
+        self.cache.invalidate(key);
+        committed?;
         Ok(())
     }
 
@@ -366,13 +414,16 @@ impl SessionStore for SqliteStore {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(CLEAR_MESSAGES).bind(key).execute(&mut *tx).await?;
         let done = sqlx::query(RESET_SESSION).bind(key).bind(now_ms()).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let committed = tx.commit().await;
+        self.cache.invalidate(key);
+        committed?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, AgentError> {
-        let done = sqlx::query(DELETE_SESSION).bind(key).execute(&self.writer).await?;
-        Ok(done.rows_affected() > 0)
+        let done = sqlx::query(DELETE_SESSION).bind(key).execute(&self.writer).await;
+        self.cache.invalidate(key);
+        Ok(done?.rows_affected() > 0)
     }
 
     async fn sweep(&self, sweep: Sweep) -> Result<u64, AgentError> {
@@ -382,12 +433,12 @@ impl SessionStore for SqliteStore {
         {
             let Some(arg) = arg else { continue };
             loop {
-                let n = sqlx::query(stmt)
-                    .bind(arg)
-                    .bind(SWEEP_BATCH)
-                    .execute(&self.writer)
-                    .await?
-                    .rows_affected();
+                let done = sqlx::query(stmt).bind(arg).bind(SWEEP_BATCH).execute(&self.writer).await;
+                // Which sessions went is not known here: drop them all.
+                if !matches!(&done, Ok(d) if d.rows_affected() == 0) {
+                    self.cache.clear();
+                }
+                let n = done?.rows_affected();
                 total += n;
                 if n < SWEEP_BATCH as u64 {
                     break;
@@ -450,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip_keeps_every_field() {
         let db = TempDb::new();
-        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         let turn = rich_turn();
         store.append("agent:main:openai-user:a", "main", turn.clone()).await.unwrap();
         assert_eq!(store.history("agent:main:openai-user:a", None).await.unwrap(), numbered(turn, 0));
@@ -463,7 +514,7 @@ mod tests {
     #[tokio::test]
     async fn data_survives_reopen() {
         let db = TempDb::new();
-        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         store
             .append("agent:main:k", "main", vec![text("user", "hi"), text("assistant", "hello")])
             .await
@@ -472,7 +523,7 @@ mod tests {
         assert!(store.exists("agent:main:k").await.is_err(), "closed store must fail");
         drop(store);
 
-        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         assert_eq!(
             store.history("agent:main:k", None).await.unwrap(),
             numbered(vec![text("user", "hi"), text("assistant", "hello")], 0)
@@ -491,7 +542,7 @@ mod tests {
     #[tokio::test]
     async fn history_limit_returns_the_last_messages_in_order() {
         let db = TempDb::new();
-        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         let msgs: Vec<_> = numbered((0..10).map(|i| text("user", &i.to_string())).collect(), 0);
         store.append("agent:main:k", "main", msgs[..4].to_vec()).await.unwrap();
         store.append("agent:main:k", "main", msgs[4..].to_vec()).await.unwrap();
@@ -505,7 +556,7 @@ mod tests {
     #[tokio::test]
     async fn list_orders_by_update_and_filters_by_agent() {
         let db = TempDb::new();
-        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         fixtures::append_listed(&store).await;
         // Pin update times so the order does not depend on the clock.
         for (key, t) in fixtures::LISTED {
@@ -523,7 +574,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_appends_all_land() {
         let db = TempDb::new();
-        let store = Arc::new(SqliteStore::open(&db.path()).await.unwrap());
+        let store = Arc::new(SqliteStore::open(&db.path(), 0).await.unwrap());
         let mut tasks = Vec::new();
         for t in 0..8 {
             let store = Arc::clone(&store);
@@ -557,7 +608,7 @@ mod tests {
     #[tokio::test]
     async fn corrupt_body_is_a_store_error() {
         let db = TempDb::new();
-        let store = SqliteStore::open(&db.path()).await.unwrap();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         store.append("agent:main:k", "main", vec![text("user", "hi")]).await.unwrap();
         sqlx::query("UPDATE messages SET body = x'ffffffff'").execute(&store.writer).await.unwrap();
         assert!(matches!(store.history("agent:main:k", None).await, Err(AgentError::Store(_))));
@@ -566,7 +617,7 @@ mod tests {
 
     #[tokio::test]
     async fn in_memory_database_works() {
-        let store = SqliteStore::open(":memory:").await.unwrap();
+        let store = SqliteStore::open(":memory:", 0).await.unwrap();
         store.append("agent:main:k", "main", rich_turn()).await.unwrap();
         assert_eq!(
             store.history("agent:main:k", Some(1)).await.unwrap(),
@@ -577,10 +628,58 @@ mod tests {
 
     #[tokio::test]
     async fn lifecycle_and_sweep() {
-        let store = SqliteStore::open(":memory:").await.unwrap();
-        fixtures::assert_lifecycle(&store).await;
-        fixtures::assert_sweep(&store).await;
-        store.close().await;
+        for cache in [0, 1 << 20] {
+            let store = SqliteStore::open(":memory:", cache).await.unwrap();
+            fixtures::assert_lifecycle(&store).await;
+            fixtures::assert_sweep(&store).await;
+            store.close().await;
+        }
+    }
+
+    /// Turns, compactions, a reset, a delete and a sweep through a cached store:
+    /// after each, its context is what the database holds (read by a second,
+    /// uncached store on the same file), and a cached turn reads nothing back.
+    #[tokio::test]
+    async fn the_cache_stays_exact() {
+        let db = TempDb::new();
+        let cached = SqliteStore::open(&db.path(), 1 << 20).await.unwrap();
+        let plain = SqliteStore::open(&db.path(), 0).await.unwrap();
+        let key = "agent:main:cached";
+        let same = |label: String| {
+            let (cached, plain) = (&cached, &plain);
+            async move {
+                let (a, b) = (cached.context(key).await.unwrap(), plain.context(key).await.unwrap());
+                assert_eq!(a, b, "{label}");
+            }
+        };
+        same("unknown session".into()).await;
+        for i in 0..12 {
+            cached.append(key, "main", vec![text("user", &format!("u{i}")), text("assistant", "a")]).await.unwrap();
+            same(format!("after turn {i}")).await;
+            if i % 4 == 3 {
+                let start_seq = 2 * i as i64;
+                let summary = (i % 8 == 3).then(|| fixtures::summary(&format!("S{i}")));
+                cached.compact(key, Compaction { start_seq, summary }).await.unwrap();
+                same(format!("after compaction {i}")).await;
+            }
+        }
+        // A turn served from the cache shares the entries the previous one saw.
+        let (a, b) = (cached.context(key).await.unwrap(), cached.context(key).await.unwrap());
+        assert!(Arc::ptr_eq(&a.window[0], &b.window[0]));
+
+        cached.reset(key).await.unwrap();
+        same("after reset".into()).await;
+        cached.append(key, "main", vec![text("user", "again")]).await.unwrap();
+        same("after reset and a turn".into()).await;
+        cached.delete(key).await.unwrap();
+        same("after delete".into()).await;
+        cached.append(key, "main", vec![text("user", "anew")]).await.unwrap();
+        cached.context(key).await.unwrap();
+        let later = crate::sessions::now_ms() + 1000;
+        cached.sweep(Sweep { updated_before_ms: Some(later), ..Sweep::default() }).await.unwrap();
+        same("after a sweep".into()).await;
+        cached.close().await;
+        plain.close().await;
     }
 
     /// A database made by a release before compaction gets the new columns and
@@ -604,7 +703,7 @@ mod tests {
         .execute(&old)
         .await
         .unwrap();
-        let body = prost::Message::encode_to_vec(&text("user", "old").message);
+        let body = prost::Message::encode_to_vec(&*text("user", "old").message);
         sqlx::query("INSERT INTO sessions VALUES ('agent:main:old', 'main', 1, 1, 1)")
             .execute(&old)
             .await
@@ -616,7 +715,7 @@ mod tests {
             .unwrap();
         old.close().await;
 
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqliteStore::open(&path, 0).await.unwrap();
         let ctx = store.context("agent:main:old").await.unwrap();
         assert_eq!(ctx.window.len(), 1);
         assert_eq!(rows_text(&ctx.window[0]), "old");
@@ -631,6 +730,6 @@ mod tests {
 
     #[tokio::test]
     async fn empty_path_is_refused() {
-        assert!(matches!(SqliteStore::open("").await, Err(AgentError::Startup(_))));
+        assert!(matches!(SqliteStore::open("", 0).await, Err(AgentError::Startup(_))));
     }
 }

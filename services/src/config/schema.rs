@@ -524,7 +524,13 @@ pub struct SessionConfig {
     pub store: String,
     /// Which sessions are kept.
     pub retention: RetentionConfig,
+    /// MiB of recent sessions' contexts agent-svc keeps in memory for the
+    /// `sqlite:` store (0: none).
+    pub cache_mb: u32,
 }
+
+/// `session.cacheMb` when not set.
+pub const DEFAULT_SESSION_CACHE_MB: u32 = 64;
 
 // A postgres URL may carry a password: Debug shows it redacted.
 impl fmt::Debug for SessionConfig {
@@ -532,13 +538,18 @@ impl fmt::Debug for SessionConfig {
         f.debug_struct("SessionConfig")
             .field("store", &redact_url(&self.store))
             .field("retention", &self.retention)
+            .field("cache_mb", &self.cache_mb)
             .finish()
     }
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { store: "sqlite:./data/sessions.db".into(), retention: RetentionConfig::default() }
+        Self {
+            store: "sqlite:./data/sessions.db".into(),
+            retention: RetentionConfig::default(),
+            cache_mb: DEFAULT_SESSION_CACHE_MB,
+        }
     }
 }
 

@@ -188,7 +188,7 @@ pub(super) fn build_body(req: &ProviderRequest) -> Result<Vec<u8>, ProviderError
     let p = &req.params;
     let body = ChatRequest {
         model: &req.model,
-        messages: req.messages.iter().map(WireMessage::from).collect(),
+        messages: req.messages.iter().map(|m| WireMessage::from(&**m)).collect(),
         stream: true,
         // Always ask: usage is reported even when the client did not ask for it.
         stream_options: StreamOptions { include_usage: true },
@@ -484,7 +484,7 @@ mod tests {
     fn body_has_stream_options_and_only_set_params() {
         let req = ProviderRequest {
             model: "gpt-4o-mini".into(),
-            messages: vec![msg("system", "be brief"), msg("user", "hi")],
+            messages: vec![msg("system", "be brief").into(), msg("user", "hi").into()],
             ..Default::default()
         };
         assert_eq!(
@@ -515,7 +515,7 @@ mod tests {
     fn every_param_request() -> ProviderRequest {
         ProviderRequest {
             model: "m".into(),
-            messages: vec![msg("user", "hi")],
+            messages: vec![msg("user", "hi").into()],
             params: SamplingParams {
                 temperature: Some(0.5),
                 top_p: Some(0.9),
@@ -627,7 +627,7 @@ mod tests {
         let base = every_param_request();
         ProviderRequest {
             model: "m/x".into(),
-            messages: vec![msg("system", "be brief"), named, parts, calls, tool_msg, one_part],
+            messages: [msg("system", "be brief"), named, parts, calls, tool_msg, one_part].map(std::sync::Arc::new).to_vec(),
             params: SamplingParams {
                 top_p: Some(1.0),
                 presence_penalty: Some(0.25),
@@ -651,7 +651,7 @@ mod tests {
     fn bad_embedded_json_is_rejected() {
         let req = ProviderRequest {
             model: "m".into(),
-            messages: vec![msg("user", "hi")],
+            messages: vec![msg("user", "hi").into()],
             tools: vec![tool("f", None, Some("{nope"))],
             ..Default::default()
         };
