@@ -63,7 +63,12 @@ fn reply_text(messages: &[Arc<Message>]) -> String {
     if let Some(last) = messages.last().filter(|m| m.role == "tool") {
         return format!("tool result: {}", message_text(last).unwrap_or_else(|| NO_TEXT.into()));
     }
-    messages.iter().rev().find(|m| m.role == "user").and_then(|m| message_text(m)).unwrap_or_else(|| NO_TEXT.into())
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .and_then(|m| message_text(m))
+        .unwrap_or_else(|| NO_TEXT.into())
 }
 
 /// Whitespace-separated words over every text part of every message.

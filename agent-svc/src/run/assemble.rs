@@ -81,8 +81,9 @@ mod tests {
 
     #[test]
     fn upstream_order_and_interrupted_sanitising() {
-        let stored =
-            |m: Message, interrupted| Arc::new(StoredMessage { message: m.into(), interrupted, ..Default::default() });
+        let stored = |m: Message, interrupted| {
+            Arc::new(StoredMessage { message: m.into(), interrupted, ..Default::default() })
+        };
         let half_call = Message {
             tool_calls: vec![ToolCall {
                 id: "c".into(),
@@ -116,7 +117,12 @@ mod tests {
         // The transcript's entries are shared, not copied.
         assert!(Arc::ptr_eq(&out[1], &transcript[0].message));
         let (h, n) = (shared(msg("user", "h")), shared(msg("user", "n")));
-        let out = upstream_messages(system_text(None, None, None), &[], &[h.clone()], &[n.clone()]);
+        let out = upstream_messages(
+            system_text(None, None, None),
+            &[],
+            std::slice::from_ref(&h),
+            std::slice::from_ref(&n),
+        );
         assert_eq!(out, vec![h, n]);
         assert_eq!(
             system_text(Some(""), None, Some("we met")).as_deref(),

@@ -14,20 +14,33 @@
 //! file, so every change passes through it and keeps the cache exact, and a
 //! turn reads its window from memory instead of the database.
 //!
+//! The writer task checkpoints the write-ahead log itself, between groups,
+//! at most every [`CHECKPOINT_INTERVAL`], after answering the group before
+//! (SQLite's own automatic checkpoint runs inside a commit, and its callers
+//! wait for it). With the writer paused and reads rare (the cache), a
+//! checkpoint copies the whole log and the next commit starts the log over,
+//! so it stays bounded; a checkpoint on another connection would never catch
+//! up with commits that do not stop. A restarted log is cut back to
+//! [`JOURNAL_SIZE_LIMIT`].
+//!
 //! Durability: WAL with `synchronous = NORMAL`. A commit is in the WAL file
 //! before the append returns, so a crash of agent-svc (killed, OOM, panic)
 //! loses no acknowledged turn; a power loss or an operating-system crash can
-//! lose the turns committed since the last checkpoint (SQLite checkpoints,
-//! with an fsync, every 1000 WAL pages), and never leaves the database
-//! inconsistent.
+//! lose the turns committed since the last checkpoint (which fsyncs; at most
+//! about [`CHECKPOINT_INTERVAL`] under load, the last commits when idle), and
+//! never leaves the database inconsistent.
 
 use super::rows::{self, MarkedRow, NewRow, SummaryRow};
 use super::window::WindowCache;
 use super::{now_ms, Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep};
 use crate::error::AgentError;
+use futures::future::BoxFuture;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use sqlx::Connection as _;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +51,12 @@ const READ_CONNECTIONS: u32 = 4;
 
 /// How long a statement waits for a lock held by another process on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often, at most, the writer checkpoints the write-ahead log.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Bytes a write-ahead log is cut back to when it starts over.
+pub const JOURNAL_SIZE_LIMIT: u64 = 64 << 20;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -63,13 +82,16 @@ CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at_ms DESC, 
 CREATE INDEX IF NOT EXISTS sessions_by_agent_updated ON sessions (agent_id, updated_at_ms DESC, key);
 ";
 
-const UPSERT_SESSION: &str = "
-INSERT INTO sessions (key, agent_id, created_at_ms, updated_at_ms, message_count)
-VALUES (?1, ?2, ?3, ?3, ?4)
+/// Followed by `VALUES (…), (…)` for each session of a group commit, then
+/// [`UPSERT_SESSIONS_TAIL`].
+const UPSERT_SESSIONS: &str =
+    "INSERT INTO sessions (key, agent_id, created_at_ms, updated_at_ms, message_count) ";
+
+const UPSERT_SESSIONS_TAIL: &str = "
 ON CONFLICT (key) DO UPDATE SET
     updated_at_ms = max(updated_at_ms, excluded.updated_at_ms),
     message_count = message_count + excluded.message_count
-RETURNING message_count";
+RETURNING key, message_count";
 
 /// Columns added after the first release, for databases created before them.
 const MIGRATIONS: [(&str, &str, &str); 3] = [
@@ -149,16 +171,17 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     /// Appends waiting for the group commit.
-    appends: mpsc::Sender<PendingAppend>,
+    writes: mpsc::Sender<Write>,
     /// Recent sessions' contexts (kept exact by every write below).
     cache: Arc<WindowCache>,
 }
 
-/// Appends that may wait for the group commit (a full queue makes callers wait).
-const APPEND_QUEUE: usize = 1024;
+/// Writes that may wait for the writer task (a full queue makes callers wait).
+const WRITE_QUEUE: usize = 1024;
 /// Appends committed in one transaction at most.
 const GROUP_MAX: usize = 64;
-/// Message rows per insert statement (7 parameters each, far below SQLite's limit).
+/// Message rows per insert statement (7 parameters each, far below SQLite's
+/// limit of 32,766); a group's sessions (5 each, at most [`GROUP_MAX`]) fit one.
 const ROWS_PER_INSERT: usize = 500;
 
 /// One append waiting for the group commit.
@@ -172,66 +195,229 @@ struct PendingAppend {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// The writer task: commits every append waiting (up to [`GROUP_MAX`]) in one
-/// transaction and tells each caller the outcome. An append whose caller gave
-/// up (its future dropped, e.g. at the store timeout) before its group began
-/// is not written. The cache learns of each commit before its caller does, so
-/// the session's next turn finds it there. Ends when the store is dropped.
-async fn group_commit(pool: SqlitePool, mut rx: mpsc::Receiver<PendingAppend>, cache: Arc<WindowCache>) {
-    let mut group = Vec::with_capacity(GROUP_MAX);
-    let mut first_seqs = Vec::with_capacity(GROUP_MAX);
-    while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
-        group.retain(|p| !p.done.is_closed());
-        if group.is_empty() {
-            continue;
-        }
-        first_seqs.clear();
-        let outcome = commit_group(&pool, &group, &mut first_seqs).await.map_err(|e| e.to_string());
-        for (i, mut p) in group.drain(..).enumerate() {
-            match (&outcome, first_seqs.get(i)) {
-                (Ok(()), Some(&first)) => cache.appended(&p.key, first, std::mem::take(&mut p.entries)),
-                _ => cache.invalidate(&p.key),
+/// Any other write: run alone, in queue order, on the writer's connection;
+/// it reports to its caller itself.
+type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
+
+/// What the writer task is asked to do.
+enum Write {
+    Append(PendingAppend),
+    Job(Job),
+}
+
+/// The writer task, the only writer of the database: commits every append
+/// waiting (up to [`GROUP_MAX`]) in one transaction, runs the other writes
+/// between groups, in order, and checkpoints the log. It holds its connection
+/// while work keeps coming (returning a pooled connection costs a task hop
+/// that the next transaction would wait for) and returns it when the queue is
+/// empty. An append whose caller gave up (its future dropped, e.g. at the
+/// store timeout) before its group began is not written. The cache learns of
+/// each commit before its caller does, so the session's next turn finds it
+/// there. Ends when the store is dropped.
+async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>, cache: Arc<WindowCache>) {
+    let mut batch = Vec::with_capacity(GROUP_MAX);
+    let mut checkpointed = tokio::time::Instant::now();
+    let mut unchecked = false;
+    loop {
+        // Commits since the last checkpoint: it is due one interval after it,
+        // at once if the queue goes quiet by then (recv_many is cancel-safe).
+        let received = if unchecked {
+            let due = checkpointed + CHECKPOINT_INTERVAL;
+            match tokio::time::timeout_at(due, rx.recv_many(&mut batch, GROUP_MAX)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    if let Ok(mut conn) = pool.acquire().await {
+                        checkpoint(&mut conn).await;
+                    }
+                    (checkpointed, unchecked) = (tokio::time::Instant::now(), false);
+                    continue;
+                }
             }
-            let _ = p.done.send(outcome.clone());
+        } else {
+            rx.recv_many(&mut batch, GROUP_MAX).await
+        };
+        if received == 0 {
+            break;
+        }
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                fail(&mut batch, &cache, &e.to_string());
+                continue;
+            }
+        };
+        while !batch.is_empty() {
+            if unchecked && checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
+                // Under load: between this batch and the one before (already answered).
+                checkpoint(&mut conn).await;
+                checkpointed = tokio::time::Instant::now();
+            }
+            run_batch(&mut conn, &mut batch, &cache).await;
+            unchecked = true;
+            while batch.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Runs a batch in order: each run of appends as one group commit, each job alone.
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Write>, cache: &WindowCache) {
+    let mut group = Vec::with_capacity(batch.len());
+    let mut first_seqs = Vec::with_capacity(batch.len());
+    let mut writes = batch.drain(..).peekable();
+    while let Some(w) = writes.next() {
+        match w {
+            Write::Job(job) => job(conn).await,
+            Write::Append(p) => {
+                group.push(p);
+                while let Some(Write::Append(_)) = writes.peek() {
+                    if let Some(Write::Append(p)) = writes.next() {
+                        group.push(p);
+                    }
+                }
+                group.retain(|p| !p.done.is_closed());
+                if group.is_empty() {
+                    continue;
+                }
+                first_seqs.clear();
+                let outcome = commit_group(conn, &group, &mut first_seqs).await.map_err(|e| e.to_string());
+                for (i, mut p) in group.drain(..).enumerate() {
+                    match (&outcome, first_seqs.get(i)) {
+                        (Ok(()), Some(&first)) => {
+                            cache.appended(&p.key, first, std::mem::take(&mut p.entries))
+                        }
+                        _ => cache.invalidate(&p.key),
+                    }
+                    let _ = p.done.send(outcome.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Fails every write of a batch (the connection could not be had).
+fn fail(batch: &mut Vec<Write>, cache: &WindowCache, why: &str) {
+    for w in batch.drain(..) {
+        match w {
+            Write::Append(p) => {
+                cache.invalidate(&p.key);
+                let _ = p.done.send(Err(why.to_string()));
+            }
+            // Dropped unrun: its caller hears the store is unavailable.
+            Write::Job(_) => {}
         }
     }
 }
 
 /// Commits a group in one transaction; `first_seqs` gets each append's first seq.
 async fn commit_group(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     group: &[PendingAppend],
     first_seqs: &mut Vec<i64>,
 ) -> Result<(), sqlx::Error> {
-    // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let now = now_ms();
+    // Each statement is a round trip to the connection's thread, so the whole
+    // group takes four whatever its size: begin, one upsert of every session
+    // (appends to the same session share it), one insert of every message,
+    // commit.
+    let mut sessions: Vec<(&str, &str, i64)> = Vec::with_capacity(group.len());
+    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(group.len());
     for p in group {
-        let (total,): (i64,) = sqlx::query_as(UPSERT_SESSION)
-            .bind(&p.key)
-            .bind(&p.agent_id)
-            .bind(now)
-            .bind(p.count)
-            .fetch_one(&mut *tx)
-            .await?;
-        // message_count is bumped in the same transaction, so it is the next seq.
-        let first_seq = total - p.count;
-        first_seqs.push(first_seq);
-        for (i, chunk) in p.rows.chunks(ROWS_PER_INSERT).enumerate() {
-            let mut insert = sqlx::QueryBuilder::new(INSERT_MESSAGES);
-            let base = first_seq + (i * ROWS_PER_INSERT) as i64;
-            insert.push_values(chunk.iter().zip(base..), |mut b, (row, seq)| {
-                b.push_bind(&p.key)
-                    .push_bind(seq)
-                    .push_bind(&row.run_id)
-                    .push_bind(row.interrupted)
-                    .push_bind(row.created_at_ms)
-                    .push_bind(&row.body)
-                    .push_bind(row.kind);
-            });
-            insert.build().execute(&mut *tx).await?;
+        match slot.get(p.key.as_str()) {
+            Some(&i) => sessions[i].2 += p.count,
+            None => {
+                slot.insert(&p.key, sessions.len());
+                sessions.push((&p.key, &p.agent_id, p.count));
+            }
         }
     }
+    // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let now = now_ms();
+    let mut upsert = sqlx::QueryBuilder::new(UPSERT_SESSIONS);
+    upsert.push_values(&sessions, |mut b, (key, agent_id, count)| {
+        b.push_bind(*key).push_bind(*agent_id).push_bind(now).push_bind(now).push_bind(*count);
+    });
+    upsert.push(UPSERT_SESSIONS_TAIL);
+    let totals: Vec<(String, i64)> = upsert.build_query_as().fetch_all(&mut *tx).await?;
+    // message_count is bumped in the same transaction, so the total less what
+    // this group adds is the session's next seq.
+    let mut next_seq = vec![0; sessions.len()];
+    for (key, total) in totals {
+        if let Some(&i) = slot.get(key.as_str()) {
+            next_seq[i] = total - sessions[i].2;
+        }
+    }
+    let mut rows = Vec::with_capacity(group.iter().map(|p| p.rows.len()).sum());
+    for p in group {
+        let i = slot[p.key.as_str()];
+        first_seqs.push(next_seq[i]);
+        rows.extend(p.rows.iter().zip(next_seq[i]..).map(|(row, seq)| (p.key.as_str(), seq, row)));
+        next_seq[i] += p.count;
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::new(INSERT_MESSAGES);
+        insert.push_values(chunk, |mut b, (key, seq, row)| {
+            b.push_bind(*key)
+                .push_bind(*seq)
+                .push_bind(&row.run_id)
+                .push_bind(row.interrupted)
+                .push_bind(row.created_at_ms)
+                .push_bind(&row.body)
+                .push_bind(row.kind);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Copies the write-ahead log into the database (`PASSIVE`: never waits for
+/// a reader; what a reader still needs stays in the log until next time).
+async fn checkpoint(conn: &mut SqliteConnection) {
+    // (busy, frames in the log, frames copied)
+    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await {
+        Ok((_, log, copied)) => {
+            metrics::gauge!("openclaw_agent_sqlite_wal_frames").set(log.max(0) as f64);
+            if copied < log {
+                tracing::debug!(log, copied, "a reader kept part of the sqlite log from its checkpoint");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+    }
+}
+
+/// Stores a compaction: the summary (if any) as the next entry, the context
+/// start moved (never back). Nothing for an unknown session.
+async fn compact_tx(
+    conn: &mut SqliteConnection,
+    key: &str,
+    start_seq: i64,
+    summary: Option<NewRow>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut summary_seq = None;
+    if let Some(row) = summary {
+        let Some((count,)): Option<(i64,)> =
+            sqlx::query_as(TAKE_SEQ).bind(key).fetch_optional(&mut *tx).await?
+        else {
+            return Ok(());
+        };
+        sqlx::query(INSERT_MESSAGE)
+            .bind(key)
+            .bind(count - 1)
+            .bind(row.run_id)
+            .bind(row.interrupted)
+            .bind(row.created_at_ms)
+            .bind(row.body)
+            .bind(row.kind)
+            .execute(&mut *tx)
+            .await?;
+        summary_seq = Some(count - 1);
+    }
+    sqlx::query(MOVE_CONTEXT).bind(key).bind(start_seq).bind(summary_seq).execute(&mut *tx).await?;
     tx.commit().await
 }
 
@@ -262,6 +448,7 @@ impl SqliteStore {
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .connect_with(base.in_memory(true))
@@ -274,10 +461,18 @@ impl SqliteStore {
                 tokio::fs::create_dir_all(dir).await.map_err(|e| fail("create the directory of", &e))?;
             }
             let options = base.filename(path).create_if_missing(true).journal_mode(SqliteJournalMode::Wal);
+            // The writer task checkpoints between groups instead (`writer`).
+            let writer_options = options
+                .clone()
+                .pragma("wal_autocheckpoint", "0")
+                .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
-                .connect_with(options.clone())
+                // A local file has no connection to go stale: no ping (a round
+                // trip to the connection's thread) before every transaction.
+                .test_before_acquire(false)
+                .connect_with(writer_options)
                 .await
                 .map_err(|e| fail("open", &e))?;
             // Create the schema before any reader looks at the file.
@@ -285,15 +480,34 @@ impl SqliteStore {
             let reader = SqlitePoolOptions::new()
                 .max_connections(READ_CONNECTIONS)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(|e| fail("open", &e))?;
             (writer, reader)
         };
-        let (appends, queue) = mpsc::channel(APPEND_QUEUE);
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let cache = Arc::new(WindowCache::new(cache_bytes));
-        tokio::spawn(group_commit(writer.clone(), queue, Arc::clone(&cache)));
-        Ok(SqliteStore { writer, reader, appends, cache })
+        tokio::spawn(self::writer(writer.clone(), queue, Arc::clone(&cache)));
+        Ok(SqliteStore { writer, reader, writes, cache })
+    }
+
+    /// Runs `job` on the writer task's connection, in queue order with the
+    /// appends, and returns what it did.
+    async fn write<T, F>(&self, job: F) -> Result<T, AgentError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + 'static,
+    {
+        let (done, outcome) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            Box::pin(async move {
+                let _ = done.send(job(conn).await);
+            })
+        });
+        let closed = || AgentError::Store("the session store is closed".into());
+        self.writes.send(Write::Job(job)).await.map_err(|_| closed())?;
+        Ok(outcome.await.map_err(|_| closed())??)
     }
 
     /// Closes all connections (waits for running statements). Later calls fail.
@@ -340,7 +554,7 @@ impl SessionStore for SqliteStore {
         let pending =
             PendingAppend { key: key.to_owned(), agent_id: agent_id.to_owned(), count, rows, entries, done };
         let closed = || AgentError::Store("the session store is closed".into());
-        self.appends.send(pending).await.map_err(|_| closed())?;
+        self.writes.send(Write::Append(pending)).await.map_err(|_| closed())?;
         outcome.await.map_err(|_| closed())?.map_err(AgentError::Store)
     }
 
@@ -380,50 +594,49 @@ impl SessionStore for SqliteStore {
 
     async fn compact(&self, key: &str, c: Compaction) -> Result<(), AgentError> {
         let summary = match c.summary {
-            Some(m) => Some(rows::encode(&[StoredMessage { summary: true, ..m }])?.1),
+            Some(m) => rows::encode(&[StoredMessage { summary: true, ..m }])?.1.pop(),
             None => None,
         };
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut summary_seq = None;
-        if let Some(row) = summary.and_then(|mut v| v.pop()) {
-            let Some((count,)): Option<(i64,)> =
-                sqlx::query_as(TAKE_SEQ).bind(key).fetch_optional(&mut *tx).await?
-            else {
-                return Ok(());
-            };
-            sqlx::query(INSERT_MESSAGE)
-                .bind(key)
-                .bind(count - 1)
-                .bind(row.run_id)
-                .bind(row.interrupted)
-                .bind(row.created_at_ms)
-                .bind(row.body)
-                .bind(row.kind)
-                .execute(&mut *tx)
-                .await?;
-            summary_seq = Some(count - 1);
-        }
-        sqlx::query(MOVE_CONTEXT).bind(key).bind(c.start_seq).bind(summary_seq).execute(&mut *tx).await?;
-        let committed = tx.commit().await;
-        self.cache.invalidate(key);
-        committed?;
-        Ok(())
+        let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
+        self.write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<(), sqlx::Error>> {
+            Box::pin(async move {
+                let committed = compact_tx(conn, &key, c.start_seq, summary).await;
+                cache.invalidate(&key);
+                committed
+            })
+        })
+        .await
     }
 
     async fn reset(&self, key: &str) -> Result<bool, AgentError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(CLEAR_MESSAGES).bind(key).execute(&mut *tx).await?;
-        let done = sqlx::query(RESET_SESSION).bind(key).bind(now_ms()).execute(&mut *tx).await?;
-        let committed = tx.commit().await;
-        self.cache.invalidate(key);
-        committed?;
-        Ok(done.rows_affected() > 0)
+        let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
+        self.write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+            Box::pin(async move {
+                let reset = async {
+                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                    sqlx::query(CLEAR_MESSAGES).bind(&key).execute(&mut *tx).await?;
+                    let done = sqlx::query(RESET_SESSION).bind(&key).bind(now_ms()).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(done.rows_affected() > 0)
+                };
+                let outcome = reset.await;
+                cache.invalidate(&key);
+                outcome
+            })
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, AgentError> {
-        let done = sqlx::query(DELETE_SESSION).bind(key).execute(&self.writer).await;
-        self.cache.invalidate(key);
-        Ok(done?.rows_affected() > 0)
+        let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
+        self.write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+            Box::pin(async move {
+                let done = sqlx::query(DELETE_SESSION).bind(&key).execute(conn).await;
+                cache.invalidate(&key);
+                Ok(done?.rows_affected() > 0)
+            })
+        })
+        .await
     }
 
     async fn sweep(&self, sweep: Sweep) -> Result<u64, AgentError> {
@@ -432,13 +645,21 @@ impl SessionStore for SqliteStore {
             [(SWEEP_OLD, sweep.updated_before_ms), (SWEEP_EXCESS, sweep.keep_per_agent.map(i64::from))]
         {
             let Some(arg) = arg else { continue };
+            // One batch per write, so turns commit between them.
             loop {
-                let done = sqlx::query(stmt).bind(arg).bind(SWEEP_BATCH).execute(&self.writer).await;
-                // Which sessions went is not known here: drop them all.
-                if !matches!(&done, Ok(d) if d.rows_affected() == 0) {
-                    self.cache.clear();
-                }
-                let n = done?.rows_affected();
+                let cache = Arc::clone(&self.cache);
+                let n = self
+                    .write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<u64, sqlx::Error>> {
+                        Box::pin(async move {
+                            let done = sqlx::query(stmt).bind(arg).bind(SWEEP_BATCH).execute(conn).await;
+                            // Which sessions went is not known here: drop them all.
+                            if !matches!(&done, Ok(d) if d.rows_affected() == 0) {
+                                cache.clear();
+                            }
+                            Ok(done?.rows_affected())
+                        })
+                    })
+                    .await?;
                 total += n;
                 if n < SWEEP_BATCH as u64 {
                     break;
@@ -605,6 +826,35 @@ mod tests {
         store.close().await;
     }
 
+    /// One group with two appends to the same session (nothing stops two
+    /// callers) and one to another: one upsert each, seqs in group order.
+    #[tokio::test]
+    async fn a_group_shares_one_upsert_per_session() {
+        let store = SqliteStore::open(":memory:", 0).await.unwrap();
+        store.append("agent:main:a", "main", vec![text("user", "0"), text("user", "1")]).await.unwrap();
+        let pending = |key: &str, texts: &[&str]| {
+            let entries: Vec<_> = texts.iter().map(|t| text("user", t)).collect();
+            let (count, rows) = rows::encode(&entries).unwrap();
+            let (done, _) = oneshot::channel();
+            PendingAppend { key: key.into(), agent_id: "main".into(), count, rows, entries, done }
+        };
+        let group = [
+            pending("agent:main:a", &["2", "3"]),
+            pending("agent:main:b", &["b0"]),
+            pending("agent:main:a", &["4"]),
+        ];
+        let mut first_seqs = Vec::new();
+        let mut conn = store.writer.acquire().await.unwrap();
+        commit_group(&mut conn, &group, &mut first_seqs).await.unwrap();
+        drop(conn);
+        assert_eq!(first_seqs, [2, 0, 4]);
+        let texts = |h: Vec<StoredMessage>| h.iter().map(rows_text).collect::<Vec<_>>();
+        assert_eq!(texts(store.history("agent:main:a", None).await.unwrap()), ["0", "1", "2", "3", "4"]);
+        assert_eq!(texts(store.history("agent:main:b", None).await.unwrap()), ["b0"]);
+        assert_eq!(store.list(None, 10).await.unwrap().iter().map(|s| s.message_count).sum::<u32>(), 6);
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn corrupt_body_is_a_store_error() {
         let db = TempDb::new();
@@ -654,7 +904,10 @@ mod tests {
         };
         same("unknown session".into()).await;
         for i in 0..12 {
-            cached.append(key, "main", vec![text("user", &format!("u{i}")), text("assistant", "a")]).await.unwrap();
+            cached
+                .append(key, "main", vec![text("user", &format!("u{i}")), text("assistant", "a")])
+                .await
+                .unwrap();
             same(format!("after turn {i}")).await;
             if i % 4 == 3 {
                 let start_seq = 2 * i as i64;

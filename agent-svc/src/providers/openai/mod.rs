@@ -410,7 +410,11 @@ mod tests {
         }
 
         fn request() -> ProviderRequest {
-            ProviderRequest { model: "m".into(), messages: vec![msg("user", "hi").into()], ..Default::default() }
+            ProviderRequest {
+                model: "m".into(),
+                messages: vec![msg("user", "hi").into()],
+                ..Default::default()
+            }
         }
 
         async fn attempt(p: &OpenAiProvider) -> Result<Vec<ProviderEvent>, ProviderError> {

@@ -627,7 +627,9 @@ mod tests {
         let base = every_param_request();
         ProviderRequest {
             model: "m/x".into(),
-            messages: [msg("system", "be brief"), named, parts, calls, tool_msg, one_part].map(std::sync::Arc::new).to_vec(),
+            messages: [msg("system", "be brief"), named, parts, calls, tool_msg, one_part]
+                .map(std::sync::Arc::new)
+                .to_vec(),
             params: SamplingParams {
                 top_p: Some(1.0),
                 presence_penalty: Some(0.25),

@@ -120,6 +120,9 @@ struct Cli {
     /// `agents.defaults.contextTokens`: small, so sessions pass it (and are compacted) within the run.
     #[arg(long, default_value_t = 3000, value_name = "TOKENS")]
     context_tokens: u32,
+    /// Words in each user message of the session comparison (1: `hi`); the mock answers with 4.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    turn_words: usize,
 }
 
 fn main() -> ExitCode {
@@ -346,6 +349,7 @@ async fn session_comparison(
             stateful,
             concurrency: cli.sessions_concurrency,
             users: cli.users,
+            turn_words: cli.turn_words,
             duration: Duration::from_secs(cli.sessions_secs),
             interval: Duration::from_secs(cli.sessions_interval_s),
             timeout,

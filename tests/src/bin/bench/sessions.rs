@@ -4,7 +4,7 @@
 //! sessions pass it (and are compacted) within the run. Reported per interval,
 //! so a stateful path that slows down as transcripts grow shows as a falling row.
 
-use crate::load::{nanos, Client, Target, BODY};
+use crate::load::{nanos, Client, Target};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use std::fmt::Write as _;
@@ -20,6 +20,8 @@ pub(crate) struct TimedSpec {
     /// Distinct sessions, dealt out to the workers so no two workers share one
     /// (a shared session would measure its FIFO queue, not the store).
     pub(crate) users: usize,
+    /// Words in each request's user message (1: `hi`, as in the other runs).
+    pub(crate) turn_words: usize,
     pub(crate) duration: Duration,
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
@@ -57,11 +59,22 @@ impl TimedResult {
     }
 }
 
-/// The request body of session `k` (the same turn as [`BODY`], keyed by `user`).
-fn session_body(k: usize) -> Bytes {
-    Bytes::from(format!(
-        r#"{{"model":"openclaw","user":"bench-user-{k}","messages":[{{"role":"user","content":"hi"}}]}}"#
-    ))
+/// A user message of `words` words (`hi` for one): plain ASCII words, so the
+/// bytes per token are the estimator's and nothing needs escaping.
+fn turn_text(words: usize) -> String {
+    const VOCABULARY: [&str; 8] = ["please", "check", "the", "order", "status", "for", "account", "today"];
+    if words <= 1 {
+        return "hi".into();
+    }
+    let picked: Vec<&str> = (0..words).map(|i| VOCABULARY[i % VOCABULARY.len()]).collect();
+    picked.join(" ")
+}
+
+/// A request body: stateless, or keyed (`user`) to stable session `k`.
+fn body(session: Option<usize>, words: usize) -> Bytes {
+    let user = session.map(|k| format!(r#""user":"bench-user-{k}","#)).unwrap_or_default();
+    let text = turn_text(words);
+    Bytes::from(format!(r#"{{"model":"openclaw",{user}"messages":[{{"role":"user","content":"{text}"}}]}}"#))
 }
 
 /// Runs C workers back to back for the spec's duration, bucketing every
@@ -74,9 +87,12 @@ pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<Ti
     let mut handles = Vec::with_capacity(spec.concurrency);
     for w in 0..spec.concurrency {
         let bodies: Vec<Bytes> = if spec.stateful {
-            (w..spec.users.max(spec.concurrency)).step_by(spec.concurrency).map(session_body).collect()
+            (w..spec.users.max(spec.concurrency))
+                .step_by(spec.concurrency)
+                .map(|k| body(Some(k), spec.turn_words))
+                .collect()
         } else {
-            vec![Bytes::from_static(BODY.as_bytes())]
+            vec![body(None, spec.turn_words)]
         };
         let (t, errors) = (target.clone(), errors.clone());
         handles.push(tokio::spawn(async move {
@@ -143,10 +159,11 @@ pub(crate) fn render(stateless: &TimedResult, stateful: &TimedResult, store: &st
     let s = stateful.spec;
     let _ = writeln!(
         o,
-        "\nstable sessions vs stateless (gateway, JSON, c={}, {} sessions, store {store}, contextTokens {budget}, \
-         {} s per interval)",
+        "\nstable sessions vs stateless (gateway, JSON, c={}, {} sessions, {}-word turns, store {store}, \
+         contextTokens {budget}, {} s per interval)",
         s.concurrency,
         s.users.max(s.concurrency),
+        s.turn_words.max(1),
         s.interval.as_secs()
     );
     let _ = writeln!(
