@@ -54,7 +54,22 @@ fn key_of(user: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_driven_far_past_its_budget_keeps_answering_within_it() {
     let mock = MockUpstream::start().await;
-    let s = stack(budgeted(&mock, "summarize")).await;
+    drive_past_the_budget(&mock, budgeted(&mock, "summarize")).await;
+}
+
+/// The same on the default store, SQLite, whose turns read their context from
+/// its cache: compactions must drop and refill it without losing a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_session_driven_far_past_its_budget_keeps_answering_within_it() {
+    let mock = MockUpstream::start().await;
+    let dir = TempDir::new();
+    drive_past_the_budget(&mock, budgeted(&mock, "summarize").store_sqlite(&dir)).await;
+}
+
+/// 200 turns of one session through a stack on `cfg`, checked against what
+/// the mock received and the session's history.
+async fn drive_past_the_budget(mock: &MockUpstream, cfg: ConfigBuilder) {
+    let s = stack(cfg).await;
     let mut uncompacted_bytes = 0usize;
     for i in 0..200 {
         let text = format!("turn {i}: {FILLER}");
