@@ -95,7 +95,8 @@ impl WindowCache {
         if !self.enabled() {
             return;
         }
-        let bytes = context_bytes(ctx);
+        // The key and the bookkeeping count too: an empty session is not free.
+        let bytes = context_bytes(ctx) + key.len() + ENTRY_OVERHEAD;
         // One huge session must not push out everything else.
         if bytes > self.max_bytes / 8 {
             return;
@@ -237,6 +238,7 @@ mod tests {
         assert!(cache.get("k").is_none());
         cache.fill("k", &ctx(&[]), 0, cache.epoch());
         assert!(cache.get("k").is_some());
+        assert!(cache.bytes() > 0, "an empty session still counts against the bound");
         cache.clear();
         assert!(cache.get("k").is_none());
     }
@@ -244,7 +246,7 @@ mod tests {
     #[test]
     fn the_least_recently_used_go_first_and_the_bound_holds() {
         let one = numbered(vec![text("user", &"x".repeat(1000))], 0);
-        let size = context_bytes(&ctx(&one));
+        let size = context_bytes(&ctx(&one)) + "sNN".len() + ENTRY_OVERHEAD;
         let cache = WindowCache::new(size * 10);
         for i in 0..10 {
             cache.fill(&format!("s{i}"), &ctx(&one), 1, cache.epoch());
