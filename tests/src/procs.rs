@@ -224,6 +224,20 @@ impl Launch<'_> {
         self.service("gateway-http", bin, &args)
     }
 
+    /// Starts `gateway-http` with `config` on a loopback port, with agent-svc
+    /// inside it (the embedded default); returns it and its address.
+    pub fn gateway_embedded(&self, bin: &Path, config: &str) -> Result<(Proc, SocketAddr)> {
+        let args = [
+            "--config".into(),
+            config.into(),
+            "--port".into(),
+            "0".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ];
+        self.service("gateway-http", bin, &args)
+    }
+
     /// One service, waited for by its `<name> listening on ADDR` line.
     fn service(&self, name: &'static str, bin: &Path, args: &[String]) -> Result<(Proc, SocketAddr)> {
         let ready = format!("{name} listening on ");

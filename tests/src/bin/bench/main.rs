@@ -39,6 +39,7 @@
 //! processes) and [`e2e::procfs`] (CPU, context switches and memory from `/proc`).
 
 mod load;
+mod ready;
 mod report;
 mod sessions;
 
@@ -123,6 +124,9 @@ struct Cli {
     /// Words in each user message of the session comparison (1: `hi`); the mock answers with 4.
     #[arg(long, default_value_t = 1, value_name = "N")]
     turn_words: usize,
+    /// Starts of each service timed from exec to its first successful readiness probe (0: none).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    ready_runs: usize,
 }
 
 fn main() -> ExitCode {
@@ -138,8 +142,11 @@ fn main() -> ExitCode {
 
 /// Starts the processes, runs every measurement and prints the tables.
 fn run_all(cli: &Cli) -> Result<()> {
-    if cli.requests == 0 && cli.stream_requests == 0 && cli.sessions_secs == 0 {
-        bail!("nothing to measure: --requests, --stream-requests and --sessions-secs are all 0");
+    let ready_runs = if cli.direct_only { 0 } else { cli.ready_runs };
+    if cli.requests == 0 && cli.stream_requests == 0 && cli.sessions_secs == 0 && ready_runs == 0 {
+        bail!(
+            "nothing to measure: --requests, --stream-requests, --sessions-secs and --ready-runs are all 0"
+        );
     }
     if cli.sessions_secs > 0
         && (cli.direct_only || cli.sessions_interval_s == 0 || cli.sessions_concurrency == 0)
@@ -165,6 +172,24 @@ fn run_all(cli: &Cli) -> Result<()> {
     let (mock, mock_addr) = launch.mock(&mock_bin, cli.chunk_delay_ms)?;
     procs.push(mock);
 
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let ready_times = match (&agent_bin, &gateway_bin) {
+        (Some(agent_bin), Some(gateway_bin)) if ready_runs > 0 => {
+            let config = |n: usize| -> Result<String> {
+                let path = tmp.path().join(format!("ready-{n}.json5"));
+                let store = format!("sqlite:{}", tmp.path().join(format!("ready-{n}.db")).display());
+                std::fs::write(&path, config_text(mock_addr, &store, cli.context_tokens))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(path.display().to_string())
+            };
+            Some(ready::measure(&rt, &launch, agent_bin, gateway_bin, config, ready_runs)?)
+        }
+        _ => None,
+    };
+
     let mut gateway_addr = None;
     if let (Some(agent_bin), Some(gateway_bin)) = (agent_bin, gateway_bin) {
         let config = tmp.path().join("bench.json5");
@@ -189,10 +214,6 @@ fn run_all(cli: &Cli) -> Result<()> {
         .collect::<Result<Vec<_>>>()
         .context("reading idle RSS")?;
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
     let timeout = Duration::from_secs(cli.timeout_s.max(1) + 2 * cli.sessions_secs);
     let (results, session_runs) = rt
         .block_on(async {
@@ -219,6 +240,9 @@ fn run_all(cli: &Cli) -> Result<()> {
         print!("{}", report.render());
     }
     let mut failed: u64 = report.runs.iter().map(|r| r.errors).sum();
+    if let Some(t) = &ready_times {
+        print!("{}", ready::render(t));
+    }
     if let Some((stateless, stateful)) = &session_runs {
         print!("{}", sessions::render(stateless, stateful, &cli.session_store, cli.context_tokens));
         failed += stateless.errors() + stateful.errors();
