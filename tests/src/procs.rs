@@ -211,31 +211,15 @@ impl Launch<'_> {
     /// Starts `gateway-http` with `config` on a loopback port, with agent-svc
     /// out of process at `agent`; returns it and its address.
     pub fn gateway(&self, bin: &Path, config: &str, agent: SocketAddr) -> Result<(Proc, SocketAddr)> {
-        let args = [
-            "--config".into(),
-            config.into(),
-            "--port".into(),
-            "0".into(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--agent-svc".into(),
-            format!("http://{agent}"),
-        ];
+        let mut args = gateway_args(config);
+        args.extend(["--agent-svc".into(), format!("http://{agent}")]);
         self.service("gateway-http", bin, &args)
     }
 
     /// Starts `gateway-http` with `config` on a loopback port, with agent-svc
     /// inside it (the embedded default); returns it and its address.
     pub fn gateway_embedded(&self, bin: &Path, config: &str) -> Result<(Proc, SocketAddr)> {
-        let args = [
-            "--config".into(),
-            config.into(),
-            "--port".into(),
-            "0".into(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-        ];
-        self.service("gateway-http", bin, &args)
+        self.service("gateway-http", bin, &gateway_args(config))
     }
 
     /// One service, waited for by its `<name> listening on ADDR` line.
@@ -245,4 +229,9 @@ impl Launch<'_> {
         let addr = parse_ready_addr(name, &line)?;
         Ok((proc, addr))
     }
+}
+
+/// gateway-http's arguments for `config` on a free loopback port.
+fn gateway_args(config: &str) -> Vec<String> {
+    ["--config", config, "--port", "0", "--bind", "127.0.0.1"].map(String::from).to_vec()
 }

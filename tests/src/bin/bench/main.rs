@@ -34,6 +34,10 @@
 //! sessions under a small `--context-tokens` budget, per `--sessions-interval-s`
 //! interval, on the `--session-store` chosen (`--requests 0` skips the rest).
 //!
+//! First, `--ready-runs` times each, it starts agent-svc, gateway-http in front
+//! of it and the embedded default and times each from exec to its first
+//! successful readiness probe ([`ready`]).
+//!
 //! Modules: [`load`] (the load driver and the answer checks), [`report`] (the
 //! tables), [`sessions`] (the session comparison); from the library, [`e2e::procs`] (starting and killing the
 //! processes) and [`e2e::procfs`] (CPU, context switches and memory from `/proc`).
