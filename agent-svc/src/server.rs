@@ -126,7 +126,7 @@ pub async fn start_with(
     let session = &config.config.session;
     let store = sessions::open(&session.store, (session.cache_mb as usize) << 20).await?;
     let shutdown = CancellationToken::new();
-    sessions::retention::spawn(store.clone(), &config.config.session.retention, shutdown.clone());
+    sessions::retention::spawn(store.clone(), &session.retention, shutdown.clone());
     let max_runs =
         usize::try_from(config.config.gateway.agent_service.max_concurrent_runs).unwrap_or(usize::MAX);
     let runner = Runner::new(registry, store, max_runs.max(1));

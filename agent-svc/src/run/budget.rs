@@ -7,6 +7,7 @@
 //! a flat [`IMAGE_TOKENS`] per image, whatever its size.
 
 use services::proto::{content_part::Part, Message};
+use std::sync::Arc;
 
 /// Bytes of UTF-8 text counted as one token.
 pub const BYTES_PER_TOKEN: u64 = 3;
@@ -45,9 +46,9 @@ pub fn message_tokens(m: &Message) -> u64 {
         + m.tool_calls.len() as u64 * MESSAGE_OVERHEAD
 }
 
-/// Estimated tokens of messages.
-pub fn messages_tokens<'a>(messages: impl IntoIterator<Item = &'a Message>) -> u64 {
-    messages.into_iter().map(message_tokens).sum()
+/// Estimated tokens of messages (shared, as a provider request holds them).
+pub fn messages_tokens<'a>(messages: impl IntoIterator<Item = &'a Arc<Message>>) -> u64 {
+    messages.into_iter().map(|m| message_tokens(m)).sum()
 }
 
 /// The prompt budget of a model: its window less what the answer may take.

@@ -71,7 +71,7 @@ impl Fitted {
     /// Estimated tokens of the context sent (summary and window).
     pub(super) fn tokens(&self) -> u64 {
         self.summary.as_deref().map_or(0, summary_cost)
-            + budget::messages_tokens(self.window.iter().map(|m| &*m.message))
+            + budget::messages_tokens(self.window.iter().map(|m| &m.message))
     }
 }
 
@@ -226,8 +226,7 @@ impl Runner {
 /// Tokens of the system prompt (agent's and request's) and the new turn.
 fn fixed_tokens(p: &Prepared) -> u64 {
     let system = assemble::system_text(p.agent.system_prompt.as_deref(), p.system.as_deref(), None);
-    system.as_deref().map_or(0, |s| text_tokens(s) + MESSAGE_OVERHEAD)
-        + budget::messages_tokens(p.new_turn.iter().map(|m| &**m))
+    system.as_deref().map_or(0, |s| text_tokens(s) + MESSAGE_OVERHEAD) + budget::messages_tokens(&p.new_turn)
 }
 
 /// Tokens a summary adds to the system message.

@@ -181,7 +181,7 @@ impl Runner {
         } else {
             let system = assemble::system_text(prompt, p.system.as_deref(), None);
             let messages = assemble::upstream_messages(system, &[], &p.client_history, &p.new_turn);
-            let needed = budget::messages_tokens(messages.iter().map(|m| &**m));
+            let needed = budget::messages_tokens(&messages);
             if needed > p.budget {
                 return Err(compact::over_budget(p, needed, p.budget));
             }
@@ -203,7 +203,7 @@ impl Runner {
         match self.attempts(p, tx, produced, started_at).await {
             Err(Some(AgentError::ContextTooLong(m))) if p.stable && !produced.first_token => {
                 tracing::info!(session = %p.session_key, error = %m, "the provider found the prompt too long; compacting and retrying");
-                let sent = budget::messages_tokens(p.base.messages.iter().map(|m| &**m));
+                let sent = budget::messages_tokens(&p.base.messages);
                 p.budget = (p.budget.min(sent) / 2).max(1);
                 self.begin_turn(p, true).await.map_err(Some)?;
                 produced.restart();
