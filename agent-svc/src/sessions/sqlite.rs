@@ -219,38 +219,35 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>, cache: Arc<Wind
     let mut checkpointed = tokio::time::Instant::now();
     let mut unchecked = false;
     loop {
-        // Commits since the last checkpoint: it is due one interval after it,
-        // at once if the queue goes quiet by then (recv_many is cancel-safe).
+        // Commits since the last checkpoint: one is due an interval after the
+        // last, so wait no longer than that (recv_many is cancel-safe).
         let received = if unchecked {
             let due = checkpointed + CHECKPOINT_INTERVAL;
-            match tokio::time::timeout_at(due, rx.recv_many(&mut batch, GROUP_MAX)).await {
-                Ok(n) => n,
-                Err(_) => {
-                    if let Ok(mut conn) = pool.acquire().await {
-                        checkpoint(&mut conn).await;
-                    }
-                    (checkpointed, unchecked) = (tokio::time::Instant::now(), false);
-                    continue;
-                }
-            }
+            tokio::time::timeout_at(due, rx.recv_many(&mut batch, GROUP_MAX)).await.ok()
         } else {
-            rx.recv_many(&mut batch, GROUP_MAX).await
+            Some(rx.recv_many(&mut batch, GROUP_MAX).await)
         };
-        if received == 0 {
+        if received == Some(0) {
             break;
         }
         let mut conn = match pool.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
+                // Nothing was written since: nothing to checkpoint either.
                 fail(&mut batch, &cache, &e.to_string());
+                unchecked = false;
                 continue;
             }
         };
-        while !batch.is_empty() {
+        loop {
+            // Due under load (between a batch and the one before, already
+            // answered) or when the queue stayed quiet for the interval.
             if unchecked && checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
-                // Under load: between this batch and the one before (already answered).
                 checkpoint(&mut conn).await;
-                checkpointed = tokio::time::Instant::now();
+                (checkpointed, unchecked) = (tokio::time::Instant::now(), false);
+            }
+            if batch.is_empty() {
+                break;
             }
             run_batch(&mut conn, &mut batch, &cache).await;
             unchecked = true;
