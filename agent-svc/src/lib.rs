@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod error;
+pub mod message;
 pub mod metrics;
 pub mod providers;
 pub mod run;

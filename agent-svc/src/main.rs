@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc: glibc's free lists and their consolidation were ~10% of the CPU of
+/// a stable-session turn (many small messages, freed on other threads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OpenClaw agent service: agents, providers, sessions and runs over gRPC
 /// (`openclaw.agent.v1.AgentService`, plus grpc.health.v1 and server reflection).
 #[derive(Parser, Debug)]

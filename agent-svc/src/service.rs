@@ -43,7 +43,7 @@ impl AgentSvc {
 
 fn history_entry(m: StoredMessage) -> HistoryEntry {
     HistoryEntry {
-        message: Some(std::sync::Arc::unwrap_or_clone(m.message)),
+        message: Some(std::sync::Arc::unwrap_or_clone(m.message).into_message()),
         interrupted: m.interrupted,
         created_at_ms: m.created_at_ms,
         run_id: m.run_id,

@@ -100,6 +100,10 @@ fn healthcheck(cli: &Cli) -> ExitCode {
     }
 }
 
+/// The same allocator as agent-svc (it runs inside this process in embedded mode).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

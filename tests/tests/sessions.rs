@@ -345,11 +345,12 @@ async fn a_ten_thousand_message_history_pages_through_grpc_and_the_websocket() {
         for chunk in 0..10 {
             let entries = (0..1000)
                 .map(|i| agent_svc::sessions::StoredMessage {
-                    message: agent_svc::run::assemble::text_message(
-                        if i % 2 == 0 { "user" } else { "assistant" },
-                        format!("message {}", chunk * 1000 + i),
-                    )
-                    .into(),
+                    message: agent_svc::message::SharedMessage::shared(
+                        agent_svc::run::assemble::text_message(
+                            if i % 2 == 0 { "user" } else { "assistant" },
+                            format!("message {}", chunk * 1000 + i),
+                        ),
+                    ),
                     ..Default::default()
                 })
                 .collect();

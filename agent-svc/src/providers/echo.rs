@@ -5,6 +5,7 @@
 //! are computed up front and yielded without any waiting.
 
 use super::{Provider, ProviderEvent, ProviderFuture, ProviderRequest};
+use crate::message::SharedMessage;
 use futures::StreamExt;
 use services::proto::{content_part, tool_choice, Message};
 use std::sync::Arc;
@@ -58,7 +59,7 @@ fn message_text(m: &Message) -> Option<String> {
 
 /// What echo answers: after a tool message, `tool result: <its text>`; else the
 /// last user message's text; `(no text)` when there is no text to echo.
-fn reply_text(messages: &[Arc<Message>]) -> String {
+fn reply_text(messages: &[Arc<SharedMessage>]) -> String {
     const NO_TEXT: &str = "(no text)";
     if let Some(last) = messages.last().filter(|m| m.role == "tool") {
         return format!("tool result: {}", message_text(last).unwrap_or_else(|| NO_TEXT.into()));
@@ -72,7 +73,7 @@ fn reply_text(messages: &[Arc<Message>]) -> String {
 }
 
 /// Whitespace-separated words over every text part of every message.
-fn prompt_words(messages: &[Arc<Message>]) -> u32 {
+fn prompt_words(messages: &[Arc<SharedMessage>]) -> u32 {
     let words: usize = messages
         .iter()
         .flat_map(|m| m.parts.iter())
@@ -171,7 +172,7 @@ mod tests {
     use services::proto::{Tool, ToolChoice};
 
     fn req(messages: Vec<Message>) -> ProviderRequest {
-        let messages = messages.into_iter().map(Arc::new).collect();
+        let messages = messages.into_iter().map(SharedMessage::shared).collect();
         ProviderRequest { model: "echo".into(), messages, ..Default::default() }
     }
 

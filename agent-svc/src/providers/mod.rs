@@ -9,8 +9,9 @@
 pub mod echo;
 pub mod openai;
 
+use crate::message::SharedMessage;
 use futures::stream::BoxStream;
-use services::proto::{Message, SamplingParams, Tool, ToolChoice};
+use services::proto::{SamplingParams, Tool, ToolChoice};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub struct ProviderRequest {
     pub model: String,
     /// Full upstream conversation: system message first (if any), transcript, new
     /// turn; shared with the session's stored entries (no copy per turn or attempt).
-    pub messages: Vec<Arc<Message>>,
+    pub messages: Vec<Arc<SharedMessage>>,
     /// Sampling parameters (already validated).
     pub params: SamplingParams,
     /// Effective completion-token cap (client cap clamped to the model's `maxTokens`).

@@ -3,6 +3,7 @@
 //! transcript, then the new turn. How a request splits into those parts is a
 //! shared rule: [`services::messages::split`].
 
+use crate::message::SharedMessage;
 use crate::sessions::StoredMessage;
 use services::messages::message_text;
 use services::proto::{content_part::Part, ContentPart, Message};
@@ -39,10 +40,10 @@ pub fn system_text(
 /// A stored message as it goes upstream: an interrupted assistant message keeps
 /// only its text (a half-made tool call would make the provider reject the
 /// history), and is left out when it has none.
-pub fn upstream_message(stored: &StoredMessage) -> Option<Arc<Message>> {
+pub fn upstream_message(stored: &StoredMessage) -> Option<Arc<SharedMessage>> {
     if stored.interrupted && stored.message.role == "assistant" {
         let text = message_text(&stored.message);
-        (!text.is_empty()).then(|| Arc::new(text_message("assistant", text)))
+        (!text.is_empty()).then(|| SharedMessage::shared(text_message("assistant", text)))
     } else {
         Some(Arc::clone(&stored.message))
     }
@@ -53,12 +54,12 @@ pub fn upstream_message(stored: &StoredMessage) -> Option<Arc<Message>> {
 pub fn upstream_messages(
     system: Option<String>,
     transcript: &[Arc<StoredMessage>],
-    client_history: &[Arc<Message>],
-    new_turn: &[Arc<Message>],
-) -> Vec<Arc<Message>> {
+    client_history: &[Arc<SharedMessage>],
+    new_turn: &[Arc<SharedMessage>],
+) -> Vec<Arc<SharedMessage>> {
     let mut out = Vec::with_capacity(1 + transcript.len() + client_history.len() + new_turn.len());
     if let Some(s) = system {
-        out.push(Arc::new(text_message("system", s)));
+        out.push(SharedMessage::shared(text_message("system", s)));
     }
     out.extend(transcript.iter().filter_map(|m| upstream_message(m)));
     out.extend(client_history.iter().cloned());
@@ -75,14 +76,14 @@ mod tests {
         text_message(role, text.to_string())
     }
 
-    fn shared(m: Message) -> Arc<Message> {
-        Arc::new(m)
+    fn shared(m: Message) -> Arc<SharedMessage> {
+        SharedMessage::shared(m)
     }
 
     #[test]
     fn upstream_order_and_interrupted_sanitising() {
         let stored = |m: Message, interrupted| {
-            Arc::new(StoredMessage { message: m.into(), interrupted, ..Default::default() })
+            Arc::new(StoredMessage { message: SharedMessage::shared(m), interrupted, ..Default::default() })
         };
         let half_call = Message {
             tool_calls: vec![ToolCall {

@@ -6,6 +6,7 @@
 //! bytes a token, most other scripts 2-3), [`MESSAGE_OVERHEAD`] per message and
 //! a flat [`IMAGE_TOKENS`] per image, whatever its size.
 
+use crate::message::SharedMessage;
 use services::proto::{content_part::Part, Message};
 use std::sync::Arc;
 
@@ -46,9 +47,15 @@ pub fn message_tokens(m: &Message) -> u64 {
         + m.tool_calls.len() as u64 * MESSAGE_OVERHEAD
 }
 
+/// Estimated tokens of a shared message, worked out once per message (a
+/// session's window is counted on every turn).
+pub fn shared_tokens(m: &SharedMessage) -> u64 {
+    m.tokens(message_tokens)
+}
+
 /// Estimated tokens of messages (shared, as a provider request holds them).
-pub fn messages_tokens<'a>(messages: impl IntoIterator<Item = &'a Arc<Message>>) -> u64 {
-    messages.into_iter().map(|m| message_tokens(m)).sum()
+pub fn messages_tokens<'a>(messages: impl IntoIterator<Item = &'a Arc<SharedMessage>>) -> u64 {
+    messages.into_iter().map(|m| shared_tokens(m)).sum()
 }
 
 /// The prompt budget of a model: its window less what the answer may take.

@@ -20,10 +20,11 @@
 //! session's other turns, across replicas too.
 
 use super::assemble::{self, SUMMARY_HEADING};
-use super::budget::{self, keep_from, message_tokens, text_tokens, BYTES_PER_TOKEN, MESSAGE_OVERHEAD};
+use super::budget::{self, keep_from, shared_tokens, text_tokens, BYTES_PER_TOKEN, MESSAGE_OVERHEAD};
 use super::prepare::Prepared;
 use super::Runner;
 use crate::error::AgentError;
+use crate::message::SharedMessage;
 use crate::providers::{ProviderEvent, ProviderRequest};
 use crate::sessions::{now_ms, Compaction, StoredMessage};
 use futures::StreamExt;
@@ -93,16 +94,15 @@ impl Runner {
         }
         let mut summary = ctx.summary.map(|s| message_text(&s.message));
         let window = ctx.window;
-        let tokens: Vec<u64> = window.iter().map(|m| message_tokens(&m.message)).collect();
         let summary_tokens = summary.as_deref().map_or(0, summary_cost);
-        let stored_tokens = summary_tokens + tokens.iter().sum::<u64>();
+        let stored_tokens = summary_tokens + budget::messages_tokens(window.iter().map(|m| &m.message));
         let total = fixed + stored_tokens;
         let cfg = &p.agent.compaction;
-        let refs: Vec<&Message> = window.iter().map(|m| &*m.message).collect();
-
         if !force && total as f64 <= cfg.threshold * budget as f64 {
             return Ok(Fitted::unchanged(summary, window, stored_tokens));
         }
+        let tokens: Vec<u64> = window.iter().map(|m| shared_tokens(&m.message)).collect();
+        let refs: Vec<&Message> = window.iter().map(|m| m.message.message()).collect();
         if cfg.mode == CompactionMode::Off {
             let k = keep_from(&refs, &tokens, budget.saturating_sub(fixed + summary_tokens));
             return Ok(Fitted::unchanged(summary, window[k..].to_vec(), stored_tokens));
@@ -138,7 +138,7 @@ impl Runner {
             let outcome = if new_summary.is_some() { "summarized" } else { "truncated" };
             metrics::counter!("openclaw_agent_compactions_total", "outcome" => outcome).increment(1);
             let entry = new_summary.as_ref().map(|text| StoredMessage {
-                message: assemble::text_message("system", text.clone()).into(),
+                message: SharedMessage::shared(assemble::text_message("system", text.clone())),
                 created_at_ms: now_ms(),
                 run_id: p.run_id.clone(),
                 summary: true,
@@ -191,8 +191,8 @@ impl Runner {
         let req = ProviderRequest {
             model: model.model.clone(),
             messages: vec![
-                assemble::text_message("system", prompt).into(),
-                assemble::text_message("user", render(previous, older, room)).into(),
+                SharedMessage::shared(assemble::text_message("system", prompt)),
+                SharedMessage::shared(assemble::text_message("user", render(previous, older, room))),
             ],
             params: Default::default(),
             max_tokens: Some(max),
@@ -323,7 +323,7 @@ mod tests {
     }
 
     fn shared(message: Message) -> Arc<StoredMessage> {
-        Arc::new(StoredMessage { message: message.into(), ..Default::default() })
+        Arc::new(StoredMessage { message: SharedMessage::shared(message), ..Default::default() })
     }
 
     #[test]

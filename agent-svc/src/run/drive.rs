@@ -14,6 +14,7 @@ use super::produced::Produced;
 use super::registry::{Cancel, RunCancel};
 use super::{assemble, budget, compact, event, EventTx, Runner};
 use crate::error::AgentError;
+use crate::message::SharedMessage;
 use crate::providers::ProviderError;
 use crate::sessions::queue::{QueuePlace, SessionTurn};
 use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
@@ -295,7 +296,7 @@ impl Runner {
         };
         let mut turn: Vec<StoredMessage> =
             p.new_turn.iter().map(|m| stored(Arc::clone(m), false, p.began_at_ms)).collect();
-        turn.push(stored(produced.assistant_message().into(), !finished, now_ms()));
+        turn.push(stored(SharedMessage::shared(produced.assistant_message()), !finished, now_ms()));
         self.store.append(&p.session_key, &p.agent.id, turn).await
     }
 

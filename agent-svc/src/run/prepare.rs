@@ -6,6 +6,7 @@
 use super::validate;
 use crate::agents::AgentRegistry;
 use crate::error::AgentError;
+use crate::message::SharedMessage;
 use crate::providers::ProviderRequest;
 use services::config::{ModelRef, ResolvedAgent};
 use services::messages;
@@ -28,8 +29,8 @@ pub(super) struct Prepared {
     /// The request's system/developer texts.
     pub(super) system: Option<String>,
     /// Earlier turns carried by a stateless request.
-    pub(super) client_history: Vec<Arc<Message>>,
-    pub(super) new_turn: Vec<Arc<Message>>,
+    pub(super) client_history: Vec<Arc<SharedMessage>>,
+    pub(super) new_turn: Vec<Arc<SharedMessage>>,
     /// When the turn got its session (Unix ms): the time its user messages are stored with.
     pub(super) began_at_ms: i64,
     /// Everything but `model` and `messages`, which each attempt fills in.
@@ -133,6 +134,6 @@ pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Res
 }
 
 /// Messages as a provider request and the store share them.
-fn shared(messages: Vec<Message>) -> Vec<Arc<Message>> {
-    messages.into_iter().map(Arc::new).collect()
+fn shared(messages: Vec<Message>) -> Vec<Arc<SharedMessage>> {
+    messages.into_iter().map(SharedMessage::shared).collect()
 }

@@ -13,7 +13,7 @@ pub mod sqlite;
 pub mod window;
 
 use crate::error::AgentError;
-use services::proto::Message;
+use crate::message::SharedMessage;
 use std::sync::Arc;
 
 /// One stored transcript entry: a message, or a compaction summary.
@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub struct StoredMessage {
     /// The message (user, assistant, tool …; a summary is a `system` text);
     /// shared, so a turn sends it upstream without copying it.
-    pub message: Arc<Message>,
+    pub message: Arc<SharedMessage>,
     /// The run stopped before finishing (cancelled, aborted, timed out, failed).
     pub interrupted: bool,
     /// Unix milliseconds.
@@ -206,7 +206,7 @@ pub(crate) mod fixtures {
     use services::proto::{content_part, ContentPart, ImageUrl, Message, ToolCall};
 
     fn stored(message: Message, interrupted: bool, created_at_ms: i64, run_id: &str) -> StoredMessage {
-        let message = message.into();
+        let message = crate::message::SharedMessage::shared(message);
         StoredMessage { message, interrupted, created_at_ms, run_id: run_id.into(), ..Default::default() }
     }
 

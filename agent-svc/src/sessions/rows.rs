@@ -6,6 +6,7 @@
 
 use super::{Context, SessionSummary, StoredMessage};
 use crate::error::AgentError;
+use crate::message::SharedMessage;
 use prost::Message as _;
 use services::proto::Message;
 
@@ -94,7 +95,7 @@ pub(super) fn entry(
         .map_err(|e| AgentError::Store(format!("corrupt message {seq} of session '{key}': {e}")))?;
     let summary = kind == KIND_SUMMARY;
     let compacted = if summary { seq != marks.summary_seq } else { seq < marks.context_seq };
-    let message = message.into();
+    let message = SharedMessage::shared(message);
     Ok(StoredMessage { message, interrupted, created_at_ms, run_id, seq, summary, compacted })
 }
 

@@ -1,27 +1,30 @@
 //! The `sqlite:PATH` session store, the embedded default.
 //!
-//! Writes go through a single-connection pool: SQLite allows one writer at a
-//! time anyway, and queueing writers on the pool (async, no thread blocked)
-//! avoids SQLite's busy-handler sleeps under contention. Appends (the turns)
-//! are group-committed: a writer task takes every append waiting and commits
-//! them in one transaction, one multi-row insert per session, so many
-//! sessions' turns share one commit. Reads use a separate small pool; with WAL
-//! they never wait on the writer. sqlx runs every connection on its own worker
-//! thread, so no SQLite call blocks the runtime.
+//! One writer thread owns the write connection (rusqlite, synchronous, on its
+//! own OS thread: SQLite allows one writer at a time anyway). Appends (the
+//! turns) are group-committed: the thread takes every append waiting and
+//! commits them in one transaction, so many sessions' turns share one commit;
+//! the other writes (compaction, reset, delete, sweep batches) run on the same
+//! thread between groups, in order, so writers never contend for the lock. A
+//! group is one hop from the caller's task to the thread and one back: with
+//! sqlx each statement was a round trip through the async runtime, and under
+//! load those hops, not SQLite, were most of a commit's time. Reads use a
+//! separate small sqlx pool; with WAL they never wait on the writer, and sqlx
+//! runs each of those connections on its own worker thread, so no SQLite call
+//! blocks the runtime.
 //!
 //! The contexts of recent sessions are cached in the process
 //! ([`WindowCache`], `session.cacheMb`): this store is the only writer of its
 //! file, so every change passes through it and keeps the cache exact, and a
 //! turn reads its window from memory instead of the database.
 //!
-//! The writer task checkpoints the write-ahead log itself, between groups,
-//! at most every [`CHECKPOINT_INTERVAL`], after answering the group before
-//! (SQLite's own automatic checkpoint runs inside a commit, and its callers
-//! wait for it). With the writer paused and reads rare (the cache), a
-//! checkpoint copies the whole log and the next commit starts the log over,
-//! so it stays bounded; a checkpoint on another connection would never catch
-//! up with commits that do not stop. A restarted log is cut back to
-//! [`JOURNAL_SIZE_LIMIT`].
+//! The writer checkpoints the write-ahead log itself, between groups, at most
+//! every [`CHECKPOINT_INTERVAL`], after answering the group before (SQLite's
+//! own automatic checkpoint runs inside a commit, and its callers wait for
+//! it). With the writer paused and reads rare (the cache), a checkpoint copies
+//! the whole log and the next commit starts the log over, so it stays bounded;
+//! a checkpoint on another connection would never catch up with commits that
+//! do not stop. A restarted log is cut back to [`JOURNAL_SIZE_LIMIT`].
 //!
 //! Durability: WAL with `synchronous = NORMAL`. A commit is in the WAL file
 //! before the append returns, so a crash of agent-svc (killed, OOM, panic)
@@ -34,17 +37,14 @@ use super::rows::{self, MarkedRow, NewRow, SummaryRow};
 use super::window::WindowCache;
 use super::{now_ms, Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep};
 use crate::error::AgentError;
-use futures::future::BoxFuture;
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Connection as _;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Read connections; enough for concurrent history/list calls of one replica.
 const READ_CONNECTIONS: u32 = 4;
@@ -82,16 +82,15 @@ CREATE INDEX IF NOT EXISTS sessions_by_updated ON sessions (updated_at_ms DESC, 
 CREATE INDEX IF NOT EXISTS sessions_by_agent_updated ON sessions (agent_id, updated_at_ms DESC, key);
 ";
 
-/// Followed by `VALUES (…), (…)` for each session of a group commit, then
-/// [`UPSERT_SESSIONS_TAIL`].
-const UPSERT_SESSIONS: &str =
-    "INSERT INTO sessions (key, agent_id, created_at_ms, updated_at_ms, message_count) ";
-
-const UPSERT_SESSIONS_TAIL: &str = "
+/// One session's share of a group commit: created, or its count moved on by
+/// the messages appended; returns the new count (the next seq to come).
+const UPSERT_SESSION: &str = "
+INSERT INTO sessions (key, agent_id, created_at_ms, updated_at_ms, message_count)
+VALUES (?1, ?2, ?3, ?3, ?4)
 ON CONFLICT (key) DO UPDATE SET
     updated_at_ms = max(updated_at_ms, excluded.updated_at_ms),
     message_count = message_count + excluded.message_count
-RETURNING key, message_count";
+RETURNING message_count";
 
 /// Columns added after the first release, for databases created before them.
 const MIGRATIONS: [(&str, &str, &str); 3] = [
@@ -103,10 +102,6 @@ const MIGRATIONS: [(&str, &str, &str); 3] = [
 const INSERT_MESSAGE: &str = "
 INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-
-/// Followed by `VALUES (…), (…)` for each message of an append.
-const INSERT_MESSAGES: &str =
-    "INSERT INTO messages (session_key, seq, run_id, interrupted, created_at_ms, body, kind) ";
 
 // A negative LIMIT means no limit in SQLite, so one statement serves both cases.
 const SELECT_PAGE: &str = "
@@ -168,21 +163,19 @@ const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM sessions WHERE key = ?1)";
 
 /// SQLite-backed transcript store.
 pub struct SqliteStore {
-    writer: SqlitePool,
     reader: SqlitePool,
-    /// Appends waiting for the group commit.
-    writes: mpsc::Sender<Write>,
+    /// Writes waiting for the writer thread.
+    writes: flume::Sender<Write>,
     /// Recent sessions' contexts (kept exact by every write below).
     cache: Arc<WindowCache>,
 }
 
-/// Writes that may wait for the writer task (a full queue makes callers wait).
+/// Writes that may wait for the writer thread (a full queue makes callers wait).
 const WRITE_QUEUE: usize = 1024;
 /// Appends committed in one transaction at most.
 const GROUP_MAX: usize = 64;
-/// Message rows per insert statement (7 parameters each, far below SQLite's
-/// limit of 32,766); a group's sessions (5 each, at most [`GROUP_MAX`]) fit one.
-const ROWS_PER_INSERT: usize = 500;
+/// Prepared statements the writer keeps (it uses a handful).
+const WRITER_STATEMENTS: usize = 32;
 
 /// One append waiting for the group commit.
 struct PendingAppend {
@@ -197,78 +190,89 @@ struct PendingAppend {
 
 /// Any other write: run alone, in queue order, on the writer's connection;
 /// it reports to its caller itself.
-type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// What the writer task is asked to do.
+/// What the writer thread is asked to do.
 enum Write {
     Append(PendingAppend),
     Job(Job),
+    /// Stop: checkpoint, close the connection, then answer.
+    Close(oneshot::Sender<()>),
 }
 
-/// The writer task, the only writer of the database: commits every append
+/// The writer thread, the only writer of the database: commits every append
 /// waiting (up to [`GROUP_MAX`]) in one transaction, runs the other writes
-/// between groups, in order, and checkpoints the log. It holds its connection
-/// while work keeps coming (returning a pooled connection costs a task hop
-/// that the next transaction would wait for) and returns it when the queue is
-/// empty. An append whose caller gave up (its future dropped, e.g. at the
-/// store timeout) before its group began is not written. The cache learns of
-/// each commit before its caller does, so the session's next turn finds it
-/// there. Ends when the store is dropped.
-async fn writer(pool: SqlitePool, mut rx: mpsc::Receiver<Write>, cache: Arc<WindowCache>) {
+/// between groups, in order, and checkpoints the log. An append whose caller
+/// gave up (its future dropped, e.g. at the store timeout) before its group
+/// began is not written. The cache learns of each commit before its caller
+/// does, so the session's next turn finds it there. Ends when the store is
+/// dropped or closed.
+fn writer(mut conn: Connection, rx: flume::Receiver<Write>, cache: Arc<WindowCache>) {
     let mut batch = Vec::with_capacity(GROUP_MAX);
-    let mut checkpointed = tokio::time::Instant::now();
+    let mut checkpointed = Instant::now();
     let mut unchecked = false;
-    loop {
+    let mut closed = None;
+    while closed.is_none() {
         // Commits since the last checkpoint: one is due an interval after the
-        // last, so wait no longer than that (recv_many is cancel-safe).
-        let received = if unchecked {
-            let due = checkpointed + CHECKPOINT_INTERVAL;
-            tokio::time::timeout_at(due, rx.recv_many(&mut batch, GROUP_MAX)).await.ok()
+        // last, so wait no longer than that.
+        let first = if unchecked {
+            rx.recv_deadline(checkpointed + CHECKPOINT_INTERVAL)
+                .map_err(|e| e == flume::RecvTimeoutError::Disconnected)
         } else {
-            Some(rx.recv_many(&mut batch, GROUP_MAX).await)
+            rx.recv().map_err(|_| true)
         };
-        if received == Some(0) {
-            break;
+        match first {
+            Ok(w) => batch.push(w),
+            Err(true) => break,
+            Err(false) => {}
         }
-        let mut conn = match pool.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Nothing was written since: nothing to checkpoint either.
-                fail(&mut batch, &cache, &e.to_string());
-                unchecked = false;
-                continue;
-            }
-        };
         loop {
-            // Due under load (between a batch and the one before, already
-            // answered) or when the queue stayed quiet for the interval.
-            if unchecked && checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
-                checkpoint(&mut conn).await;
-                (checkpointed, unchecked) = (tokio::time::Instant::now(), false);
-            }
-            if batch.is_empty() {
-                break;
-            }
-            run_batch(&mut conn, &mut batch, &cache).await;
-            unchecked = true;
             while batch.len() < GROUP_MAX {
                 match rx.try_recv() {
                     Ok(w) => batch.push(w),
                     Err(_) => break,
                 }
             }
+            // Due under load (between a batch and the one before, already
+            // answered) or when the queue stayed quiet for the interval.
+            if unchecked && checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
+                checkpoint(&conn);
+                (checkpointed, unchecked) = (Instant::now(), false);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            closed = run_batch(&mut conn, &mut batch, &cache);
+            unchecked = true;
+            if closed.is_some() {
+                break;
+            }
         }
+    }
+    if unchecked {
+        checkpoint(&conn);
+    }
+    drop(conn);
+    if let Some(done) = closed {
+        let _ = done.send(());
     }
 }
 
-/// Runs a batch in order: each run of appends as one group commit, each job alone.
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Write>, cache: &WindowCache) {
+/// Runs a batch in order: each run of appends as one group commit, each job
+/// alone. At a close, stops there (the writes after it are dropped: their
+/// callers hear the store is closed) and returns its answer.
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut Vec<Write>,
+    cache: &WindowCache,
+) -> Option<oneshot::Sender<()>> {
     let mut group = Vec::with_capacity(batch.len());
     let mut first_seqs = Vec::with_capacity(batch.len());
     let mut writes = batch.drain(..).peekable();
     while let Some(w) = writes.next() {
         match w {
-            Write::Job(job) => job(conn).await,
+            Write::Job(job) => job(conn),
+            Write::Close(done) => return Some(done),
             Write::Append(p) => {
                 group.push(p);
                 while let Some(Write::Append(_)) = writes.peek() {
@@ -281,7 +285,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Write>, cache: &
                     continue;
                 }
                 first_seqs.clear();
-                let outcome = commit_group(conn, &group, &mut first_seqs).await.map_err(|e| e.to_string());
+                let outcome = commit_group(conn, &group, &mut first_seqs).map_err(|e| e.to_string());
                 for (i, mut p) in group.drain(..).enumerate() {
                     match (&outcome, first_seqs.get(i)) {
                         (Ok(()), Some(&first)) => {
@@ -294,88 +298,53 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Write>, cache: &
             }
         }
     }
+    None
 }
 
-/// Fails every write of a batch (the connection could not be had).
-fn fail(batch: &mut Vec<Write>, cache: &WindowCache, why: &str) {
-    for w in batch.drain(..) {
-        match w {
-            Write::Append(p) => {
-                cache.invalidate(&p.key);
-                let _ = p.done.send(Err(why.to_string()));
-            }
-            // Dropped unrun: its caller hears the store is unavailable.
-            Write::Job(_) => {}
-        }
-    }
-}
-
-/// Commits a group in one transaction; `first_seqs` gets each append's first seq.
-async fn commit_group(
-    conn: &mut SqliteConnection,
+/// Commits a group in one transaction; `first_seqs` gets each append's first
+/// seq. Appends to the same session (nothing stops two callers) take their
+/// seqs in group order.
+fn commit_group(
+    conn: &mut Connection,
     group: &[PendingAppend],
     first_seqs: &mut Vec<i64>,
-) -> Result<(), sqlx::Error> {
-    // Each statement is a round trip to the connection's thread, so the whole
-    // group takes four whatever its size: begin, one upsert of every session
-    // (appends to the same session share it), one insert of every message,
-    // commit.
-    let mut sessions: Vec<(&str, &str, i64)> = Vec::with_capacity(group.len());
-    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(group.len());
-    for p in group {
-        match slot.get(p.key.as_str()) {
-            Some(&i) => sessions[i].2 += p.count,
-            None => {
-                slot.insert(&p.key, sessions.len());
-                sessions.push((&p.key, &p.agent_id, p.count));
+) -> rusqlite::Result<()> {
+    // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = tx.prepare_cached(UPSERT_SESSION)?;
+        let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+        let now = now_ms();
+        for p in group {
+            // message_count moves on in the same transaction, so the new count
+            // less what this append adds is its first seq.
+            let total: i64 = upsert.query_row(params![p.key, p.agent_id, now, p.count], |r| r.get(0))?;
+            let first = total - p.count;
+            first_seqs.push(first);
+            for (row, seq) in p.rows.iter().zip(first..) {
+                insert.execute(params![
+                    p.key,
+                    seq,
+                    row.run_id,
+                    row.interrupted,
+                    row.created_at_ms,
+                    row.body,
+                    row.kind
+                ])?;
             }
         }
     }
-    // IMMEDIATE takes the write lock up front: no lock upgrade can fail midway.
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let now = now_ms();
-    let mut upsert = sqlx::QueryBuilder::new(UPSERT_SESSIONS);
-    upsert.push_values(&sessions, |mut b, (key, agent_id, count)| {
-        b.push_bind(*key).push_bind(*agent_id).push_bind(now).push_bind(now).push_bind(*count);
-    });
-    upsert.push(UPSERT_SESSIONS_TAIL);
-    let totals: Vec<(String, i64)> = upsert.build_query_as().fetch_all(&mut *tx).await?;
-    // message_count is bumped in the same transaction, so the total less what
-    // this group adds is the session's next seq.
-    let mut next_seq = vec![0; sessions.len()];
-    for (key, total) in totals {
-        if let Some(&i) = slot.get(key.as_str()) {
-            next_seq[i] = total - sessions[i].2;
-        }
-    }
-    let mut rows = Vec::with_capacity(group.iter().map(|p| p.rows.len()).sum());
-    for p in group {
-        let i = slot[p.key.as_str()];
-        first_seqs.push(next_seq[i]);
-        rows.extend(p.rows.iter().zip(next_seq[i]..).map(|(row, seq)| (p.key.as_str(), seq, row)));
-        next_seq[i] += p.count;
-    }
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::new(INSERT_MESSAGES);
-        insert.push_values(chunk, |mut b, (key, seq, row)| {
-            b.push_bind(*key)
-                .push_bind(*seq)
-                .push_bind(&row.run_id)
-                .push_bind(row.interrupted)
-                .push_bind(row.created_at_ms)
-                .push_bind(&row.body)
-                .push_bind(row.kind);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await
+    tx.commit()
 }
 
 /// Copies the write-ahead log into the database (`PASSIVE`: never waits for
 /// a reader; what a reader still needs stays in the log until next time).
-async fn checkpoint(conn: &mut SqliteConnection) {
+fn checkpoint(conn: &Connection) {
     // (busy, frames in the log, frames copied)
-    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await {
+    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match done {
         Ok((_, log, copied)) => {
             metrics::gauge!("openclaw_agent_sqlite_wal_frames").set(log.max(0) as f64);
             if copied < log {
@@ -388,40 +357,70 @@ async fn checkpoint(conn: &mut SqliteConnection) {
 
 /// Stores a compaction: the summary (if any) as the next entry, the context
 /// start moved (never back). Nothing for an unknown session.
-async fn compact_tx(
-    conn: &mut SqliteConnection,
+fn compact_tx(
+    conn: &mut Connection,
     key: &str,
     start_seq: i64,
     summary: Option<NewRow>,
-) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut summary_seq = None;
     if let Some(row) = summary {
-        let Some((count,)): Option<(i64,)> =
-            sqlx::query_as(TAKE_SEQ).bind(key).fetch_optional(&mut *tx).await?
-        else {
-            return Ok(());
+        let count: Option<i64> = match tx.query_row(TAKE_SEQ, [key], |r| r.get(0)) {
+            Ok(n) => Some(n),
+            Err(rusqlite::Error::QueryReturnedNoRows) => None,
+            Err(e) => return Err(e),
         };
-        sqlx::query(INSERT_MESSAGE)
-            .bind(key)
-            .bind(count - 1)
-            .bind(row.run_id)
-            .bind(row.interrupted)
-            .bind(row.created_at_ms)
-            .bind(row.body)
-            .bind(row.kind)
-            .execute(&mut *tx)
-            .await?;
+        let Some(count) = count else { return Ok(()) };
+        tx.execute(
+            INSERT_MESSAGE,
+            params![key, count - 1, row.run_id, row.interrupted, row.created_at_ms, row.body, row.kind],
+        )?;
         summary_seq = Some(count - 1);
     }
-    sqlx::query(MOVE_CONTEXT).bind(key).bind(start_seq).bind(summary_seq).execute(&mut *tx).await?;
-    tx.commit().await
+    tx.execute(MOVE_CONTEXT, params![key, start_seq, summary_seq])?;
+    tx.commit()
+}
+
+/// Opens the write connection (creating the file), set up for the writer
+/// thread, with the schema in place. Blocking: file I/O.
+fn open_writer(path: &str) -> rusqlite::Result<Connection> {
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+    // `journal_mode` answers with the mode it set.
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA wal_autocheckpoint = 0;
+         PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
+    ))?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Creates the schema, adding the columns a database from an older release lacks.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, alter) in MIGRATIONS {
+        let present: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(alter)?;
+        }
+    }
+    Ok(())
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and its schema, with
-    /// a context cache of `cache_bytes` (0: none). `:memory:` gives a private
-    /// in-memory database.
+    /// a context cache of `cache_bytes` (0: none).
     pub async fn open(path: &str, cache_bytes: usize) -> Result<Self, AgentError> {
         // Accept the URL form `sqlite://PATH` too (`sqlite:///abs` → `/abs`).
         let path = path.strip_prefix("//").unwrap_or(path);
@@ -431,104 +430,81 @@ impl SqliteStore {
         if path.is_empty() {
             return Err(AgentError::Startup("session.store: `sqlite:` needs a file path".into()));
         }
-
-        let base = SqliteConnectOptions::new()
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            .synchronous(SqliteSynchronous::Normal);
-
-        let schema = |pool: SqlitePool| async move {
-            migrate(&pool).await.map(|()| pool).map_err(|e| fail("create the schema of", &e))
-        };
-        let (writer, reader) = if path == ":memory:" {
-            // One connection is the whole database: keep it forever and share it.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .test_before_acquire(false)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(base.in_memory(true))
-                .await
-                .map_err(|e| fail("open", &e))?;
-            let pool = schema(pool).await?;
-            (pool.clone(), pool)
-        } else {
-            if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir).await.map_err(|e| fail("create the directory of", &e))?;
-            }
-            let options = base.filename(path).create_if_missing(true).journal_mode(SqliteJournalMode::Wal);
-            // The writer task checkpoints between groups instead (`writer`).
-            let writer_options = options
-                .clone()
-                .pragma("wal_autocheckpoint", "0")
-                .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string());
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                // A local file has no connection to go stale: no ping (a round
-                // trip to the connection's thread) before every transaction.
-                .test_before_acquire(false)
-                .connect_with(writer_options)
-                .await
-                .map_err(|e| fail("open", &e))?;
-            // Create the schema before any reader looks at the file.
-            let writer = schema(writer).await?;
-            let reader = SqlitePoolOptions::new()
-                .max_connections(READ_CONNECTIONS)
-                .min_connections(1)
-                .test_before_acquire(false)
-                .connect_with(options)
-                .await
-                .map_err(|e| fail("open", &e))?;
-            (writer, reader)
-        };
-        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        if path == ":memory:" {
+            return Err(AgentError::Startup(
+                "session.store: `sqlite::memory:` is not supported; use `memory` for a store in memory"
+                    .into(),
+            ));
+        }
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| fail("create the directory of", &e))?;
+        }
+        // The schema exists before any reader looks at the file.
+        let owned = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || open_writer(&owned))
+            .await
+            .map_err(|e| fail("open", &e))?
+            .map_err(|e| fail("open", &e))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .min_connections(1)
+            // A local file has no connection to go stale: no ping (a round
+            // trip to the connection's thread) before every read.
+            .test_before_acquire(false)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(BUSY_TIMEOUT)
+                    .foreign_keys(true)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .map_err(|e| fail("open", &e))?;
+        let (writes, queue) = flume::bounded(WRITE_QUEUE);
         let cache = Arc::new(WindowCache::new(cache_bytes));
-        tokio::spawn(self::writer(writer.clone(), queue, Arc::clone(&cache)));
-        Ok(SqliteStore { writer, reader, writes, cache })
+        let thread_cache = Arc::clone(&cache);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer(conn, queue, thread_cache))
+            .map_err(|e| fail("start the writer of", &e))?;
+        Ok(SqliteStore { reader, writes, cache })
     }
 
-    /// Runs `job` on the writer task's connection, in queue order with the
+    /// Queues a write for the writer thread (waiting while the queue is full).
+    async fn enqueue(&self, w: Write) -> Result<(), AgentError> {
+        self.writes.send_async(w).await.map_err(|_| closed())
+    }
+
+    /// Runs `job` on the writer thread's connection, in queue order with the
     /// appends, and returns what it did.
     async fn write<T, F>(&self, job: F) -> Result<T, AgentError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (done, outcome) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
-                let _ = done.send(job(conn).await);
-            })
-        });
-        let closed = || AgentError::Store("the session store is closed".into());
-        self.writes.send(Write::Job(job)).await.map_err(|_| closed())?;
-        Ok(outcome.await.map_err(|_| closed())??)
+        self.enqueue(Write::Job(Box::new(move |conn| {
+            let _ = done.send(job(conn));
+        })))
+        .await?;
+        outcome.await.map_err(|_| closed())?.map_err(|e| AgentError::Store(e.to_string()))
     }
 
-    /// Closes all connections (waits for running statements). Later calls fail.
+    /// Closes the database: the writer finishes what was queued before,
+    /// checkpoints and closes its connection; reads wait for running
+    /// statements. Later calls fail.
     pub async fn close(&self) {
-        self.writer.close().await;
+        let (done, closed) = oneshot::channel();
+        if self.enqueue(Write::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
         self.reader.close().await;
     }
 }
 
-/// Creates the schema, adding the columns a database from an older release lacks.
-async fn migrate(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(SCHEMA).execute(pool).await?;
-    for (table, column, alter) in MIGRATIONS {
-        let (present,): (bool,) =
-            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)")
-                .bind(table)
-                .bind(column)
-                .fetch_one(pool)
-                .await?;
-        if !present {
-            sqlx::query(alter).execute(pool).await?;
-        }
-    }
-    Ok(())
+fn closed() -> AgentError {
+    AgentError::Store("the session store is closed".into())
 }
 
 /// Rows deleted per sweep statement, so no transaction grows unbounded.
@@ -550,8 +526,7 @@ impl SessionStore for SqliteStore {
         let (done, outcome) = oneshot::channel();
         let pending =
             PendingAppend { key: key.to_owned(), agent_id: agent_id.to_owned(), count, rows, entries, done };
-        let closed = || AgentError::Store("the session store is closed".into());
-        self.writes.send(Write::Append(pending)).await.map_err(|_| closed())?;
+        self.enqueue(Write::Append(pending)).await?;
         outcome.await.map_err(|_| closed())?.map_err(AgentError::Store)
     }
 
@@ -595,43 +570,36 @@ impl SessionStore for SqliteStore {
             None => None,
         };
         let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
-        self.write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<(), sqlx::Error>> {
-            Box::pin(async move {
-                let committed = compact_tx(conn, &key, c.start_seq, summary).await;
-                cache.invalidate(&key);
-                committed
-            })
+        self.write(move |conn| {
+            let committed = compact_tx(conn, &key, c.start_seq, summary);
+            cache.invalidate(&key);
+            committed
         })
         .await
     }
 
     async fn reset(&self, key: &str) -> Result<bool, AgentError> {
         let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
-        self.write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<bool, sqlx::Error>> {
-            Box::pin(async move {
-                let reset = async {
-                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-                    sqlx::query(CLEAR_MESSAGES).bind(&key).execute(&mut *tx).await?;
-                    let done = sqlx::query(RESET_SESSION).bind(&key).bind(now_ms()).execute(&mut *tx).await?;
-                    tx.commit().await?;
-                    Ok(done.rows_affected() > 0)
-                };
-                let outcome = reset.await;
-                cache.invalidate(&key);
-                outcome
-            })
+        self.write(move |conn| {
+            let reset = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(CLEAR_MESSAGES, [&key])?;
+                let done = tx.execute(RESET_SESSION, params![key, now_ms()])?;
+                tx.commit()?;
+                Ok(done > 0)
+            })();
+            cache.invalidate(&key);
+            reset
         })
         .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, AgentError> {
         let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
-        self.write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<bool, sqlx::Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(DELETE_SESSION).bind(&key).execute(conn).await;
-                cache.invalidate(&key);
-                Ok(done?.rows_affected() > 0)
-            })
+        self.write(move |conn| {
+            let done = conn.execute(DELETE_SESSION, [&key]);
+            cache.invalidate(&key);
+            Ok(done? > 0)
         })
         .await
     }
@@ -646,15 +614,13 @@ impl SessionStore for SqliteStore {
             loop {
                 let cache = Arc::clone(&self.cache);
                 let n = self
-                    .write(move |conn: &mut SqliteConnection| -> BoxFuture<'_, Result<u64, sqlx::Error>> {
-                        Box::pin(async move {
-                            let done = sqlx::query(stmt).bind(arg).bind(SWEEP_BATCH).execute(conn).await;
-                            // Which sessions went is not known here: drop them all.
-                            if !matches!(&done, Ok(d) if d.rows_affected() == 0) {
-                                cache.clear();
-                            }
-                            Ok(done?.rows_affected())
-                        })
+                    .write(move |conn| {
+                        let done = conn.execute(stmt, params![arg, SWEEP_BATCH]);
+                        // Which sessions went is not known here: drop them all.
+                        if !matches!(done, Ok(0)) {
+                            cache.clear();
+                        }
+                        Ok(done? as u64)
                     })
                     .await?;
                 total += n;
@@ -778,12 +744,10 @@ mod tests {
         fixtures::append_listed(&store).await;
         // Pin update times so the order does not depend on the clock.
         for (key, t) in fixtures::LISTED {
-            sqlx::query("UPDATE sessions SET updated_at_ms = ?1 WHERE key = ?2")
-                .bind(t)
-                .bind(key)
-                .execute(&store.writer)
-                .await
-                .unwrap();
+            let pin = move |conn: &mut Connection| {
+                conn.execute("UPDATE sessions SET updated_at_ms = ?1 WHERE key = ?2", params![t, key])
+            };
+            store.write(pin).await.unwrap();
         }
         fixtures::assert_listed(&store).await;
         store.close().await;
@@ -824,10 +788,11 @@ mod tests {
     }
 
     /// One group with two appends to the same session (nothing stops two
-    /// callers) and one to another: one upsert each, seqs in group order.
+    /// callers) and one to another: seqs in group order.
     #[tokio::test]
-    async fn a_group_shares_one_upsert_per_session() {
-        let store = SqliteStore::open(":memory:", 0).await.unwrap();
+    async fn a_group_takes_seqs_in_group_order() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         store.append("agent:main:a", "main", vec![text("user", "0"), text("user", "1")]).await.unwrap();
         let pending = |key: &str, texts: &[&str]| {
             let entries: Vec<_> = texts.iter().map(|t| text("user", t)).collect();
@@ -840,10 +805,13 @@ mod tests {
             pending("agent:main:b", &["b0"]),
             pending("agent:main:a", &["4"]),
         ];
-        let mut first_seqs = Vec::new();
-        let mut conn = store.writer.acquire().await.unwrap();
-        commit_group(&mut conn, &group, &mut first_seqs).await.unwrap();
-        drop(conn);
+        let first_seqs = store
+            .write(move |conn| {
+                let mut first_seqs = Vec::new();
+                commit_group(conn, &group, &mut first_seqs).map(|()| first_seqs)
+            })
+            .await
+            .unwrap();
         assert_eq!(first_seqs, [2, 0, 4]);
         let texts = |h: Vec<StoredMessage>| h.iter().map(rows_text).collect::<Vec<_>>();
         assert_eq!(texts(store.history("agent:main:a", None).await.unwrap()), ["0", "1", "2", "3", "4"]);
@@ -857,26 +825,41 @@ mod tests {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         store.append("agent:main:k", "main", vec![text("user", "hi")]).await.unwrap();
-        sqlx::query("UPDATE messages SET body = x'ffffffff'").execute(&store.writer).await.unwrap();
+        store.write(|conn| conn.execute("UPDATE messages SET body = x'ffffffff'", [])).await.unwrap();
         assert!(matches!(store.history("agent:main:k", None).await, Err(AgentError::Store(_))));
         store.close().await;
     }
 
+    /// The writer and the readers are separate connections, so a private
+    /// in-memory database cannot serve: the error names the store that can.
     #[tokio::test]
-    async fn in_memory_database_works() {
-        let store = SqliteStore::open(":memory:", 0).await.unwrap();
+    async fn an_in_memory_path_points_to_the_memory_store() {
+        let Err(AgentError::Startup(why)) = SqliteStore::open(":memory:", 0).await else {
+            panic!("`sqlite::memory:` opened");
+        };
+        assert!(why.contains("use `memory`"), "{why}");
+    }
+
+    /// A closed store refuses writes with the store error, and what it
+    /// answered before is on disk for the next one.
+    #[tokio::test]
+    async fn close_finishes_the_queue_then_refuses() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         store.append("agent:main:k", "main", rich_turn()).await.unwrap();
-        assert_eq!(
-            store.history("agent:main:k", Some(1)).await.unwrap(),
-            numbered(rich_turn(), 0)[2..].to_vec()
-        );
         store.close().await;
+        let refused = store.append("agent:main:k", "main", vec![text("user", "late")]).await;
+        assert!(matches!(refused, Err(AgentError::Store(m)) if m.contains("closed")));
+        let again = SqliteStore::open(&db.path(), 0).await.unwrap();
+        assert_eq!(again.history("agent:main:k", None).await.unwrap(), numbered(rich_turn(), 0));
+        again.close().await;
     }
 
     #[tokio::test]
     async fn lifecycle_and_sweep() {
         for cache in [0, 1 << 20] {
-            let store = SqliteStore::open(":memory:", cache).await.unwrap();
+            let db = TempDb::new();
+            let store = SqliteStore::open(&db.path(), cache).await.unwrap();
             fixtures::assert_lifecycle(&store).await;
             fixtures::assert_sweep(&store).await;
             store.close().await;
@@ -953,7 +936,7 @@ mod tests {
         .execute(&old)
         .await
         .unwrap();
-        let body = prost::Message::encode_to_vec(&*text("user", "old").message);
+        let body = prost::Message::encode_to_vec(text("user", "old").message.message());
         sqlx::query("INSERT INTO sessions VALUES ('agent:main:old', 'main', 1, 1, 1)")
             .execute(&old)
             .await

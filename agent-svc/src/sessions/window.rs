@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 /// Bookkeeping counted per entry on top of its encoded message.
 const ENTRY_OVERHEAD: usize = 96;
+/// JSON framing of a message's wire form (`{"role":…,"content":…}`), which an
+/// entry keeps once it was sent upstream.
+const WIRE_OVERHEAD: usize = 32;
 
 /// The cache of one store.
 pub struct WindowCache {
@@ -47,8 +50,12 @@ struct Cached {
 #[derive(Debug, Clone, Copy)]
 pub struct Epoch(u64);
 
+/// An entry's share of the budget, counted when it is cached: the message and
+/// its wire form (about as long, computed when first sent), its run id, the
+/// bookkeeping.
 fn entry_bytes(m: &StoredMessage) -> usize {
-    prost::Message::encoded_len(&*m.message) + m.run_id.len() + ENTRY_OVERHEAD
+    let message = prost::Message::encoded_len(m.message.message());
+    2 * message + WIRE_OVERHEAD + m.run_id.len() + ENTRY_OVERHEAD
 }
 
 fn context_bytes(ctx: &Context) -> usize {

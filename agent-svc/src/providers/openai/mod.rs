@@ -412,7 +412,7 @@ mod tests {
         fn request() -> ProviderRequest {
             ProviderRequest {
                 model: "m".into(),
-                messages: vec![msg("user", "hi").into()],
+                messages: vec![crate::message::SharedMessage::shared(msg("user", "hi"))],
                 ..Default::default()
             }
         }

@@ -5,9 +5,11 @@
 //! we use; unknown ones are ignored.
 
 use super::super::{ProviderError, ProviderEvent, ProviderRequest};
+use crate::message::SharedMessage;
 use serde::{Deserialize, Serialize};
 use services::proto::{content_part, tool_choice, ContentPart, Message, Tool, ToolCall, ToolChoice};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------
 // Request body
@@ -17,7 +19,7 @@ use std::borrow::Cow;
 #[derive(Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
-    messages: Vec<WireMessage<'a>>,
+    messages: WireMessages<'a>,
     stream: bool,
     stream_options: StreamOptions,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +133,25 @@ struct WireCallFunction<'a> {
     arguments: &'a str,
 }
 
+/// The conversation: each message's wire JSON is encoded the first time it is
+/// sent and then reused, so a session's window costs a copy per turn, not an
+/// encoding.
+struct WireMessages<'a>(&'a [Arc<SharedMessage>]);
+
+impl Serialize for WireMessages<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for m in self.0 {
+            let json = m
+                .wire(|m| serde_json::value::to_raw_value(&WireMessage::from(m)))
+                .map_err(S::Error::custom)?;
+            seq.serialize_element(json)?;
+        }
+        seq.end()
+    }
+}
+
 impl<'a> From<&'a Message> for WireMessage<'a> {
     fn from(m: &'a Message) -> Self {
         WireMessage {
@@ -188,7 +209,7 @@ pub(super) fn build_body(req: &ProviderRequest) -> Result<Vec<u8>, ProviderError
     let p = &req.params;
     let body = ChatRequest {
         model: &req.model,
-        messages: req.messages.iter().map(|m| WireMessage::from(&**m)).collect(),
+        messages: WireMessages(&req.messages),
         stream: true,
         // Always ask: usage is reported even when the client did not ask for it.
         stream_options: StreamOptions { include_usage: true },
@@ -484,7 +505,10 @@ mod tests {
     fn body_has_stream_options_and_only_set_params() {
         let req = ProviderRequest {
             model: "gpt-4o-mini".into(),
-            messages: vec![msg("system", "be brief").into(), msg("user", "hi").into()],
+            messages: vec![
+                SharedMessage::shared(msg("system", "be brief")),
+                SharedMessage::shared(msg("user", "hi")),
+            ],
             ..Default::default()
         };
         assert_eq!(
@@ -515,7 +539,7 @@ mod tests {
     fn every_param_request() -> ProviderRequest {
         ProviderRequest {
             model: "m".into(),
-            messages: vec![msg("user", "hi").into()],
+            messages: vec![SharedMessage::shared(msg("user", "hi"))],
             params: SamplingParams {
                 temperature: Some(0.5),
                 top_p: Some(0.9),
@@ -628,7 +652,7 @@ mod tests {
         ProviderRequest {
             model: "m/x".into(),
             messages: [msg("system", "be brief"), named, parts, calls, tool_msg, one_part]
-                .map(std::sync::Arc::new)
+                .map(SharedMessage::shared)
                 .to_vec(),
             params: SamplingParams {
                 top_p: Some(1.0),
@@ -653,7 +677,7 @@ mod tests {
     fn bad_embedded_json_is_rejected() {
         let req = ProviderRequest {
             model: "m".into(),
-            messages: vec![msg("user", "hi").into()],
+            messages: vec![SharedMessage::shared(msg("user", "hi"))],
             tools: vec![tool("f", None, Some("{nope"))],
             ..Default::default()
         };
