@@ -252,6 +252,14 @@ fn writer(
     drop(conn);
     if let Some(done) = closed {
         let _ = done.send(());
+        // Closed, not dropped: a write queued from now on would wait in the
+        // queue for good, so each is dropped unrun (its caller hears the store
+        // is closed) until the store goes.
+        for w in rx.iter() {
+            if let Write::Close(done) = w {
+                let _ = done.send(());
+            }
+        }
     }
 }
 
@@ -966,16 +974,21 @@ mod tests {
         assert!(why.contains("use `memory`"), "{why}");
     }
 
-    /// A closed store refuses writes with the store error, and what it
-    /// answered before is on disk for the next one.
+    /// A closed store refuses writes with the store error (at once, also a
+    /// write racing the close), and what it answered before is on disk for
+    /// the next one.
     #[tokio::test]
     async fn close_finishes_the_queue_then_refuses() {
         let db = TempDb::new();
         let store = SqliteStore::open(&db.path(), 0).await.unwrap();
         store.append("agent:main:k", "main", rich_turn()).await.unwrap();
         store.close().await;
-        let refused = store.append("agent:main:k", "main", vec![text("user", "late")]).await;
-        assert!(matches!(refused, Err(AgentError::Store(m)) if m.contains("closed")));
+        for _ in 0..3 {
+            let refused = store.append("agent:main:k", "main", vec![text("user", "late")]).await;
+            assert!(matches!(refused, Err(AgentError::Store(m)) if m.contains("closed")));
+            assert!(matches!(store.delete("agent:main:k").await, Err(AgentError::Store(_))));
+        }
+        store.close().await;
         let again = SqliteStore::open(&db.path(), 0).await.unwrap();
         assert_eq!(again.history("agent:main:k", None).await.unwrap(), numbered(rich_turn(), 0));
         again.close().await;
