@@ -45,9 +45,13 @@ impl SharedMessage {
         *self.tokens.get_or_init(|| estimate(&self.message))
     }
 
-    /// The wire JSON, encoded by `encode` the first time. An encoding error
+    /// The OpenAI Chat Completions JSON of the message (the one wire dialect
+    /// the providers speak), encoded by `encode` the first time. An encoding error
     /// is returned (and tried again next time), not remembered.
-    pub fn wire<E>(&self, encode: impl FnOnce(&Message) -> Result<Box<RawValue>, E>) -> Result<&RawValue, E> {
+    pub fn openai_wire<E>(
+        &self,
+        encode: impl FnOnce(&Message) -> Result<Box<RawValue>, E>,
+    ) -> Result<&RawValue, E> {
         if let Some(json) = self.wire.get() {
             return Ok(json);
         }
@@ -103,12 +107,12 @@ mod tests {
         let m = SharedMessage::shared(Message { role: "user".into(), ..Default::default() });
         assert_eq!(m.tokens(|m| m.role.len() as u64), 4);
         assert_eq!(m.tokens(|_| unreachable!("remembered")), 4);
-        let failed: Result<&RawValue, &str> = m.wire(|_| Err("no"));
+        let failed: Result<&RawValue, &str> = m.openai_wire(|_| Err("no"));
         assert_eq!(failed.unwrap_err(), "no");
         assert_eq!(m.memo_bytes(), 0, "a failed encoding is not kept");
-        let json = m.wire(|m| serde_json::value::to_raw_value(&m.role)).unwrap();
+        let json = m.openai_wire(|m| serde_json::value::to_raw_value(&m.role)).unwrap();
         assert_eq!(json.get(), "\"user\"");
-        let again = m.wire::<serde_json::Error>(|_| unreachable!("remembered")).unwrap();
+        let again = m.openai_wire::<serde_json::Error>(|_| unreachable!("remembered")).unwrap();
         assert_eq!(again.get(), "\"user\"");
         assert_eq!(m.memo_bytes(), 6);
         // Clones and comparisons see the message only.

@@ -249,6 +249,8 @@ fn writer(
         }
     }
     checkpoints.close(&conn);
+    // Ends the checkpointer thread, which closes its connection too.
+    drop(checkpoints);
     drop(conn);
     if let Some(done) = closed {
         let _ = done.send(());

@@ -144,7 +144,7 @@ impl Serialize for WireMessages<'_> {
         let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
         for m in self.0 {
             let json = m
-                .wire(|m| serde_json::value::to_raw_value(&WireMessage::from(m)))
+                .openai_wire(|m| serde_json::value::to_raw_value(&WireMessage::from(m)))
                 .map_err(S::Error::custom)?;
             seq.serialize_element(json)?;
         }
