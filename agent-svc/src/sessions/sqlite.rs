@@ -39,7 +39,7 @@ use super::rows::{self, MarkedRow, NewRow, SummaryRow};
 use super::window::WindowCache;
 use super::{now_ms, Compaction, Context, Page, SessionStore, SessionSummary, StoredMessage, Sweep};
 use crate::error::AgentError;
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -248,9 +248,8 @@ fn writer(
             }
         }
     }
+    // Also ends the checkpointer thread, which closes its connection.
     checkpoints.close(&conn);
-    // Ends the checkpointer thread, which closes its connection too.
-    drop(checkpoints);
     drop(conn);
     if let Some(done) = closed {
         let _ = done.send(());
@@ -281,14 +280,14 @@ struct Checkpoints {
     dirty: bool,
     /// None: the writer checkpoints alone (the second connection failed).
     helper: Option<Checkpointer>,
-    /// The checkpointer is at work.
-    copying: bool,
 }
 
 /// The second connection's thread: asked, it checkpoints and says so.
 struct Checkpointer {
     ask: std::sync::mpsc::SyncSender<()>,
     done: std::sync::mpsc::Receiver<()>,
+    /// Asked and not done yet.
+    copying: bool,
 }
 
 impl Checkpointer {
@@ -309,18 +308,22 @@ impl Checkpointer {
             }
         });
         started?;
-        Ok(Checkpointer { ask, done })
+        Ok(Checkpointer { ask, done, copying: false })
     }
 }
 
 impl Checkpoints {
     fn new(helper: Option<Checkpointer>) -> Self {
-        Checkpoints { last: Instant::now(), dirty: false, helper, copying: false }
+        Checkpoints { last: Instant::now(), dirty: false, helper }
+    }
+
+    fn copying(&self) -> bool {
+        self.helper.as_ref().is_some_and(|h| h.copying)
     }
 
     /// Until when the writer may wait for work; `None`: as long as it takes.
     fn deadline(&self) -> Option<Instant> {
-        if self.copying {
+        if self.copying() {
             Some(Instant::now() + CHECKPOINTER_POLL)
         } else if self.dirty {
             Some(self.last + CHECKPOINT_INTERVAL)
@@ -340,22 +343,20 @@ impl Checkpoints {
         if !self.dirty {
             return;
         }
-        if self.copying {
-            let Some(helper) = &self.helper else { return };
+        if let Some(helper) = self.helper.as_mut().filter(|h| h.copying) {
             match helper.done.try_recv() {
                 Err(std::sync::mpsc::TryRecvError::Empty) => return,
-                Ok(()) => {}
+                Ok(()) => helper.copying = false,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => self.helper = None,
             }
-            self.copying = false;
             self.finish(conn);
             return;
         }
         if self.last.elapsed() < CHECKPOINT_INTERVAL {
             return;
         }
-        match &self.helper {
-            Some(helper) if helper.ask.try_send(()).is_ok() => self.copying = true,
+        match &mut self.helper {
+            Some(helper) if helper.ask.try_send(()).is_ok() => helper.copying = true,
             _ => self.finish(conn),
         }
     }
@@ -367,12 +368,11 @@ impl Checkpoints {
         (self.last, self.dirty) = (Instant::now(), false);
     }
 
-    /// At the writer's end: a last complete checkpoint.
-    fn close(&mut self, conn: &Connection) {
-        if self.copying {
-            if let Some(helper) = &self.helper {
-                let _ = helper.done.recv();
-            }
+    /// At the writer's end: a last complete checkpoint, and the checkpointer
+    /// stopped (its thread ends when asked no more).
+    fn close(mut self, conn: &Connection) {
+        if let Some(helper) = self.helper.as_ref().filter(|h| h.copying) {
+            let _ = helper.done.recv();
         }
         if self.dirty {
             self.finish(conn);
@@ -444,19 +444,22 @@ fn commit_group(
             let first = total - p.count;
             first_seqs.push(first);
             for (row, seq) in p.rows.iter().zip(first..) {
-                insert.execute(params![
-                    p.key,
-                    seq,
-                    row.run_id,
-                    row.interrupted,
-                    row.created_at_ms,
-                    row.body,
-                    row.kind
-                ])?;
+                insert_message(&mut insert, &p.key, seq, row)?;
             }
         }
     }
     tx.commit()
+}
+
+/// Inserts one message row with the prepared [`INSERT_MESSAGE`].
+fn insert_message(
+    insert: &mut rusqlite::Statement<'_>,
+    key: &str,
+    seq: i64,
+    row: &NewRow,
+) -> rusqlite::Result<()> {
+    insert.execute(params![key, seq, row.run_id, row.interrupted, row.created_at_ms, row.body, row.kind])?;
+    Ok(())
 }
 
 /// Copies the write-ahead log into the database (`PASSIVE`: never waits for
@@ -488,16 +491,10 @@ fn compact_tx(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut summary_seq = None;
     if let Some(row) = summary {
-        let count: Option<i64> = match tx.query_row(TAKE_SEQ, [key], |r| r.get(0)) {
-            Ok(n) => Some(n),
-            Err(rusqlite::Error::QueryReturnedNoRows) => None,
-            Err(e) => return Err(e),
+        let Some(count) = tx.query_row(TAKE_SEQ, [key], |r| r.get::<_, i64>(0)).optional()? else {
+            return Ok(());
         };
-        let Some(count) = count else { return Ok(()) };
-        tx.execute(
-            INSERT_MESSAGE,
-            params![key, count - 1, row.run_id, row.interrupted, row.created_at_ms, row.body, row.kind],
-        )?;
+        insert_message(&mut *tx.prepare_cached(INSERT_MESSAGE)?, key, count - 1, &row)?;
         summary_seq = Some(count - 1);
     }
     tx.execute(MOVE_CONTEXT, params![key, start_seq, summary_seq])?;
