@@ -6,7 +6,5 @@
 #   scripts/bench.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p agent-svc -p gateway-http -p openclaw-e2e --bins
-target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-  | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-exec "${target_dir:-target}/release/bench" "$@"
+source scripts/build-bins.sh release
+exec "$bin_dir/bench" "$@"

@@ -9,16 +9,6 @@
 #   scripts/soak.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=release
-if [ "${1:-}" = "--debug" ]; then
-  profile=debug
-  shift
-fi
-if [ "$profile" = release ]; then
-  cargo build --release -p agent-svc -p gateway-http -p openclaw-e2e --bins
-else
-  cargo build -p agent-svc -p gateway-http -p openclaw-e2e --bins
-fi
-target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-  | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-exec "${target_dir:-target}/$profile/soak" "$@"
+source scripts/build-bins.sh "${1:-}"
+if [ "$profile" = debug ]; then shift; fi
+exec "$bin_dir/soak" "$@"

@@ -2,7 +2,8 @@
 # The test command (README): formatting, lints, every test in the workspace, the
 # HTTP API against its OpenAPI document (schemathesis on a live gateway, 3-4 min; skipped
 # with OPENCLAW_SKIP_API_CONFORMANCE=1), a 3-minute soak test on the debug build (skipped
-# with OPENCLAW_SKIP_SOAK=1), the Kubernetes manifests against the API schemas, then the
+# with OPENCLAW_SKIP_SOAK=1), 10,000 SSE streams held open at once through the debug build
+# (about a minute; skipped with OPENCLAW_SKIP_STREAMS=1), the Kubernetes manifests against the API schemas, then the
 # cluster test (real containers with docker compose; skipped with one line when no Docker
 # engine answers, or with OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
 # session-store tests unless OPENCLAW_TEST_POSTGRES_URL already names one.
@@ -39,6 +40,12 @@ else
   # RSS slack covers the gateway's chat.send idempotency map, which fills for longer than
   # a 3-minute run can warm up (README "Soak test").
   scripts/soak.sh --debug --duration 3m --sample-secs 15 --rss-slack-mb 12
+fi
+if [ "${OPENCLAW_SKIP_STREAMS:-0}" = 1 ]; then
+  echo "open-streams check skipped: OPENCLAW_SKIP_STREAMS=1"
+else
+  # A delta every 2 s: the debug build's CPU, not the memory, would bound a faster tick.
+  scripts/streams.sh --debug --streams-tick-ms 2000
 fi
 scripts/validate-k8s.sh
 if [ "${OPENCLAW_SKIP_CLUSTER:-0}" = 1 ]; then

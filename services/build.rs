@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // Server reflection serves this descriptor set.
     std::fs::write(out.join("agent_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Small initial buffers: a run's stream holds them for the whole answer (see `codec.rs`).
+    tonic_prost_build::configure().codec_path("crate::codec::LeanCodec").compile_fds(fds)?;
     Ok(())
 }

@@ -7,9 +7,11 @@
 //! Callers are checked in [`security`] (the internal token, mutual TLS).
 //! A run reads in one direction: [`service`] (gRPC in, statuses out) →
 //! [`run`] (prepare, queue, drive) → [`providers`] and [`sessions`]. Rules
-//! shared with the gateway live in the `services` crate.
+//! shared with the gateway live in the `services` crate. [`alloc`] is both
+//! binaries' global allocator.
 
 pub mod agents;
+pub mod alloc;
 pub mod error;
 pub mod message;
 pub mod metrics;

@@ -7,11 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// mimalloc: glibc's free lists and their consolidation were ~10% of the CPU of
-/// a stable-session turn (many small messages, freed on other threads).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// OpenClaw agent service: agents, providers, sessions and runs over gRPC
 /// (`openclaw.agent.v1.AgentService`, plus grpc.health.v1 and server reflection).
 #[derive(Parser, Debug)]
@@ -47,12 +42,20 @@ struct Cli {
     healthcheck: bool,
 }
 
+/// The allocator's options, set before anything allocates: a constructor runs
+/// before the Rust runtime's first allocation (see `agent_svc::alloc`).
+#[used]
+#[cfg_attr(target_os = "linux", link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = agent_svc::alloc::configure;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.healthcheck {
         return healthcheck(&cli);
     }
     services::logging::init();
+    // Every upstream request in flight is a connection, so a file.
+    tracing::debug!(open_files = services::net::raise_fd_limit(), "open-file limit");
     // Config errors are one line naming the key and the file.
     let config = match services::config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -100,9 +100,12 @@ fn healthcheck(cli: &Cli) -> ExitCode {
     }
 }
 
-/// The same allocator as agent-svc (it runs inside this process in embedded mode).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The allocator's options, set before anything allocates: a constructor runs
+/// before the Rust runtime's first allocation (see `agent_svc::alloc`, which
+/// is this binary's global allocator too).
+#[used]
+#[cfg_attr(target_os = "linux", link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = agent_svc::alloc::configure;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -129,6 +132,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // An empty OPENCLAW_CONFIG_PATH means unset, as in `services::config::load`.
     let config_path = cli.config.filter(|p| !p.as_os_str().is_empty());
     let config = services::config::load(config_path.as_deref()).map_err(GatewayError::from)?;
+    let fds = services::net::raise_fd_limit();
+    let max_connections = u64::from(config.config.gateway.limits.max_connections);
+    // Each client connection is a file; so is, with agent-svc inside, each upstream request.
+    match fds {
+        Some(fds) if max_connections > 0 && fds < max_connections + 256 => tracing::warn!(
+            open_files = fds,
+            max_connections,
+            "the open-file limit is below gateway.limits.maxConnections: connections beyond it fail to be \
+             accepted (raise the hard limit, e.g. `ulimit -Hn` or the container's nofile)"
+        ),
+        _ => tracing::debug!(open_files = fds, "open-file limit"),
+    }
     let opts =
         GatewayOptions { port: cli.port, bind: cli.bind, agent_svc_url: cli.agent_svc, ..Default::default() };
     let gateway = gateway_http::start(config, opts).await?;

@@ -7,6 +7,7 @@
 //! reloaded PEM files for the public port and the internal hop ([`tls`]), and
 //! the accept step of the services' own accept loops ([`net`]).
 
+pub mod codec;
 pub mod config;
 pub mod logging;
 pub mod messages;

@@ -2,7 +2,8 @@
 //! (`gateway.trustedProxies`) and browser origins (`gateway.allowedOrigins`),
 //! parsed once at start; and the accept step of the services' own accept loops
 //! (gateway-http's public port, agent-svc's mutual-TLS listener): Nagle off,
-//! and a back-off on accept errors instead of a spin.
+//! and a back-off on accept errors instead of a spin; and the open-file limit
+//! both services raise at start ([`raise_fd_limit`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -93,6 +94,27 @@ pub async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
     }
 }
 
+/// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to its
+/// hard limit and returns the limit now in force (`None` when it cannot be
+/// read). Every connection is a file: a soft limit of 1,024 (the usual default
+/// of service managers) would cap a gateway whose `maxConnections` is 10,000 at
+/// about a tenth of it, with `EMFILE` on accept. The hard limit is the
+/// operator's ceiling and is left alone.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current;
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            // Leave it as it was (a container may forbid it): report what holds.
+            return current;
+        }
+    }
+    // `None` in a limit means unlimited.
+    Some(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +147,14 @@ mod tests {
         for bad in ["null", "file://x", "https://a/b", "app.example.com", "https://", "https://u@h"] {
             assert!(normalize_origin(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_limit() {
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        let now = raise_fd_limit().expect("the limit is readable");
+        assert_eq!(Some(now), hard.or(Some(u64::MAX)));
+        // A second call finds nothing to raise and says the same.
+        assert_eq!(raise_fd_limit(), Some(now));
     }
 }

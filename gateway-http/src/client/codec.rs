@@ -5,7 +5,7 @@
 use prost::Message;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::Status;
 use tonic_prost::ProstDecoder;
 
@@ -34,7 +34,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::default())
+        ProstDecoder::new(services::codec::buffer_settings())
     }
 }
 

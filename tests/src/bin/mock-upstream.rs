@@ -12,6 +12,12 @@
 //! The answer is fixed ([`ANSWER`]); the request's `model` is echoed. Anything
 //! else is `404`; a body that is not JSON is `400`.
 //!
+//! A streamed request whose text carries `[hold:MS]` is held (the benchmark's
+//! open streams): the role chunk and a first `"."` content delta at once, then
+//! another `"."` every MS milliseconds until `POST /_release` (which releases
+//! every stream held at that moment and answers `{"released": N}`), then the
+//! usual answer, finish, usage and `[DONE]` in one write.
+//!
 //! With `--stats` (the cluster test) it also counts requests per client address
 //! (which agent-svc replica called) and, for requests whose text carries
 //! session markers `[sess:NAME#ATTEMPT]`, how many markers each request held
@@ -165,6 +171,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let delay = Duration::from_millis(cli.chunk_delay_ms);
     let ids = std::sync::Arc::new(AtomicU64::new(1));
     let stats: SharedStats = cli.stats.then(Default::default);
+    let held = Held::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -178,9 +185,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let ids = ids.clone();
         let stats = stats.clone();
+        let held = held.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                handle(req, delay, ids.fetch_add(1, Ordering::Relaxed), peer.ip(), stats.clone())
+                let ctx = Ctx { delay, id: ids.fetch_add(1, Ordering::Relaxed), peer: peer.ip() };
+                handle(req, ctx, stats.clone(), held.clone())
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -192,15 +201,51 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// What one request is served with besides its own bytes.
+struct Ctx {
+    /// `--chunk-delay-ms`.
+    delay: Duration,
+    /// The answer's id.
+    id: u64,
+    peer: std::net::IpAddr,
+}
+
+/// The held streams (`[hold:MS]`): a release generation they wait to see
+/// change, and how many wait now.
+#[derive(Clone, Default)]
+struct Held {
+    release: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    waiting: std::sync::Arc<AtomicU64>,
+}
+
+/// The marker of a held stream, followed by its tick in ms and `]`.
+const HOLD: &[u8] = b"[hold:";
+
+/// The tick of a held stream, when the request asks for one.
+fn hold_tick(body: &[u8]) -> Option<Duration> {
+    let at = body.windows(HOLD.len()).position(|w| w == HOLD)?;
+    let after = &body[at + HOLD.len()..];
+    let end = after.iter().position(|b| *b == b']')?;
+    let ms: u64 = std::str::from_utf8(&after[..end]).ok()?.parse().ok()?;
+    Some(Duration::from_millis(ms.max(1)))
+}
+
 /// Routes one request.
 async fn handle(
     req: Request<Incoming>,
-    delay: Duration,
-    id: u64,
-    peer: std::net::IpAddr,
+    ctx: Ctx,
     stats: SharedStats,
+    held: Held,
 ) -> Result<Response<Body>, Infallible> {
+    let Ctx { delay, id, peer } = ctx;
     let path = req.uri().path();
+    if path == "/_release" && req.method() == Method::POST {
+        let released = held.waiting.load(Ordering::Relaxed);
+        held.release.send_modify(|g| *g += 1);
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{{\"released\":{released}}}"))).boxed());
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return Ok(resp);
+    }
     if path == "/_stats" {
         return Ok(match &stats {
             Some(s) => {
@@ -234,7 +279,11 @@ async fn handle(
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if parsed.stream.unwrap_or(false) {
         let usage = parsed.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
-        Ok(sse(&model, created, id, usage, delay))
+        let head = chunk_head(&model, created, id);
+        if let Some(tick) = hold_tick(&body) {
+            return Ok(held_sse(&head, sse_events(&head, usage), tick, &held));
+        }
+        Ok(sse(sse_events(&head, usage), delay))
     } else {
         Ok(json(&model, created, id))
     }
@@ -263,19 +312,21 @@ fn json(model: &str, created: u64, id: u64) -> Response<Body> {
     resp
 }
 
-/// The SSE events of one streamed answer, each `data: …\n\n`.
-fn sse_events(model: &str, created: u64, id: u64, usage: bool) -> Vec<String> {
-    let head = format!(
+/// The start of every chunk object of one streamed answer, up to `choices`.
+fn chunk_head(model: &str, created: u64, id: u64) -> String {
+    format!(
         r#"{{"id":"chatcmpl-mock{id}","object":"chat.completion.chunk","created":{created},"model":{model},"#
-    );
+    )
+}
+
+/// The SSE events of one streamed answer, each `data: …\n\n`.
+fn sse_events(head: &str, usage: bool) -> Vec<String> {
     let mut events = Vec::with_capacity(ANSWER.len() + 4);
     events.push(format!(
         "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\"}},\"finish_reason\":null}}]}}\n\n"
     ));
     for part in ANSWER {
-        events.push(format!(
-            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{part}\"}},\"finish_reason\":null}}]}}\n\n"
-        ));
+        events.push(content_event(head, part));
     }
     events.push(format!(
         "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n"
@@ -291,10 +342,77 @@ fn sse_events(model: &str, created: u64, id: u64, usage: bool) -> Vec<String> {
     events
 }
 
+/// One content delta event; `head` opens the chunk object up to `choices`.
+fn content_event(head: &str, part: &str) -> String {
+    format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{part}\"}},\"finish_reason\":null}}]}}\n\n"
+    )
+}
+
+/// Where a held stream is.
+enum HeldPhase {
+    /// Nothing sent yet.
+    Start,
+    /// Ticking until the release.
+    Held,
+    /// Released: the rest of the answer went out.
+    Released,
+}
+
+/// Counts a held stream in [`Held::waiting`] until it is released or dropped.
+struct Waiting(std::sync::Arc<AtomicU64>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A held stream (see the module doc): `events` is the usual answer, whose
+/// first event (the role) goes out at once with the first tick; `head` opens
+/// its chunk objects (see [`chunk_head`]).
+fn held_sse(head: &str, events: Vec<String>, tick: Duration, held: &Held) -> Response<Body> {
+    let tick_event = Bytes::from(content_event(head, "."));
+    let mut release = held.release.subscribe();
+    release.mark_unchanged();
+    held.waiting.fetch_add(1, Ordering::Relaxed);
+    let waiting = Some(Waiting(held.waiting.clone()));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut opening = BytesMut::new();
+    opening.extend_from_slice(events.first().map(String::as_bytes).unwrap_or_default());
+    opening.extend_from_slice(&tick_event);
+    let opening = opening.freeze();
+    let rest = Bytes::from(events.iter().skip(1).map(String::as_str).collect::<String>());
+    let state = (HeldPhase::Start, interval, release, waiting);
+    let stream = futures::stream::unfold(state, move |(phase, mut interval, mut release, mut waiting)| {
+        let (opening, tick_event, rest) = (opening.clone(), tick_event.clone(), rest.clone());
+        async move {
+            let (frame, phase) = match phase {
+                HeldPhase::Start => (opening, HeldPhase::Held),
+                HeldPhase::Held => tokio::select! {
+                    _ = interval.tick() => (tick_event, HeldPhase::Held),
+                    // An error means the sender is gone (never: `serve` keeps it): release too.
+                    _ = release.changed() => {
+                        waiting.take();
+                        (rest, HeldPhase::Released)
+                    }
+                },
+                HeldPhase::Released => return None,
+            };
+            Some((Ok::<_, Infallible>(Frame::data(frame)), (phase, interval, release, waiting)))
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
 /// A streamed answer: one buffer when `delay` is zero, else one frame per event
 /// with `delay` between them.
-fn sse(model: &str, created: u64, id: u64, usage: bool, delay: Duration) -> Response<Body> {
-    let events = sse_events(model, created, id, usage);
+fn sse(events: Vec<String>, delay: Duration) -> Response<Body> {
     let body: Body = if delay.is_zero() {
         let mut buf = BytesMut::with_capacity(events.iter().map(String::len).sum());
         for e in &events {

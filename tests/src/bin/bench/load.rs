@@ -92,7 +92,7 @@ impl Client {
     }
 
     /// The open connection, connecting first when there is none.
-    async fn connect(&mut self, addr: SocketAddr) -> Result<&mut SendRequest<Full<Bytes>>> {
+    pub(crate) async fn connect(&mut self, addr: SocketAddr) -> Result<&mut SendRequest<Full<Bytes>>> {
         if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
             self.conn = None;
         }
@@ -169,23 +169,23 @@ struct StreamCheck {
     done: bool,
 }
 
-/// The part of a chunk the check reads.
+/// The part of a chunk the checks read.
 #[derive(Deserialize)]
-struct Chunk {
+pub(crate) struct Chunk {
     #[serde(default)]
-    choices: Vec<ChunkChoice>,
+    pub(crate) choices: Vec<ChunkChoice>,
 }
 
 #[derive(Deserialize)]
-struct ChunkChoice {
+pub(crate) struct ChunkChoice {
     #[serde(default)]
-    delta: Option<Delta>,
+    pub(crate) delta: Option<Delta>,
 }
 
 #[derive(Deserialize)]
-struct Delta {
+pub(crate) struct Delta {
     #[serde(default)]
-    content: Option<String>,
+    pub(crate) content: Option<String>,
 }
 
 impl StreamCheck {

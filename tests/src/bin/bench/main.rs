@@ -34,18 +34,24 @@
 //! sessions under a small `--context-tokens` budget, per `--sessions-interval-s`
 //! interval, on the `--session-store` chosen (`--requests 0` skips the rest).
 //!
+//! With `--streams N` it then holds N streaming requests open through the pair
+//! at once (the mock trickles deltas into them until it is told to finish) and
+//! reports the memory per open stream and the latency of other requests
+//! meanwhile ([`streams`]).
+//!
 //! First, `--ready-runs` times each, it starts agent-svc, gateway-http in front
 //! of it and the embedded default and times each from exec to its first
 //! successful readiness probe ([`ready`]).
 //!
 //! Modules: [`load`] (the load driver and the answer checks), [`report`] (the
-//! tables), [`sessions`] (the session comparison); from the library, [`e2e::procs`] (starting and killing the
+//! tables), [`sessions`] (the session comparison), [`streams`] (the open streams); from the library, [`e2e::procs`] (starting and killing the
 //! processes) and [`e2e::procfs`] (CPU, context switches and memory from `/proc`).
 
 mod load;
 mod ready;
 mod report;
 mod sessions;
+mod streams;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -131,6 +137,20 @@ struct Cli {
     /// Starts of each service timed from exec to its first successful readiness probe (0: none).
     #[arg(long, default_value_t = 5, value_name = "N")]
     ready_runs: usize,
+    /// Streaming requests held open through the gateway at once, each on its own connection
+    /// (0 skips the phase); the gateway's and agent-svc's run and connection limits are raised
+    /// to fit.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    streams: usize,
+    /// Pause between two deltas of a held stream, in ms.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    streams_tick_ms: u64,
+    /// Streams opening (waiting for their first delta) at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    streams_open_concurrency: usize,
+    /// Probe requests (JSON, one connection) before and with the streams open.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    streams_probes: usize,
 }
 
 fn main() -> ExitCode {
@@ -147,10 +167,29 @@ fn main() -> ExitCode {
 /// Starts the processes, runs every measurement and prints the tables.
 fn run_all(cli: &Cli) -> Result<()> {
     let ready_runs = if cli.direct_only { 0 } else { cli.ready_runs };
-    if cli.requests == 0 && cli.stream_requests == 0 && cli.sessions_secs == 0 && ready_runs == 0 {
-        bail!(
-            "nothing to measure: --requests, --stream-requests, --sessions-secs and --ready-runs are all 0"
-        );
+    if cli.requests == 0
+        && cli.stream_requests == 0
+        && cli.sessions_secs == 0
+        && ready_runs == 0
+        && cli.streams == 0
+    {
+        bail!("nothing to measure: --requests, --stream-requests, --sessions-secs, --ready-runs and --streams are all 0");
+    }
+    if cli.streams > 0 {
+        if cli.direct_only {
+            bail!("--streams needs the gateway");
+        }
+        // Every held stream is a socket in this process and in each of the three children
+        // (they inherit the limit, and the services raise theirs to the hard limit too).
+        let need = cli.streams as u64 + 1024;
+        match services::net::raise_fd_limit() {
+            Some(n) if n >= need => {}
+            n => bail!(
+                "--streams {} needs an open-file limit of at least {need}; the hard limit allows {n:?} \
+                 (raise it with `ulimit -Hn` as root, or ask for fewer streams)",
+                cli.streams
+            ),
+        }
     }
     if cli.sessions_secs > 0
         && (cli.direct_only || cli.sessions_interval_s == 0 || cli.sessions_concurrency == 0)
@@ -185,7 +224,7 @@ fn run_all(cli: &Cli) -> Result<()> {
             let config = |n: usize| -> Result<String> {
                 let path = tmp.path().join(format!("ready-{n}.json5"));
                 let store = format!("sqlite:{}", tmp.path().join(format!("ready-{n}.db")).display());
-                std::fs::write(&path, config_text(mock_addr, &store, cli.context_tokens))
+                std::fs::write(&path, config_text(mock_addr, &store, cli.context_tokens, None))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(path.display().to_string())
             };
@@ -201,7 +240,9 @@ fn run_all(cli: &Cli) -> Result<()> {
             "sqlite" => format!("sqlite:{}", tmp.path().join("sessions.db").display()),
             other => other.to_string(),
         };
-        std::fs::write(&config, config_text(mock_addr, &store, cli.context_tokens))
+        // Room for the held streams and the rest of the load besides.
+        let limits = (cli.streams > 0).then(|| cli.streams + 1024);
+        std::fs::write(&config, config_text(mock_addr, &store, cli.context_tokens, limits))
             .with_context(|| format!("cannot write {}", config.display()))?;
         let config = config.display().to_string();
         let (agent, agent_addr) = launch.agent_svc(&agent_bin, &config, &[])?;
@@ -219,9 +260,9 @@ fn run_all(cli: &Cli) -> Result<()> {
         .context("reading idle RSS")?;
 
     let timeout = Duration::from_secs(cli.timeout_s.max(1) + 2 * cli.sessions_secs);
-    let (results, session_runs) = rt
+    let (results, session_runs, streams) = rt
         .block_on(async {
-            tokio::time::timeout(timeout, measure(cli, &mut procs, mock_addr, gateway_addr))
+            tokio::time::timeout(timeout, measure(cli, &mut procs, mock_addr, gateway_addr, clk_tck))
                 .await
                 .map_err(|_| anyhow!("the load phase did not finish within {timeout:?} (--timeout-s)"))?
         })
@@ -251,6 +292,17 @@ fn run_all(cli: &Cli) -> Result<()> {
         print!("{}", sessions::render(stateless, stateful, &cli.session_store, cli.context_tokens));
         failed += stateless.errors() + stateful.errors();
     }
+    if let Some(s) = &streams {
+        print!("{}", s.render());
+        failed += s.errors();
+        if s.opened < s.spec.streams || s.completed < s.spec.streams {
+            bail!(
+                "{} of {} held streams did not open and end well",
+                s.spec.streams - s.completed,
+                s.spec.streams
+            );
+        }
+    }
     drop(procs);
     drop(tmp);
     if failed > 0 {
@@ -259,8 +311,16 @@ fn run_all(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// The config both services read: the mock as provider `mock`, agent `main` on `mock/bench`.
-fn config_text(mock: SocketAddr, store: &str, context_tokens: u32) -> String {
+/// The config both services read: the mock as provider `mock`, agent `main` on `mock/bench`;
+/// `limits`, when given, is each service's bound on connections and runs.
+fn config_text(mock: SocketAddr, store: &str, context_tokens: u32, limits: Option<usize>) -> String {
+    let limits = limits
+        .map(|n| {
+            format!(
+                "limits: {{ maxConnections: {n}, maxConcurrentRuns: {n} }}, agentService: {{ maxConcurrentRuns: {n} }},"
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"// Written by the benchmark.
 {{
@@ -272,6 +332,7 @@ fn config_text(mock: SocketAddr, store: &str, context_tokens: u32) -> String {
   gateway: {{
     auth: {{ mode: "token", token: "{TOKEN}" }},
     http: {{ endpoints: {{ chatCompletions: {{ enabled: true }} }} }},
+    {limits}
   }},
   session: {{ store: {store:?} }},
 }}
@@ -288,7 +349,8 @@ async fn measure(
     procs: &mut [Proc],
     mock: SocketAddr,
     gateway: Option<SocketAddr>,
-) -> Result<(Vec<RunResult>, SessionRuns)> {
+    clk_tck: u64,
+) -> Result<(Vec<RunResult>, SessionRuns, Option<streams::StreamsResult>)> {
     let req_timeout = Duration::from_millis(cli.request_timeout_ms.max(1));
     let direct = Target::new(Route::Direct, mock, None);
     let via_gw = gateway.map(|a| Target::new(Route::Gateway, a, Some(TOKEN)));
@@ -355,7 +417,27 @@ async fn measure(
         }
         _ => None,
     };
-    Ok((results, sessions))
+    let held = match &via_gw {
+        Some(gw) if cli.streams > 0 && results.iter().all(|r| r.errors == 0) => {
+            eprintln!("bench: holding {} streams open through the gateway", cli.streams);
+            let spec = streams::StreamsSpec {
+                streams: cli.streams,
+                tick: Duration::from_millis(cli.streams_tick_ms.max(1)),
+                open_concurrency: cli.streams_open_concurrency.max(1),
+                probes: cli.streams_probes,
+                timeout: req_timeout,
+                phase_timeout: Duration::from_secs(cli.timeout_s.max(1)),
+            };
+            let named: Vec<(&'static str, u32)> = procs.iter().map(|p| (p.name, p.pid())).collect();
+            let r = streams::run(Arc::new(gw.clone()), mock, &named, spec, clk_tck).await?;
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            Some(r)
+        }
+        _ => None,
+    };
+    Ok((results, sessions, held))
 }
 
 /// The session comparison: stateless, then stateful, each for `--sessions-secs`.
