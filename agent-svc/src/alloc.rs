@@ -14,17 +14,26 @@ const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Sets the allocator's options. Each binary runs it as a constructor (an
 /// `.init_array` entry), before the Rust runtime's first allocation makes
-/// mimalloc reserve its first arena with the defaults; it must not allocate.
+/// mimalloc reserve its first arena with the defaults; so it must not allocate.
 ///
 /// mimalloc commits a whole arena up front on Linux by default; memory there is
 /// never decommitted, and a block carved out of it stays in RSS once touched,
 /// freed or not. Committing on demand instead cut the RSS per open stream by
 /// about a third and the idle RSS of both services by half (10,000 held
-/// streams: see the README's benchmark).
+/// streams: see the README's benchmark). `MIMALLOC_ARENA_EAGER_COMMIT` in the
+/// environment still decides when it is set.
 pub extern "C" fn configure() {
-    // SAFETY: sets one integer option, before any other thread exists.
     #[cfg(feature = "mimalloc")]
-    unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0)
-    };
+    {
+        extern "C" {
+            fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+        }
+        // SAFETY: getenv reads the environment with a NUL-terminated name (no other thread
+        // exists yet to change it); mi_option_set sets one integer option.
+        unsafe {
+            if getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+            }
+        }
+    }
 }
