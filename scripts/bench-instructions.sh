@@ -46,6 +46,7 @@ measure() {
 # The total, less the start-up clock calibration of quanta (the metrics clock): it runs for a
 # stretch of wall-clock time, so its instruction count moves with the machine's speed (by
 # 2-3 million between two runs here, ~5,000 per request in the difference) instead of cancelling out.
+# 0 for a process that does not calibrate it (agent-svc here).
 total() {
   local f="$1" v calib
   v=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p; s/^totals: *\([0-9]*\).*/\1/p' "$f" | head -n 1)

@@ -3,7 +3,7 @@
 # HTTP API against its OpenAPI document (schemathesis on a live gateway, 3-4 min; skipped
 # with OPENCLAW_SKIP_API_CONFORMANCE=1), a 3-minute soak test on the debug build (skipped
 # with OPENCLAW_SKIP_SOAK=1), 10,000 SSE streams held open at once through the debug build
-# (about a minute; skipped with OPENCLAW_SKIP_STREAMS=1), the Kubernetes manifests against the API schemas, then the
+# (about 35 s; skipped with OPENCLAW_SKIP_STREAMS=1), the Kubernetes manifests against the API schemas, then the
 # cluster test (real containers with docker compose; skipped with one line when no Docker
 # engine answers, or with OPENCLAW_SKIP_CLUSTER=1). Starts a throwaway PostgreSQL for the postgres
 # session-store tests unless OPENCLAW_TEST_POSTGRES_URL already names one.

@@ -100,12 +100,16 @@ fn healthcheck(cli: &Cli) -> ExitCode {
     }
 }
 
+/// mimalloc, as in agent-svc (it runs inside this process in embedded mode).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The allocator's options, set before anything allocates: a constructor runs
-/// before the Rust runtime's first allocation (see `agent_svc::alloc`, which
-/// is this binary's global allocator too).
+/// before the Rust runtime's first allocation (see `agent_svc::alloc`).
 #[used]
 #[cfg_attr(target_os = "linux", link_section = ".init_array")]
-static CONFIGURE_ALLOCATOR: extern "C" fn() = agent_svc::alloc::configure;
+static CONFIGURE_ALLOCATOR: unsafe extern "C" fn() = agent_svc::alloc::configure;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -136,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let max_connections = u64::from(config.config.gateway.limits.max_connections);
     // Each client connection is a file; so is, with agent-svc inside, each upstream request.
     match fds {
-        Some(fds) if max_connections > 0 && fds < max_connections + 256 => tracing::warn!(
+        fds if max_connections > 0 && fds < max_connections + 256 => tracing::warn!(
             open_files = fds,
             max_connections,
             "the open-file limit is below gateway.limits.maxConnections: connections beyond it fail to be \

@@ -95,24 +95,21 @@ pub async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
 }
 
 /// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to its
-/// hard limit and returns the limit now in force (`None` when it cannot be
-/// read). Every connection is a file: a soft limit of 1,024 (the usual default
+/// hard limit and returns the limit now in force (`u64::MAX`: unlimited; the
+/// old one when raising it is refused). Every connection is a file: a soft limit of 1,024 (the usual default
 /// of service managers) would cap a gateway whose `maxConnections` is 10,000 at
 /// about a tenth of it, with `EMFILE` on accept. The hard limit is the
 /// operator's ceiling and is left alone.
-pub fn raise_fd_limit() -> Option<u64> {
+pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
-    let current = limit.current;
     if limit.current != limit.maximum {
         limit.current = limit.maximum;
-        if setrlimit(Resource::Nofile, limit).is_err() {
-            // Leave it as it was (a container may forbid it): report what holds.
-            return current;
-        }
+        // Refused (a container may forbid it): what holds is reported below.
+        let _ = setrlimit(Resource::Nofile, limit);
     }
     // `None` in a limit means unlimited.
-    Some(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -152,9 +149,9 @@ mod tests {
     #[test]
     fn the_fd_limit_is_raised_to_the_hard_limit() {
         let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-        let now = raise_fd_limit().expect("the limit is readable");
-        assert_eq!(Some(now), hard.or(Some(u64::MAX)));
+        let now = raise_fd_limit();
+        assert_eq!(now, hard.unwrap_or(u64::MAX));
         // A second call finds nothing to raise and says the same.
-        assert_eq!(raise_fd_limit(), Some(now));
+        assert_eq!(raise_fd_limit(), now);
     }
 }

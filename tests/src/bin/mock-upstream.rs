@@ -227,7 +227,8 @@ fn hold_tick(body: &[u8]) -> Option<Duration> {
     let after = &body[at + HOLD.len()..];
     let end = after.iter().position(|b| *b == b']')?;
     let ms: u64 = std::str::from_utf8(&after[..end]).ok()?.parse().ok()?;
-    Some(Duration::from_millis(ms.max(1)))
+    // At most a day: an `Instant` plus a huge tick would overflow.
+    Some(Duration::from_millis(ms.clamp(1, 86_400_000)))
 }
 
 /// Routes one request.

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 
 /// The answer after the ticks (the mock's usual one).
 const ANSWER: &str = "Hello from the mock.";
@@ -78,7 +79,7 @@ pub(crate) struct StreamsResult {
     pub(crate) open_wall: Duration,
     pub(crate) completed: usize,
     pub(crate) failed: usize,
-    /// Deltas the clients read in all (ticks and the answer's).
+    /// Deltas the streams that completed read in all (ticks and the answer's).
     pub(crate) deltas: u64,
     pub(crate) first_error: Option<String>,
     /// Probe latencies (ns), sorted: before the streams, and with them all open.
@@ -116,11 +117,10 @@ pub(crate) async fn run(
     // Each task sends exactly one signal: the channel never blocks.
     let (tx, mut rx) = mpsc::channel(spec.streams.max(1));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..spec.streams)
-        .map(|_| {
-            tokio::spawn(stream(gateway.clone(), body.clone(), opening.clone(), tx.clone(), spec.timeout))
-        })
-        .collect();
+    let mut tasks = JoinSet::new();
+    for _ in 0..spec.streams {
+        tasks.spawn(stream(gateway.clone(), body.clone(), opening.clone(), tx.clone(), spec.timeout));
+    }
     drop(tx);
     let mut opened = 0;
     let mut open_failures = Vec::new();
@@ -161,8 +161,8 @@ pub(crate) async fn run(
     let mut deltas = 0;
     let mut first_error = open_failures.first().cloned();
     let ends = tokio::time::timeout(spec.phase_timeout, async {
-        for t in tasks {
-            match t.await {
+        while let Some(t) = tasks.join_next().await {
+            match t {
                 Ok(Ok(n)) => {
                     completed += 1;
                     deltas += n;
@@ -180,6 +180,8 @@ pub(crate) async fn run(
     })
     .await;
     if ends.is_err() {
+        // Still open (held by the mock, or never opened): they count as failed and end here.
+        tasks.abort_all();
         failed = spec.streams - completed;
         first_error
             .get_or_insert_with(|| format!("streams still open {:?} after the release", spec.phase_timeout));
@@ -409,7 +411,7 @@ impl StreamsResult {
                 .held
                 .get(i)
                 .zip(self.before.get(i))
-                .map(|(h, b)| h.rss_kb.saturating_sub(b.rss_kb) as f64 / s.streams.max(1) as f64);
+                .map(|(h, b)| h.rss_kb.saturating_sub(b.rss_kb) as f64 / self.opened.max(1) as f64);
             let cpu = self.hold_cpu.get(i).map(|t| *t as f64 / self.clk_tck.max(1) as f64 / hold * 100.0);
             let _ = writeln!(
                 o,
