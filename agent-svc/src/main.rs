@@ -42,16 +42,7 @@ struct Cli {
     healthcheck: bool,
 }
 
-/// mimalloc (see `agent_svc::alloc` for why, and its options).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The allocator's options, set before anything allocates: a constructor runs
-/// before the Rust runtime's first allocation (see `agent_svc::alloc`).
-#[used]
-#[cfg_attr(target_os = "linux", link_section = ".init_array")]
-static CONFIGURE_ALLOCATOR: unsafe extern "C" fn() = agent_svc::alloc::configure;
+agent_svc::global_allocator!();
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -100,16 +100,8 @@ fn healthcheck(cli: &Cli) -> ExitCode {
     }
 }
 
-/// mimalloc, as in agent-svc (it runs inside this process in embedded mode).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The allocator's options, set before anything allocates: a constructor runs
-/// before the Rust runtime's first allocation (see `agent_svc::alloc`).
-#[used]
-#[cfg_attr(target_os = "linux", link_section = ".init_array")]
-static CONFIGURE_ALLOCATOR: unsafe extern "C" fn() = agent_svc::alloc::configure;
+// The same allocator as agent-svc (it runs inside this process in embedded mode).
+agent_svc::global_allocator!();
 
 #[tokio::main]
 async fn main() -> ExitCode {

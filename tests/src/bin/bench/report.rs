@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Nearest-rank percentile of sorted nanoseconds, in milliseconds.
-fn pct_ms(sorted: &[u64], p: f64) -> Option<f64> {
+pub(crate) fn pct_ms(sorted: &[u64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }

@@ -146,10 +146,7 @@ pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<Ti
 }
 
 fn p50_ms(sorted: &[u64]) -> String {
-    if sorted.is_empty() {
-        return "-".into();
-    }
-    format!("{:.1}", sorted[(sorted.len() - 1) / 2] as f64 / 1e6)
+    crate::report::pct_ms(sorted, 50.0).map_or("-".into(), |v| format!("{v:.1}"))
 }
 
 /// The per-interval table and the two targets: stateful ≥ 50% of stateless,

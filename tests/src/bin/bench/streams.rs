@@ -15,6 +15,7 @@
 //! must end with the whole answer and `[DONE]`, and the RSS is read once more.
 
 use crate::load::{nanos, Chunk, Client, Target};
+use crate::report::pct_ms;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use e2e::procfs::{cpu_ticks, open_fds, status_kb};
@@ -352,16 +353,10 @@ async fn release(mock: SocketAddr, timeout: Duration) -> Result<()> {
     tokio::time::timeout(timeout, fut).await.map_err(|_| anyhow!("timed out"))?
 }
 
-/// p50 and p99 of sorted nanoseconds, in ms.
-fn pct_ms(sorted: &[u64]) -> (f64, f64) {
-    let at = |q: f64| {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[i] as f64 / 1e6
-    };
-    (at(0.50), at(0.99))
+/// p50 and p99 of sorted nanoseconds, in ms (NaN when there are none).
+fn p50_p99_ms(sorted: &[u64]) -> (f64, f64) {
+    let at = |p| pct_ms(sorted, p).unwrap_or(f64::NAN);
+    (at(50.0), at(99.0))
 }
 
 impl StreamsResult {
@@ -425,8 +420,8 @@ impl StreamsResult {
                 cpu.unwrap_or(f64::NAN)
             );
         }
-        let (b50, b99) = pct_ms(&self.probes_before);
-        let (h50, h99) = pct_ms(&self.probes_held);
+        let (b50, b99) = p50_p99_ms(&self.probes_before);
+        let (h50, h99) = p50_p99_ms(&self.probes_held);
         let _ = writeln!(
             o,
             "  probe requests on another connection ({} each, {} ms apart): before p50 {b50:.2} ms / p99 {b99:.2} ms; with the streams open p50 {h50:.2} ms / p99 {h99:.2} ms; {} failed",
