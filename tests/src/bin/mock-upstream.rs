@@ -243,17 +243,11 @@ async fn handle(
     if path == "/_release" && req.method() == Method::POST {
         let released = held.waiting.load(Ordering::Relaxed);
         held.release.send_modify(|g| *g += 1);
-        let mut resp = Response::new(Full::new(Bytes::from(format!("{{\"released\":{released}}}"))).boxed());
-        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        return Ok(resp);
+        return Ok(json_response(format!("{{\"released\":{released}}}")));
     }
     if path == "/_stats" {
         return Ok(match &stats {
-            Some(s) => {
-                let mut resp = Response::new(Full::new(Bytes::from(s.lock().to_json())).boxed());
-                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                resp
-            }
+            Some(s) => json_response(s.lock().to_json()),
             None => plain(StatusCode::NOT_FOUND, "Not Found"),
         });
     }
@@ -308,9 +302,7 @@ fn json(model: &str, created: u64, id: u64) -> Response<Body> {
         c,
         p + c
     );
-    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    json_response(body)
 }
 
 /// The start of every chunk object of one streamed answer, up to `choices`.
@@ -363,6 +355,13 @@ enum HeldPhase {
 /// Counts a held stream in [`Held::waiting`] until it is released or dropped.
 struct Waiting(std::sync::Arc<AtomicU64>);
 
+impl Waiting {
+    fn new(count: &std::sync::Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count.clone())
+    }
+}
+
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
@@ -376,8 +375,7 @@ fn held_sse(head: &str, events: Vec<String>, tick: Duration, held: &Held) -> Res
     let tick_event = Bytes::from(content_event(head, "."));
     let mut release = held.release.subscribe();
     release.mark_unchanged();
-    held.waiting.fetch_add(1, Ordering::Relaxed);
-    let waiting = Some(Waiting(held.waiting.clone()));
+    let waiting = Some(Waiting::new(&held.waiting));
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut opening = BytesMut::new();
@@ -404,11 +402,7 @@ fn held_sse(head: &str, events: Vec<String>, tick: Duration, held: &Held) -> Res
             Some((Ok::<_, Infallible>(Frame::data(frame)), (phase, interval, release, waiting)))
         }
     });
-    let mut resp = Response::new(StreamBody::new(stream).boxed());
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    sse_response(StreamBody::new(stream).boxed())
 }
 
 /// A streamed answer: one buffer when `delay` is zero, else one frame per event
@@ -430,10 +424,22 @@ fn sse(events: Vec<String>, delay: Duration) -> Response<Body> {
         });
         StreamBody::new(stream).boxed()
     };
+    sse_response(body)
+}
+
+/// A `200` event stream.
+fn sse_response(body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// A `200` JSON response.
+fn json_response(body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -448,8 +454,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// An OpenAI-style JSON error.
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error"}});
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    let mut resp = json_response(body.to_string());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
