@@ -96,10 +96,10 @@ pub async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
 
 /// Raises this process's soft limit on open files (`RLIMIT_NOFILE`) to its
 /// hard limit and returns the limit now in force (`u64::MAX`: unlimited; the
-/// old one when raising it is refused). Every connection is a file: a soft limit of 1,024 (the usual default
-/// of service managers) would cap a gateway whose `maxConnections` is 10,000 at
-/// about a tenth of it, with `EMFILE` on accept. The hard limit is the
-/// operator's ceiling and is left alone.
+/// old one when raising it is refused). Every connection is a file: a soft
+/// limit of 1,024 (the usual default of service managers) would cap a gateway
+/// whose `maxConnections` is 10,000 at about a tenth of it, with `EMFILE` on
+/// accept. The hard limit is the operator's ceiling and is left alone.
 pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
