@@ -481,24 +481,28 @@ fn checkpoint(conn: &Connection) {
 }
 
 /// Stores a compaction: the summary (if any) as the next entry, the context
-/// start moved (never back). Nothing for an unknown session.
+/// start moved (never back). Nothing for an unknown session (`None`); else
+/// the summary's seq, if one was stored.
 fn compact_tx(
     conn: &mut Connection,
     key: &str,
     start_seq: i64,
     summary: Option<NewRow>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Option<Option<i64>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut summary_seq = None;
     if let Some(row) = summary {
         let Some(count) = tx.query_row(TAKE_SEQ, [key], |r| r.get::<_, i64>(0)).optional()? else {
-            return Ok(());
+            return Ok(None);
         };
         insert_message(&mut *tx.prepare_cached(INSERT_MESSAGE)?, key, count - 1, &row)?;
         summary_seq = Some(count - 1);
     }
-    tx.execute(MOVE_CONTEXT, params![key, start_seq, summary_seq])?;
-    tx.commit()
+    if tx.execute(MOVE_CONTEXT, params![key, start_seq, summary_seq])? == 0 {
+        return Ok(None);
+    }
+    tx.commit()?;
+    Ok(Some(summary_seq))
 }
 
 /// Opens a connection to the database for the writer or the checkpointer
@@ -698,15 +702,25 @@ impl SessionStore for SqliteStore {
     }
 
     async fn compact(&self, key: &str, c: Compaction) -> Result<(), AgentError> {
-        let summary = match c.summary {
-            Some(m) => rows::encode(&[StoredMessage { summary: true, ..m }])?.1.pop(),
+        let entry = c.summary.map(|m| StoredMessage { summary: true, ..m });
+        let summary = match &entry {
+            Some(m) => rows::encode(std::slice::from_ref(m))?.1.pop(),
             None => None,
         };
         let (key, cache) = (key.to_owned(), Arc::clone(&self.cache));
-        self.write(move |conn| {
-            let committed = compact_tx(conn, &key, c.start_seq, summary);
-            cache.invalidate(&key);
-            committed
+        self.write(move |conn| match compact_tx(conn, &key, c.start_seq, summary) {
+            Ok(Some(summary_seq)) => {
+                cache.compacted(
+                    &key,
+                    c.start_seq,
+                    entry.zip(summary_seq).map(|(m, seq)| StoredMessage { seq, ..m }),
+                );
+                Ok(())
+            }
+            done => {
+                cache.invalidate(&key);
+                done.map(drop)
+            }
         })
         .await
     }
@@ -976,6 +990,45 @@ mod tests {
     /// A closed store refuses writes with the store error (at once, also a
     /// write racing the close), and what it answered before is on disk for
     /// the next one.
+    #[tokio::test]
+    async fn a_compaction_keeps_the_cached_context_equal_to_the_database() {
+        let db = TempDb::new();
+        let store = SqliteStore::open(&db.path(), 1 << 20).await.unwrap();
+        let key = "agent:main:k";
+        let turn = |n: usize| vec![text("user", &format!("q{n}")), text("assistant", &format!("a{n}"))];
+        for n in 0..3 {
+            store.append(key, "main", turn(n)).await.unwrap();
+        }
+        async fn from_db(store: &SqliteStore, key: &str) -> Result<Context, AgentError> {
+            store.cache.invalidate(key);
+            store.context(key).await
+        }
+        assert_eq!(from_db(&store, key).await.unwrap().window.len(), 6);
+
+        let compactions = [
+            Compaction { start_seq: 4, summary: Some(fixtures::summary("q0 to a1")) },
+            Compaction { start_seq: 8, summary: None },
+            Compaction { start_seq: 10, summary: Some(fixtures::summary("up to a3")) },
+        ];
+        for (n, c) in compactions.into_iter().enumerate() {
+            store.compact(key, c).await.unwrap();
+            let cached = store.cache.get(key).expect("a compaction updates the cached context, not drops it");
+            assert_eq!(cached, from_db(&store, key).await.unwrap(), "after compaction {n}");
+            // The next append lands right after the summary, in the cache as in the database.
+            store.append(key, "main", turn(10 + n)).await.unwrap();
+            let cached = store.cache.get(key).expect("still cached");
+            assert_eq!(
+                cached,
+                from_db(&store, key).await.unwrap(),
+                "after the turn following compaction {n}"
+            );
+        }
+        let ctx = store.context(key).await.unwrap();
+        assert_eq!(ctx.summary.map(|s| s.message.clone()), Some(fixtures::summary("up to a3").message));
+        assert_eq!(ctx.window.first().map(|m| m.seq), Some(10));
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn close_finishes_the_queue_then_refuses() {
         let db = TempDb::new();

@@ -5,9 +5,10 @@
 //! entries the previous turns left here.
 //!
 //! Coherence rests on the store calling in on every change: appends extend a
-//! cached window (in commit order, before the append returns), anything else
-//! (compaction, reset, delete, sweep, a failed commit) drops the entry, and a
-//! fill read from the database before such a drop is discarded (the epoch).
+//! cached window and compactions cut it (in commit order, before the write
+//! returns), anything else (reset, delete, sweep, a failed commit) drops the
+//! entry, and a fill read from the database before such a change is discarded
+//! (the epoch).
 //! Bounded by bytes (the entries' encoded size): past the bound the least
 //! recently used sessions are dropped.
 
@@ -146,7 +147,40 @@ impl WindowCache {
         self.evict(&mut inner);
     }
 
-    /// Drops a session (its context changed other than by an append).
+    /// A compaction committed to a session: its cached window now starts at
+    /// `start_seq` (never earlier than it did) and `summary`, when given, is
+    /// its latest summary, stored at seq `summary.seq`, which must be the
+    /// session's next seq (else the database changed behind the cache and the
+    /// entry goes). Saves the next turn a read of the whole context back.
+    pub fn compacted(&self, key: &str, start_seq: i64, summary: Option<StoredMessage>) {
+        if !self.enabled() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        // A fill read before this commit holds the old context.
+        inner.epoch += 1;
+        let Some(c) = inner.sessions.get_mut(key) else { return };
+        if summary.as_ref().is_some_and(|s| s.seq != c.next_seq) {
+            Self::drop_locked(&mut inner, key);
+            return;
+        }
+        let before = c.bytes;
+        let cut = c.ctx.window.partition_point(|m| m.seq < start_seq);
+        c.bytes -= c.ctx.window.drain(..cut).map(|m| entry_bytes(&m)).sum::<usize>();
+        if let Some(s) = summary {
+            c.next_seq = s.seq + 1;
+            let s = StoredMessage { summary: true, compacted: false, ..s };
+            c.bytes += entry_bytes(&s);
+            if let Some(old) = c.ctx.summary.replace(Arc::new(s)) {
+                c.bytes -= entry_bytes(&old);
+            }
+        }
+        let after = c.bytes;
+        inner.bytes = inner.bytes + after - before;
+        self.evict(&mut inner);
+    }
+
+    /// Drops a session (its context changed other than by an append or a compaction).
     pub fn invalidate(&self, key: &str) {
         if self.enabled() {
             Self::drop_locked(&mut self.inner.lock(), key);
@@ -234,6 +268,41 @@ mod tests {
         // A session not cached stays uncached.
         cache.appended("other", 0, vec![text("user", "x")]);
         assert!(cache.get("other").is_none());
+    }
+
+    #[test]
+    fn a_compaction_cuts_the_window_and_sets_the_summary() {
+        let cache = WindowCache::new(1 << 20);
+        let first = numbered(vec![text("user", "a"), text("assistant", "b"), text("user", "c")], 0);
+        cache.fill("k", &ctx(&first), 3, cache.epoch());
+        let full = cache.bytes();
+
+        let summary = StoredMessage { seq: 3, ..text("system", "a and b") };
+        let stale = cache.epoch();
+        cache.compacted("k", 2, Some(summary.clone()));
+        let got = cache.get("k").unwrap();
+        assert_eq!(got.window.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+        let s = got.summary.expect("the summary is cached");
+        assert!(s.summary && !s.compacted && s.seq == 3);
+        assert!(cache.bytes() < full + entry_bytes(&summary), "the cut entries no longer count");
+        // A fill read before the compaction is stale.
+        cache.fill("k", &ctx(&first), 3, stale);
+        assert_eq!(cache.get("k").unwrap().window.len(), 1);
+
+        // The next append takes the seq after the summary.
+        cache.appended("k", 4, vec![text("user", "d")]);
+        assert_eq!(cache.get("k").unwrap().window.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 4]);
+        // A truncation moves the start only; never back.
+        cache.compacted("k", 4, None);
+        cache.compacted("k", 0, None);
+        let got = cache.get("k").unwrap();
+        assert_eq!(got.window.iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
+        assert!(got.summary.is_some(), "a truncation keeps the summary");
+
+        // A summary not at the next seq: the database changed behind the cache.
+        cache.compacted("k", 5, Some(StoredMessage { seq: 9, ..text("system", "x") }));
+        assert!(cache.get("k").is_none());
+        assert_eq!(cache.bytes(), 0);
     }
 
     #[test]

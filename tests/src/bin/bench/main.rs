@@ -31,8 +31,10 @@
 //!
 //! With `--sessions-secs S` it then compares, through the gateway, S seconds of
 //! stateless requests with S seconds of requests keyed to `--users` stable
-//! sessions under a small `--context-tokens` budget, per `--sessions-interval-s`
-//! interval, on the `--session-store` chosen (`--requests 0` skips the rest).
+//! sessions under a small `--context-tokens` budget, in `--sessions-interval-s`
+//! intervals that take turns (stateless, stateful, stateless …, so a drift in
+//! the machine's speed moves both alike), with the pair's CPU time per request,
+//! on the `--session-store` chosen (`--requests 0` skips the rest).
 //!
 //! With `--streams N` it then holds N streaming requests open through the pair
 //! at once (the mock trickles deltas into them until it is told to finish) and
@@ -292,7 +294,7 @@ fn run_all(cli: &Cli) -> Result<()> {
         print!("{}", ready::render(t));
     }
     if let Some((stateless, stateful)) = &session_runs {
-        print!("{}", sessions::render(stateless, stateful, &cli.session_store, cli.context_tokens));
+        print!("{}", sessions::render(stateless, stateful, &cli.session_store, cli.context_tokens, clk_tck));
         failed += stateless.errors() + stateful.errors();
     }
     if let Some(s) = &streams {
@@ -443,37 +445,60 @@ async fn measure(
     Ok((results, sessions, held))
 }
 
-/// The session comparison: stateless, then stateful, each for `--sessions-secs`.
+/// The session comparison: `--sessions-secs` of each, stateless and stateful
+/// intervals taking turns (so the machine's speed, which drifts on a shared
+/// host, moves both alike), with the pair's CPU time counted per interval.
 async fn session_comparison(
     cli: &Cli,
     procs: &mut [Proc],
     gateway: &Target,
     timeout: Duration,
 ) -> Result<(sessions::TimedResult, sessions::TimedResult)> {
-    let mut out = Vec::with_capacity(2);
-    for stateful in [false, true] {
-        eprintln!(
-            "bench: gateway JSON c={} {} for {} s",
-            cli.sessions_concurrency,
-            if stateful { "stable sessions" } else { "stateless" },
-            cli.sessions_secs
-        );
-        let spec = sessions::TimedSpec {
-            stateful,
-            concurrency: cli.sessions_concurrency,
-            users: cli.users,
-            turn_words: cli.turn_words,
-            duration: Duration::from_secs(cli.sessions_secs),
-            interval: Duration::from_secs(cli.sessions_interval_s),
-            timeout,
-            max_errors: cli.max_errors.max(1),
-        };
-        out.push(sessions::run_timed(Arc::new(gateway.clone()), spec).await?);
-        for p in procs.iter_mut() {
-            p.check_alive()?;
+    eprintln!(
+        "bench: gateway JSON c={}, {} s stateless and {} s of stable sessions, {} s intervals taking turns",
+        cli.sessions_concurrency, cli.sessions_secs, cli.sessions_secs, cli.sessions_interval_s
+    );
+    let interval = Duration::from_secs(cli.sessions_interval_s);
+    let intervals = cli.sessions_secs.div_ceil(cli.sessions_interval_s).max(1);
+    let pair: Vec<u32> =
+        procs.iter().filter(|p| matches!(p.name, "gateway-http" | "agent-svc")).map(|p| p.pid()).collect();
+    let mut out: [Option<sessions::TimedResult>; 2] = [None, None];
+    'turns: for _ in 0..intervals {
+        for stateful in [false, true] {
+            let spec = sessions::TimedSpec {
+                stateful,
+                concurrency: cli.sessions_concurrency,
+                users: cli.users,
+                turn_words: cli.turn_words,
+                duration: interval,
+                interval,
+                timeout,
+                max_errors: cli.max_errors.max(1),
+            };
+            let before = pair_cpu_ticks(&pair)?;
+            let mut r = sessions::run_timed(Arc::new(gateway.clone()), spec).await?;
+            let ticks = pair_cpu_ticks(&pair)?.saturating_sub(before);
+            if let [only] = &mut r.intervals[..] {
+                only.pair_cpu_ticks = ticks;
+            }
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            let slot = &mut out[usize::from(stateful)];
+            match slot {
+                Some(all) => all.extend(r),
+                None => *slot = Some(r),
+            }
+            if out.iter().flatten().any(|r| r.errors() > 0) {
+                break 'turns;
+            }
         }
     }
-    let stateful = out.pop().context("no stateful run")?;
-    let stateless = out.pop().context("no stateless run")?;
+    let [Some(stateless), Some(stateful)] = out else { bail!("no session comparison ran") };
     Ok((stateless, stateful))
+}
+
+/// CPU ticks used so far by the processes `pids`, together.
+fn pair_cpu_ticks(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|&p| e2e::procfs::cpu_ticks(p)).sum()
 }

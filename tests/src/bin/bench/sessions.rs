@@ -35,6 +35,8 @@ pub(crate) struct Interval {
     pub(crate) errors: u64,
     /// Successful requests' latency (ns), sorted.
     pub(crate) latency: Vec<u64>,
+    /// CPU ticks gateway-http and agent-svc used meanwhile (0: not counted).
+    pub(crate) pair_cpu_ticks: u64,
 }
 
 /// The outcome of one timed run.
@@ -47,6 +49,21 @@ pub(crate) struct TimedResult {
 impl TimedResult {
     pub(crate) fn errors(&self) -> u64 {
         self.intervals.iter().map(|i| i.errors).sum()
+    }
+
+    /// Appends a later run of the same spec (its intervals follow these).
+    pub(crate) fn extend(&mut self, later: TimedResult) {
+        self.intervals.extend(later.intervals);
+        if self.first_error.is_none() {
+            self.first_error = later.first_error;
+        }
+    }
+
+    /// The pair's CPU time per successful request (µs), over all intervals.
+    fn cpu_us_per_req(&self, clk_tck: u64) -> Option<f64> {
+        let ok: u64 = self.intervals.iter().map(|i| i.ok).sum();
+        let ticks: u64 = self.intervals.iter().map(|i| i.pair_cpu_ticks).sum();
+        (ok > 0 && ticks > 0).then(|| ticks as f64 * 1e6 / clk_tck.max(1) as f64 / ok as f64)
     }
 
     fn rps(&self, i: &Interval) -> f64 {
@@ -150,14 +167,22 @@ fn p50_ms(sorted: &[u64]) -> String {
 }
 
 /// The per-interval table and the two targets: stateful ≥ 50% of stateless,
-/// and the stateful last interval within 10% of its first.
-pub(crate) fn render(stateless: &TimedResult, stateful: &TimedResult, store: &str, budget: u32) -> String {
+/// and the stateful last interval within 10% of its first. Interval n of each
+/// kind ran back to back (stateless first), so a row compares the two at
+/// about the same machine speed.
+pub(crate) fn render(
+    stateless: &TimedResult,
+    stateful: &TimedResult,
+    store: &str,
+    budget: u32,
+    clk_tck: u64,
+) -> String {
     let mut o = String::new();
     let s = stateful.spec;
     let _ = writeln!(
         o,
         "\nstable sessions vs stateless (gateway, JSON, c={}, {} sessions, {}-word turns, store {store}, \
-         contextTokens {budget}, {} s per interval)",
+         contextTokens {budget}, {} s intervals, stateless and stateful taking turns)",
         s.concurrency,
         s.users.max(s.concurrency),
         s.turn_words.max(1),
@@ -165,20 +190,35 @@ pub(crate) fn render(stateless: &TimedResult, stateful: &TimedResult, store: &st
     );
     let _ = writeln!(
         o,
-        "{:<10} {:>16} {:>9} {:>16} {:>9} {:>7}",
-        "interval", "stateless req/s", "p50 ms", "stateful req/s", "p50 ms", "ratio"
+        "{:<10} {:>16} {:>9} {:>9} {:>16} {:>9} {:>9} {:>7}",
+        "interval", "stateless req/s", "p50 ms", "cpu us", "stateful req/s", "p50 ms", "cpu us", "ratio"
     );
+    let cpu = |i: &Interval| {
+        if i.ok == 0 || i.pair_cpu_ticks == 0 {
+            return "-".to_owned();
+        }
+        format!("{:.0}", i.pair_cpu_ticks as f64 * 1e6 / clk_tck.max(1) as f64 / i.ok as f64)
+    };
     for (n, (a, b)) in stateless.intervals.iter().zip(&stateful.intervals).enumerate() {
         let (ra, rb) = (stateless.rps(a), stateful.rps(b));
         let _ = writeln!(
             o,
-            "{:<10} {:>16.0} {:>9} {:>16.0} {:>9} {:>7.2}",
+            "{:<10} {:>16.0} {:>9} {:>9} {:>16.0} {:>9} {:>9} {:>7.2}",
             format!("{}-{} s", n as u64 * s.interval.as_secs(), (n as u64 + 1) * s.interval.as_secs()),
             ra,
             p50_ms(&a.latency),
+            cpu(a),
             rb,
             p50_ms(&b.latency),
+            cpu(b),
             rb / ra.max(1e-9)
+        );
+    }
+    if let (Some(a), Some(b)) = (stateless.cpu_us_per_req(clk_tck), stateful.cpu_us_per_req(clk_tck)) {
+        let _ = writeln!(
+            o,
+            "gateway-http + agent-svc CPU per request: {a:.0} us stateless, {b:.0} us stateful ({:.2}x)",
+            b / a.max(1e-9)
         );
     }
     let ratio = stateful.total_rps() / stateless.total_rps().max(1e-9);
