@@ -58,7 +58,7 @@ async fn a_session_driven_far_past_its_budget_keeps_answering_within_it() {
 }
 
 /// The same on the default store, SQLite, whose turns read their context from
-/// its cache: compactions must drop and refill it without losing a message.
+/// its cache: compactions must cut it in place without losing a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_session_driven_far_past_its_budget_keeps_answering_within_it() {
     let mock = MockUpstream::start().await;

@@ -987,9 +987,8 @@ mod tests {
         assert!(why.contains("use `memory`"), "{why}");
     }
 
-    /// A closed store refuses writes with the store error (at once, also a
-    /// write racing the close), and what it answered before is on disk for
-    /// the next one.
+    /// A compaction updates the cached context in place (the next turn reads
+    /// nothing back), to exactly what the database holds.
     #[tokio::test]
     async fn a_compaction_keeps_the_cached_context_equal_to_the_database() {
         let db = TempDb::new();
@@ -1029,6 +1028,9 @@ mod tests {
         store.close().await;
     }
 
+    /// A closed store refuses writes with the store error (at once, also a
+    /// write racing the close), and what it answered before is on disk for
+    /// the next one.
     #[tokio::test]
     async fn close_finishes_the_queue_then_refuses() {
         let db = TempDb::new();

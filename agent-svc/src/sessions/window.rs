@@ -160,15 +160,19 @@ impl WindowCache {
         // A fill read before this commit holds the old context.
         inner.epoch += 1;
         let Some(c) = inner.sessions.get_mut(key) else { return };
-        if summary.as_ref().is_some_and(|s| s.seq != c.next_seq) {
+        let next_seq = summary.as_ref().map_or(c.next_seq, |s| s.seq + 1);
+        // A summary elsewhere than at the next seq, or a start past every entry
+        // (the next appends would be outside the context too, which an entry
+        // here cannot say): the entry goes.
+        if summary.as_ref().is_some_and(|s| s.seq != c.next_seq) || start_seq > next_seq {
             Self::drop_locked(&mut inner, key);
             return;
         }
         let before = c.bytes;
         let cut = c.ctx.window.partition_point(|m| m.seq < start_seq);
         c.bytes -= c.ctx.window.drain(..cut).map(|m| entry_bytes(&m)).sum::<usize>();
+        c.next_seq = next_seq;
         if let Some(s) = summary {
-            c.next_seq = s.seq + 1;
             let s = StoredMessage { summary: true, compacted: false, ..s };
             c.bytes += entry_bytes(&s);
             if let Some(old) = c.ctx.summary.replace(Arc::new(s)) {
@@ -299,8 +303,14 @@ mod tests {
         assert_eq!(got.window.iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
         assert!(got.summary.is_some(), "a truncation keeps the summary");
 
+        // A start past every entry: the entry goes.
+        cache.compacted("k", 6, None);
+        assert!(cache.get("k").is_none());
+        assert_eq!(cache.bytes(), 0);
+
         // A summary not at the next seq: the database changed behind the cache.
-        cache.compacted("k", 5, Some(StoredMessage { seq: 9, ..text("system", "x") }));
+        cache.fill("k", &ctx(&first), 3, cache.epoch());
+        cache.compacted("k", 2, Some(StoredMessage { seq: 9, ..text("system", "x") }));
         assert!(cache.get("k").is_none());
         assert_eq!(cache.bytes(), 0);
     }

@@ -264,7 +264,9 @@ fn run_all(cli: &Cli) -> Result<()> {
 
     // The streams phase has its own two bounds (opening, ending), each --timeout-s.
     let streams_secs = if cli.streams > 0 { 2 * cli.timeout_s.max(1) } else { 0 };
-    let timeout = Duration::from_secs(cli.timeout_s.max(1) + 2 * cli.sessions_secs + streams_secs);
+    let sessions_secs =
+        if cli.sessions_secs > 0 { 2 * session_intervals(cli) * cli.sessions_interval_s } else { 0 };
+    let timeout = Duration::from_secs(cli.timeout_s.max(1) + sessions_secs + streams_secs);
     let (results, session_runs, streams) = rt
         .block_on(async {
             tokio::time::timeout(timeout, measure(cli, &mut procs, mock_addr, gateway_addr, clk_tck))
@@ -459,11 +461,11 @@ async fn session_comparison(
         cli.sessions_concurrency, cli.sessions_secs, cli.sessions_secs, cli.sessions_interval_s
     );
     let interval = Duration::from_secs(cli.sessions_interval_s);
-    let intervals = cli.sessions_secs.div_ceil(cli.sessions_interval_s).max(1);
+    let intervals = session_intervals(cli);
     let pair: Vec<u32> =
         procs.iter().filter(|p| matches!(p.name, "gateway-http" | "agent-svc")).map(|p| p.pid()).collect();
     let mut out: [Option<sessions::TimedResult>; 2] = [None, None];
-    'turns: for _ in 0..intervals {
+    for _ in 0..intervals {
         for stateful in [false, true] {
             let spec = sessions::TimedSpec {
                 stateful,
@@ -489,13 +491,20 @@ async fn session_comparison(
                 Some(all) => all.extend(r),
                 None => *slot = Some(r),
             }
-            if out.iter().flatten().any(|r| r.errors() > 0) {
-                break 'turns;
-            }
+        }
+        // Whole pairs only, so that both kinds ran as long.
+        if out.iter().flatten().any(|r| r.errors() > 0) {
+            break;
         }
     }
     let [Some(stateless), Some(stateful)] = out else { bail!("no session comparison ran") };
     Ok((stateless, stateful))
+}
+
+/// Intervals of each kind the session comparison runs (`--sessions-secs`
+/// rounded up to whole intervals).
+fn session_intervals(cli: &Cli) -> u64 {
+    cli.sessions_secs.div_ceil(cli.sessions_interval_s.max(1)).max(1)
 }
 
 /// CPU ticks used so far by the processes `pids`, together.
