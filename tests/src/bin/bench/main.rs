@@ -113,11 +113,12 @@ struct Cli {
     /// Measure only the direct upstream (agent-svc and gateway-http are not started).
     #[arg(long)]
     direct_only: bool,
-    /// Seconds of the stable-session comparison (0 skips it): this long stateless, then this long
-    /// with every request keyed to a stable session, through the gateway.
+    /// Seconds of the stable-session comparison (0 skips it): this long stateless and this long
+    /// with every request keyed to a stable session, through the gateway, in intervals that take
+    /// turns (rounded up to whole intervals).
     #[arg(long, default_value_t = 0, value_name = "S")]
     sessions_secs: u64,
-    /// Length of one reported interval of the session comparison, in seconds.
+    /// Length of one interval of the session comparison (one of each kind per row), in seconds.
     #[arg(long, default_value_t = 60, value_name = "S")]
     sessions_interval_s: u64,
     /// Workers (connections) of the session comparison.
