@@ -473,7 +473,6 @@ async fn session_comparison(
                 concurrency: cli.sessions_concurrency,
                 users: cli.users,
                 turn_words: cli.turn_words,
-                duration: interval,
                 interval,
                 timeout,
                 max_errors: cli.max_errors.max(1),
@@ -481,8 +480,8 @@ async fn session_comparison(
             let before = pair_cpu_ticks(&pair)?;
             let mut r = sessions::run_timed(Arc::new(gateway.clone()), spec).await?;
             let ticks = pair_cpu_ticks(&pair)?.saturating_sub(before);
-            if let [only] = &mut r.intervals[..] {
-                only.pair_cpu_ticks = ticks;
+            for i in &mut r.intervals {
+                i.pair_cpu_ticks = ticks;
             }
             for p in procs.iter_mut() {
                 p.check_alive()?;

@@ -22,7 +22,7 @@ pub(crate) struct TimedSpec {
     pub(crate) users: usize,
     /// Words in each request's user message (1: `hi`, as in the other runs).
     pub(crate) turn_words: usize,
-    pub(crate) duration: Duration,
+    /// How long one run lasts (one interval of the table).
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) max_errors: usize,
@@ -63,7 +63,7 @@ impl TimedResult {
     fn cpu_us_per_req(&self, clk_tck: u64) -> Option<f64> {
         let ok: u64 = self.intervals.iter().map(|i| i.ok).sum();
         let ticks: u64 = self.intervals.iter().map(|i| i.pair_cpu_ticks).sum();
-        (ok > 0 && ticks > 0).then(|| ticks as f64 * 1e6 / clk_tck.max(1) as f64 / ok as f64)
+        us_per_req(ticks, ok, clk_tck)
     }
 
     fn rps(&self, i: &Interval) -> f64 {
@@ -94,12 +94,10 @@ fn body(session: Option<usize>, words: usize) -> Bytes {
     Bytes::from(format!(r#"{{"model":"openclaw",{user}"messages":[{{"role":"user","content":"{text}"}}]}}"#))
 }
 
-/// Runs C workers back to back for the spec's duration, bucketing every
-/// finished request by the interval it finished in.
+/// Runs C workers back to back for one interval; a request that ends after it
+/// is not counted. `pair_cpu_ticks` is the caller's to fill in.
 pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<TimedResult> {
-    let buckets = (spec.duration.as_secs_f64() / spec.interval.as_secs_f64()).ceil().max(1.0) as usize;
-    let start = Instant::now();
-    let deadline = start + spec.duration;
+    let deadline = Instant::now() + spec.interval;
     let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(spec.concurrency);
     for w in 0..spec.concurrency {
@@ -114,7 +112,7 @@ pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<Ti
         let (t, errors) = (target.clone(), errors.clone());
         handles.push(tokio::spawn(async move {
             let mut client = Client::new();
-            let mut done: Vec<(usize, Result<u64, String>)> = Vec::new();
+            let mut done: Vec<Result<u64, String>> = Vec::new();
             let mut turn = 0usize;
             while Instant::now() < deadline
                 && errors.load(std::sync::atomic::Ordering::Relaxed) < spec.max_errors
@@ -124,26 +122,24 @@ pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<Ti
                 let t0 = Instant::now();
                 let r = client.send(&t, body, false, spec.timeout).await;
                 let end = Instant::now();
-                let bucket = ((end - start).as_secs_f64() / spec.interval.as_secs_f64()) as usize;
-                if bucket >= buckets {
+                if end >= deadline {
                     break;
                 }
                 match r {
-                    Ok(_) => done.push((bucket, Ok(nanos(end - t0)))),
+                    Ok(_) => done.push(Ok(nanos(end - t0))),
                     Err(e) => {
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        done.push((bucket, Err(format!("{e:#}"))));
+                        done.push(Err(format!("{e:#}")));
                     }
                 }
             }
             done
         }));
     }
-    let mut intervals = vec![Interval::default(); buckets];
+    let mut i = Interval::default();
     let mut first_error = None;
     for h in handles {
-        for (bucket, r) in h.await.context("a session load worker panicked")? {
-            let i = &mut intervals[bucket];
+        for r in h.await.context("a session load worker panicked")? {
             match r {
                 Ok(ns) => {
                     i.ok += 1;
@@ -156,10 +152,13 @@ pub(crate) async fn run_timed(target: Arc<Target>, spec: TimedSpec) -> Result<Ti
             }
         }
     }
-    for i in &mut intervals {
-        i.latency.sort_unstable();
-    }
-    Ok(TimedResult { spec, intervals, first_error })
+    i.latency.sort_unstable();
+    Ok(TimedResult { spec, intervals: vec![i], first_error })
+}
+
+/// CPU µs per request from `ticks` over `ok` requests (none when either is 0).
+fn us_per_req(ticks: u64, ok: u64, clk_tck: u64) -> Option<f64> {
+    (ok > 0 && ticks > 0).then(|| ticks as f64 * 1e6 / clk_tck.max(1) as f64 / ok as f64)
 }
 
 fn p50_ms(sorted: &[u64]) -> String {
@@ -194,10 +193,7 @@ pub(crate) fn render(
         "interval", "stateless req/s", "p50 ms", "cpu us", "stateful req/s", "p50 ms", "cpu us", "ratio"
     );
     let cpu = |i: &Interval| {
-        if i.ok == 0 || i.pair_cpu_ticks == 0 {
-            return "-".to_owned();
-        }
-        format!("{:.0}", i.pair_cpu_ticks as f64 * 1e6 / clk_tck.max(1) as f64 / i.ok as f64)
+        us_per_req(i.pair_cpu_ticks, i.ok, clk_tck).map_or("-".to_owned(), |us| format!("{us:.0}"))
     };
     for (n, (a, b)) in stateless.intervals.iter().zip(&stateful.intervals).enumerate() {
         let (ra, rb) = (stateless.rps(a), stateful.rps(b));
