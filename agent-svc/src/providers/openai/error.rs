@@ -3,6 +3,7 @@
 //! reported inside an answer, and a stream that broke off. Messages never
 //! carry the URL (it may hold a key).
 
+use super::http::{Response, SendError};
 use super::read_capped;
 use super::wire::{ErrorEnvelope, ErrorField};
 use crate::providers::ProviderError;
@@ -13,21 +14,24 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How much of a non-JSON error body is quoted back.
 const ERROR_TEXT_CHARS: usize = 500;
 
-/// Maps a failure to get response headers.
-pub(super) fn send_error(e: reqwest::Error) -> ProviderError {
-    // The URL could carry a key in its query string; it is not the client's business.
-    let e = e.without_url();
-    if e.is_timeout() {
-        ProviderError::Timeout(format!("connecting to provider timed out: {}", describe(&e)))
-    } else if e.is_connect() {
-        ProviderError::Upstream(format!("could not connect to provider: {}", describe(&e)))
-    } else {
-        ProviderError::Upstream(format!("provider request failed: {}", describe(&e)))
+/// Maps a failure to get response headers. hyper's errors never carry the URL
+/// (it could hold a key in its query string; it is not the client's business).
+pub(super) fn send_error(e: SendError) -> ProviderError {
+    match e {
+        SendError::ConnectTimeout(limit) => {
+            ProviderError::Timeout(format!("connecting to provider timed out after {} ms", limit.as_millis()))
+        }
+        SendError::Connect(e) => {
+            ProviderError::Upstream(format!("could not connect to provider: {}", describe(&e)))
+        }
+        SendError::Request(e) => {
+            ProviderError::Upstream(format!("provider request failed: {}", describe(&e)))
+        }
     }
 }
 
 /// Turns a non-2xx response into the matching error, quoting upstream's message.
-pub(super) async fn error_from_response(resp: reqwest::Response, limit: Duration) -> ProviderError {
+pub(super) async fn error_from_response(resp: Response, limit: Duration) -> ProviderError {
     let status = resp.status();
     // A body that is slow or breaks off still leaves us the status to report.
     let body = match tokio::time::timeout(limit, read_capped(resp, MAX_ERROR_BODY, None)).await {
@@ -120,8 +124,8 @@ fn truncate_chars(s: &str, max: usize) -> String {
     }
 }
 
-/// An error and its sources on one line (reqwest's top-level message alone,
-/// "error sending request", says nothing about refused vs reset).
+/// An error and its sources on one line (hyper's top-level message alone,
+/// "client error (Connect)", says nothing about refused vs reset).
 pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut src = e.source();

@@ -13,7 +13,7 @@ const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
 
 /// Reads a whole completion response into its events.
 pub(super) async fn read_completion(
-    resp: reqwest::Response,
+    resp: super::http::Response,
     idle: Option<std::time::Duration>,
 ) -> Result<Vec<ProviderEvent>, ProviderError> {
     let body = read_capped(resp, MAX_JSON_BODY, idle).await?;

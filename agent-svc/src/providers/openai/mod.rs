@@ -12,6 +12,7 @@
 //! - `error.rs`: failures → [`ProviderError`]s.
 
 mod error;
+mod http;
 mod json;
 mod stream;
 mod wire;
@@ -38,8 +39,9 @@ pub mod fuzz {
 
 use super::{Provider, ProviderError, ProviderFuture, ProviderRequest};
 use crate::error::AgentError;
+use ::http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use ::http::Uri;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use services::config::ProviderConfig;
 use std::fmt;
 use std::sync::Arc;
@@ -55,11 +57,11 @@ const DEFAULT_ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A provider speaking the OpenAI Chat Completions API (streaming).
 ///
-/// Cheap to share: it holds one pooled `reqwest::Client` for its upstream.
+/// Cheap to share: it holds one pooled HTTP client for its upstream.
 pub struct OpenAiProvider {
     name: Arc<str>,
-    url: reqwest::Url,
-    client: reqwest::Client,
+    url: String,
+    client: http::UpstreamClient,
     first_byte_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
 }
@@ -69,7 +71,7 @@ impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiProvider")
             .field("name", &self.name)
-            .field("url", &self.url.as_str())
+            .field("url", &self.url)
             .field("first_byte_timeout", &self.first_byte_timeout)
             .finish_non_exhaustive()
     }
@@ -86,10 +88,16 @@ impl OpenAiProvider {
         if base.is_empty() {
             return Err(AgentError::Startup(format!("{}: is required", key("baseUrl"))));
         }
-        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+        let url = format!("{base}/chat/completions");
+        let uri = url
+            .parse::<Uri>()
             .map_err(|e| AgentError::Startup(format!("{}: invalid URL: {e}", key("baseUrl"))))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(AgentError::Startup(format!("{}: must be an http(s) URL", key("baseUrl"))));
+        match uri.scheme_str() {
+            Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => {}
+            Some("http" | "https") => {
+                return Err(AgentError::Startup(format!("{}: invalid URL: no host", key("baseUrl"))))
+            }
+            _ => return Err(AgentError::Startup(format!("{}: must be an http(s) URL", key("baseUrl")))),
         }
 
         let mut headers = HeaderMap::new();
@@ -113,21 +121,12 @@ impl OpenAiProvider {
             headers.insert(n, hv);
         }
 
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("openclaw-agent-svc/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
-            .tcp_nodelay(true)
-            .tcp_keepalive(TCP_KEEPALIVE)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // A redirected POST would be replayed as a GET or leak headers; an API
-            // base URL that redirects is a misconfiguration, reported as such.
-            .redirect(reqwest::redirect::Policy::none());
-        if cfg.connect_timeout_ms > 0 {
-            builder = builder.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
-        }
-        let client = builder
-            .build()
-            .map_err(|e| AgentError::Startup(format!("models.providers.{name}: HTTP client: {e}")))?;
+        // Redirects are not followed: a redirected POST would be replayed as a GET or
+        // leak headers; an API base URL that redirects is a misconfiguration, reported as such.
+        let connect_timeout =
+            (cfg.connect_timeout_ms > 0).then(|| Duration::from_millis(cfg.connect_timeout_ms));
+        let client =
+            http::UpstreamClient::new(uri, headers, connect_timeout, TCP_KEEPALIVE, POOL_IDLE_TIMEOUT);
 
         Ok(Self {
             name: Arc::from(name),
@@ -146,7 +145,7 @@ impl OpenAiProvider {
 
     /// The full `.../chat/completions` URL requests go to.
     pub fn url(&self) -> &str {
-        self.url.as_str()
+        &self.url
     }
 }
 
@@ -158,17 +157,13 @@ impl Provider for OpenAiProvider {
         };
         // The big request (images, transcript) is freed before we wait on the network.
         drop(req);
-        let request = self
-            .client
-            .post(self.url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body);
+        let request = self.client.post(body);
         let first_byte = self.first_byte_timeout;
         let idle = self.idle_timeout;
         let name = self.name.clone();
         Box::pin(async move {
             let sent = match first_byte {
-                Some(limit) => match tokio::time::timeout(limit, request.send()).await {
+                Some(limit) => match tokio::time::timeout(limit, request).await {
                     Ok(r) => r,
                     Err(_) => {
                         return Err(ProviderError::Timeout(format!(
@@ -177,7 +172,7 @@ impl Provider for OpenAiProvider {
                         )))
                     }
                 },
-                None => request.send().await,
+                None => request.await,
             };
             let resp = sent.map_err(error::send_error)?;
             let status = resp.status();
@@ -197,7 +192,8 @@ impl Provider for OpenAiProvider {
                 let events = json::read_completion(resp, idle).await?;
                 return Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed());
             }
-            Ok(stream::SseStream::new(resp.bytes_stream(), idle).boxed())
+            let body = http_body_util::BodyDataStream::new(resp.into_body());
+            Ok(stream::SseStream::new(body, idle).boxed())
         })
     }
 }
@@ -205,36 +201,18 @@ impl Provider for OpenAiProvider {
 /// Reads a body up to `cap` bytes (the rest is left unread and the connection
 /// dropped); `idle` bounds the wait for each chunk.
 async fn read_capped(
-    mut resp: reqwest::Response,
+    resp: http::Response,
     cap: usize,
     idle: Option<Duration>,
 ) -> Result<Vec<u8>, ProviderError> {
-    let mut buf = Vec::new();
-    loop {
-        let next = match idle {
-            Some(limit) => tokio::time::timeout(limit, resp.chunk()).await.map_err(|_| {
-                ProviderError::Timeout(format!("provider sent nothing for {} ms", limit.as_millis()))
-            })?,
-            None => resp.chunk().await,
-        };
-        let chunk = match next {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
-                return Err(ProviderError::Upstream(format!(
-                    "reading provider response failed: {}",
-                    error::describe(&e)
-                )))
-            }
-        };
-        let room = cap - buf.len();
-        if chunk.len() >= room {
-            buf.extend_from_slice(&chunk[..room]);
-            break;
+    http::read_capped(resp, cap, idle).await.map_err(|e| match e {
+        http::ReadError::Idle(limit) => {
+            ProviderError::Timeout(format!("provider sent nothing for {} ms", limit.as_millis()))
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
+        http::ReadError::Body(e) => {
+            ProviderError::Upstream(format!("reading provider response failed: {}", error::describe(&e)))
+        }
+    })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -496,6 +474,32 @@ mod tests {
                 Err(ProviderError::Upstream(m)) => assert!(m.contains("connect"), "{m}"),
                 other => panic!("unexpected {other:?}"),
             }
+        }
+
+        #[tokio::test]
+        async fn the_connect_timeout_covers_the_tls_handshake() {
+            // Accepts TCP but never answers the TLS ClientHello.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let held = tokio::spawn(async move {
+                let mut open = Vec::new();
+                while let Ok((sock, _)) = listener.accept().await {
+                    open.push(sock);
+                }
+            });
+            let cfg = ProviderConfig {
+                base_url: format!("https://{addr}/v1"),
+                connect_timeout_ms: 200,
+                first_byte_timeout_ms: 5000,
+                ..Default::default()
+            };
+            let started = std::time::Instant::now();
+            match attempt(&OpenAiProvider::new("tls", &cfg).unwrap()).await {
+                Err(ProviderError::Timeout(m)) => assert!(m.contains("connecting to provider timed out"), "{m}"),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+            held.abort();
         }
 
         #[tokio::test]

@@ -1,0 +1,213 @@
+//! The HTTP client the provider sends its requests with: hyper's pooled client
+//! over plain TCP or rustls (ring, the webpki roots), HTTP/1.1, or HTTP/2 where
+//! the upstream offers it in the TLS handshake. It never retries a request that
+//! reached the upstream and never follows a redirect.
+//!
+//! hyper's client directly rather than reqwest: reqwest parses the request's URL
+//! again on every request (its redirect policy runs even with redirects off) and
+//! adds a retry and a redirect layer around hyper's; that was about a sixth of
+//! agent-svc's instructions per run (`scripts/bench-instructions.sh`).
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// A response as the client hands it over: status and headers read, body streaming.
+pub(super) type Response = http::Response<hyper::body::Incoming>;
+
+/// Why a request got no response (the caller turns it into a `ProviderError`).
+#[derive(Debug)]
+pub(super) enum SendError {
+    /// The connection (TCP and TLS) was not up within the connect timeout.
+    ConnectTimeout(Duration),
+    /// The connection could not be made (refused, DNS, TLS, ...).
+    Connect(hyper_util::client::legacy::Error),
+    /// The request failed once connected (reset, closed, protocol error).
+    Request(hyper_util::client::legacy::Error),
+}
+
+/// One upstream's pooled client with the request head every request carries.
+pub(super) struct UpstreamClient {
+    client: HyperClient<TimedConnector, Full<Bytes>>,
+    uri: Uri,
+    /// `Accept`, `Content-Type`, `User-Agent`, the key and the configured extra headers.
+    headers: HeaderMap,
+}
+
+impl UpstreamClient {
+    /// A client for `POST`s to `uri` with `headers`; `connect_timeout` bounds the
+    /// TCP connect and the TLS handshake together (none when `None`).
+    pub(super) fn new(
+        uri: Uri,
+        mut headers: HeaderMap,
+        connect_timeout: Option<Duration>,
+        tcp_keepalive: Duration,
+        pool_idle_timeout: Duration,
+    ) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(tcp_keepalive));
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        // The ring provider supports the default versions; were it ever not to, the
+        // library's own defaults (same roots) still give a working client.
+        let tls = tls.unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                })
+                .with_no_client_auth()
+        });
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let client = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(TimedConnector { inner: https, timeout: connect_timeout });
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("openclaw-agent-svc/", env!("CARGO_PKG_VERSION"))),
+        );
+        Self { client, uri, headers }
+    }
+
+    /// Sends `body` (JSON); resolves once the response's status and headers are in.
+    pub(super) fn post(
+        &self,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<Response, SendError>> + Send + 'static {
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        let sent = self.client.request(req);
+        async move {
+            sent.await.map_err(|e| {
+                if e.is_connect() {
+                    match connect_timeout(&e) {
+                        Some(limit) => SendError::ConnectTimeout(limit),
+                        None => SendError::Connect(e),
+                    }
+                } else {
+                    SendError::Request(e)
+                }
+            })
+        }
+    }
+}
+
+/// The response body read to its end or to `cap` bytes, whichever comes first;
+/// `idle` bounds the wait for each chunk. `Err` carries the read error's text.
+pub(super) async fn read_capped(
+    resp: Response,
+    cap: usize,
+    idle: Option<Duration>,
+) -> Result<Vec<u8>, ReadError> {
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    loop {
+        let next = match idle {
+            Some(limit) => {
+                tokio::time::timeout(limit, body.frame()).await.map_err(|_| ReadError::Idle(limit))?
+            }
+            None => body.frame().await,
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(ReadError::Body(e)),
+        };
+        let Ok(chunk) = frame.into_data() else { continue };
+        let room = cap - buf.len();
+        if chunk.len() >= room {
+            buf.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Why [`read_capped`] stopped short.
+#[derive(Debug)]
+pub(super) enum ReadError {
+    /// Nothing came for this long.
+    Idle(Duration),
+    /// The body broke off.
+    Body(hyper::Error),
+}
+
+/// The connect timeout a connect error carries, if that is what it was.
+fn connect_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(t) = s.downcast_ref::<ConnectTimedOut>() {
+            return Some(t.0);
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// The error [`TimedConnector`] fails with when the connect timeout passes.
+#[derive(Debug)]
+struct ConnectTimedOut(Duration);
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no connection within {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The HTTPS connector with one deadline for TCP connect and TLS handshake
+/// together (hyper's own connect timeout covers only the TCP part).
+#[derive(Clone)]
+struct TimedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Option<Duration>,
+}
+
+impl tower::Service<Uri> for TimedConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let Some(limit) = self.timeout else { return Box::pin(connecting) };
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(ConnectTimedOut(limit)) as BoxError),
+            }
+        })
+    }
+}
