@@ -3,12 +3,13 @@
 //! both services apply, each once: session keys ([`session_key`]), the new turn
 //! and image limits ([`messages`]), with their error ([`rules::RuleError`]), and
 //! the rules over a run's events ([`run_events`]); hiding the credentials of a
-//! URL ([`redact`]) and the Prometheus setup ([`telemetry`]); TLS from
+//! URL ([`redact`]), random ids ([`ids`]) and the Prometheus setup ([`telemetry`]); TLS from
 //! reloaded PEM files for the public port and the internal hop ([`tls`]), and
 //! the accept step of the services' own accept loops ([`net`]).
 
 pub mod codec;
 pub mod config;
+pub mod ids;
 pub mod logging;
 pub mod messages;
 pub mod net;

@@ -65,8 +65,12 @@ pub fn resolve(
         ));
     }
     // A stateless key is `agent:<id>:<channel>:<uuid>`: a channel named like a
-    // reserved namespace would make one that is refused when sent back.
-    if is_reserved(&format!("{channel}:")) {
+    // reserved namespace would make one that is refused when sent back (a valid
+    // channel has no `:`, so only the namespace's own name is at fault).
+    if RESERVED_PREFIXES
+        .iter()
+        .any(|p| p.strip_suffix(':').is_some_and(|ns| ns.eq_ignore_ascii_case(channel)))
+    {
         return Err(RuleError::new(
             "channel",
             format!("The channel {channel:?} is a reserved session namespace."),
@@ -74,7 +78,7 @@ pub fn resolve(
     }
     match selector {
         SessionSelector::Stateless => Ok(ResolvedSession {
-            key: format!("{AGENT_PREFIX}{agent_id}:{channel}:{}", uuid::Uuid::new_v4()),
+            key: crate::ids::with_uuid(&[AGENT_PREFIX, agent_id, ":", channel, ":"]),
             agent_id: agent_id.to_string(),
             stable: false,
         }),
@@ -276,8 +280,11 @@ mod tests {
             assert_eq!(param.as_deref(), Some("channel"), "{channel}");
         }
         // A stateless key of any other channel is accepted back as it is.
-        let r = resolve(SessionSelector::Stateless, "main", "cron-jobs").unwrap();
-        assert_eq!(explicit(&r.key).unwrap().key, r.key);
+        for channel in ["cron-jobs", "crony", "acp2", "sub"] {
+            let r = resolve(SessionSelector::Stateless, "main", channel).unwrap();
+            assert!(r.key.starts_with(&format!("agent:main:{channel}:")), "{}", r.key);
+            assert_eq!(explicit(&r.key).unwrap().key, r.key);
+        }
     }
 
     #[test]

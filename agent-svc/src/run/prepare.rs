@@ -96,7 +96,7 @@ pub(super) fn prepare(registry: &AgentRegistry, mut req: AgentRunRequest) -> Res
     };
 
     let run_id = if req.run_id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
+        services::ids::with_uuid(&[])
     } else if req.run_id.len() <= MAX_RUN_ID_BYTES && !req.run_id.chars().any(char::is_control) {
         req.run_id.clone()
     } else {

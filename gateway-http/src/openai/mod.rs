@@ -27,7 +27,7 @@ pub const DEFAULT_MODEL: &str = "openclaw";
 
 /// A fresh completion id, `chatcmpl_<uuid>`.
 pub fn completion_id() -> String {
-    format!("chatcmpl_{}", uuid::Uuid::new_v4())
+    services::ids::with_uuid(&["chatcmpl_"])
 }
 
 /// Unix seconds now, for `created`.

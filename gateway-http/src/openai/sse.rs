@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 
+/// The most frames [`SseRun::on_ready_items`] gathers into one write.
+const COALESCE_BYTES: usize = 16 * 1024;
+
 /// Silence after which a keep-alive comment is sent (SPEC: 15 s); the default
 /// of [`crate::state::ChatSettings::keep_alive`].
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -101,6 +104,7 @@ impl SseRun {
                 item = run.events.next() => match item {
                     Some(Ok(event)) => {
                         if run.on_event(&event) != Written::Nothing {
+                            run.on_ready_items().await;
                             return Ok(run);
                         }
                     }
@@ -122,10 +126,18 @@ impl SseRun {
 
     /// The response body: the frames written so far, then the rest of the run,
     /// pumped into a buffer of at most `max_buffered` unsent bytes.
-    pub fn into_body(self, max_buffered: usize) -> Body {
+    pub fn into_body(mut self, max_buffered: usize) -> Body {
         let outbox = Arc::new(ClientOutbox::default());
         let gone = CancellationToken::new();
-        tokio::spawn(pump(self, outbox.clone(), gone.clone(), max_buffered));
+        if self.phase == Phase::Done {
+            // The whole run came before the commit (a short answer): nothing to pump.
+            if let Some(bytes) = self.writer.take() {
+                outbox.push(bytes, max_buffered);
+            }
+            outbox.finish();
+        } else {
+            tokio::spawn(pump(self, outbox.clone(), gone.clone(), max_buffered));
+        }
         Body::from_stream(ClientBody { outbox, _gone: gone.drop_guard() })
     }
 
@@ -142,7 +154,10 @@ impl SseRun {
                 Phase::Streaming => {
                     tokio::select! {
                         biased;
-                        item = self.events.next() => self.on_item(item),
+                        item = self.events.next() => {
+                            self.on_item(item);
+                            self.on_ready_items().await;
+                        }
                         () = self.keep_alive.as_mut() => self.writer.keep_alive(),
                         () = self.force_close.as_mut() => {
                             self.fail(&ApiError::AgentUnavailable("The gateway is shutting down.".into()));
@@ -151,6 +166,24 @@ impl SseRun {
                 }
             }
         }
+    }
+
+    /// Writes the events that have already arrived, up to [`COALESCE_BYTES`] of
+    /// frames (half the client's buffer bound if that is less), without waiting for more: agent-svc usually sends several in one
+    /// HTTP/2 frame, and one write for them all costs the client's connection one
+    /// chunk instead of one per event (the bytes of the stream are the same).
+    async fn on_ready_items(&mut self) {
+        std::future::poll_fn(|cx| {
+            let limit = COALESCE_BYTES.min(self.state.chat().max_buffered_bytes / 2);
+            while self.phase == Phase::Streaming && self.writer.pending_len() < limit {
+                match self.events.poll_next_unpin(cx) {
+                    Poll::Ready(item) => self.on_item(item),
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
     }
 
     fn on_item(&mut self, item: Option<Result<RunEvent, ApiError>>) {

@@ -137,6 +137,11 @@ impl ChunkWriter {
         self.buf.extend_from_slice(KEEP_ALIVE);
     }
 
+    /// How many bytes are written and not yet taken.
+    pub fn pending_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Everything written since the last call, or `None` when nothing was.
     pub fn take(&mut self) -> Option<Bytes> {
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())

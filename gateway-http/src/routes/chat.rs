@@ -50,7 +50,7 @@ pub async fn completions(
         request_id: header_str(headers, REQUEST_ID)
             .ok()
             .flatten()
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned),
+            .map_or_else(|| services::ids::with_uuid(&[]), str::to_owned),
         traceparent: header_str(headers, TRACEPARENT).ok().flatten().map(str::to_owned),
     };
     let include_usage = chat.run.include_usage;

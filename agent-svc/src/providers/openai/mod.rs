@@ -495,7 +495,9 @@ mod tests {
             };
             let started = std::time::Instant::now();
             match attempt(&OpenAiProvider::new("tls", &cfg).unwrap()).await {
-                Err(ProviderError::Timeout(m)) => assert!(m.contains("connecting to provider timed out"), "{m}"),
+                Err(ProviderError::Timeout(m)) => {
+                    assert!(m.contains("connecting to provider timed out"), "{m}")
+                }
                 other => panic!("unexpected {other:?}"),
             }
             assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
