@@ -14,11 +14,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::time::{Duration, Instant};
 
-const AGENT_ID: &str = "x-openclaw-agent-id";
-const MODEL: &str = "x-openclaw-model";
-const SESSION_KEY: &str = "x-openclaw-session-key";
-const REQUEST_ID: &str = "x-request-id";
-const TRACEPARENT: &str = "traceparent";
+// Parsed once: a lookup by `&str` parses and validates the name every time.
+const AGENT_ID: HeaderName = HeaderName::from_static("x-openclaw-agent-id");
+const MODEL: HeaderName = HeaderName::from_static("x-openclaw-model");
+const SESSION_KEY: HeaderName = HeaderName::from_static("x-openclaw-session-key");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Checks come in SPEC order: auth (the extractor) → JSON content type →
 /// body size → JSON → semantics (here, then agent-svc).
@@ -39,19 +40,19 @@ pub async fn completions(
         Err(e) => return Ok(unread_body(e, parts.version)),
     };
     let overrides = Overrides {
-        agent_id: header_str(headers, AGENT_ID)?,
-        model: header_str(headers, MODEL)?,
-        session_key: header_str(headers, SESSION_KEY)?,
+        agent_id: header_str(headers, &AGENT_ID)?,
+        model: header_str(headers, &MODEL)?,
+        session_key: header_str(headers, &SESSION_KEY)?,
     };
     let chat = openai::parse_chat_request(&body, &overrides, &state.chat().images)?;
     drop(body);
 
     let ctx = CallContext {
-        request_id: header_str(headers, REQUEST_ID)
+        request_id: header_str(headers, &REQUEST_ID)
             .ok()
             .flatten()
             .map_or_else(|| services::ids::with_uuid(&[]), str::to_owned),
-        traceparent: header_str(headers, TRACEPARENT).ok().flatten().map(str::to_owned),
+        traceparent: header_str(headers, &TRACEPARENT).ok().flatten().map(str::to_owned),
     };
     let include_usage = chat.run.include_usage;
     let in_flight = state.begin_run()?;
@@ -84,15 +85,15 @@ pub async fn completions(
 
 fn common_headers(h: &mut HeaderMap, session_key: Option<&str>, request_id: &str) {
     if let Some(v) = session_key.and_then(|k| HeaderValue::from_str(k).ok()) {
-        h.insert(HeaderName::from_static(SESSION_KEY), v);
+        h.insert(SESSION_KEY, v);
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(HeaderName::from_static(REQUEST_ID), v);
+        h.insert(REQUEST_ID, v);
     }
 }
 
 /// A header as UTF-8 (session keys may carry user names); empty counts as absent.
-fn header_str<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => match std::str::from_utf8(v.as_bytes()) {
