@@ -1,8 +1,9 @@
 //! Request JSON → [`AgentRunRequest`].
 //!
-//! The body is parsed as a [`Value`] first and then converted field by field, so
-//! that a wrong *type* is a 400 naming the field (`param`) instead of a serde
-//! message. Range and semantic rules (temperature 0–2, `n` only 1, role names,
+//! The body's fields are read as [`Value`]s first and then converted field by
+//! field, so that a wrong *type* is a 400 naming the field (`param`) instead of a
+//! serde message. The top level is not built into a map: each field this module
+//! reads is kept as it is parsed and every other key is skipped unbuilt. Range and semantic rules (temperature 0–2, `n` only 1, role names,
 //! tool names, …) belong to agent-svc, so gRPC callers get the same rules; here
 //! values are only carried faithfully. Unknown fields are ignored.
 
@@ -65,9 +66,9 @@ pub fn parse_chat_request(
     overrides: &Overrides<'_>,
     images: &ImagePolicy,
 ) -> Result<ChatRequest, ApiError> {
-    let value: Value =
+    let body: Body =
         serde_json::from_slice(body).map_err(|e| ApiError::invalid_no_param(format!("Invalid JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
+    let Body(Some(mut obj)) = body else {
         return Err(ApiError::invalid_no_param("The request body must be a JSON object."));
     };
 
@@ -143,12 +144,140 @@ fn non_empty(s: Option<&str>) -> Option<&str> {
     s.filter(|s| !s.is_empty())
 }
 
-/// Removes `key`; JSON `null` counts as absent.
-fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
-    obj.remove(key).filter(|v| !v.is_null())
+/// The top-level keys [`parse_chat_request`] reads; any other is skipped.
+const FIELDS: [&str; 17] = [
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "max_completion_tokens",
+    "max_tokens",
+    "n",
+    "user",
+    "tools",
+    "tool_choice",
+    "response_format",
+];
+
+/// A request body as read: its [`FIELDS`] (a repeated key keeps its last value,
+/// as in a map), or `None` when it is not an object.
+struct Body(Option<TopLevel>);
+
+/// The values of the [`FIELDS`] present in the body, in that order.
+#[derive(Default)]
+struct TopLevel([Option<Value>; FIELDS.len()]);
+
+/// Where a field's value is found: the body's top level or a nested object.
+trait Fields {
+    /// Removes `key`; JSON `null` counts as absent.
+    fn take_field(&mut self, key: &str) -> Option<Value>;
 }
 
-fn opt_bool(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<bool>, ApiError> {
+impl Fields for Map<String, Value> {
+    fn take_field(&mut self, key: &str) -> Option<Value> {
+        self.remove(key).filter(|v| !v.is_null())
+    }
+}
+
+impl Fields for TopLevel {
+    fn take_field(&mut self, key: &str) -> Option<Value> {
+        let at = FIELDS.iter().position(|f| *f == key);
+        debug_assert!(at.is_some(), "{key} is read but not in FIELDS");
+        self.0[at?].take().filter(|v| !v.is_null())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut top = TopLevel::default();
+        while let Some(FieldKey(at)) = map.next_key()? {
+            match at {
+                Some(i) => top.0[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Body(Some(top)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Body(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Body, E> {
+        Ok(Body(None))
+    }
+}
+
+/// A top-level key: its index in [`FIELDS`], `None` for any other.
+struct FieldKey(Option<usize>);
+
+impl<'de> serde::Deserialize<'de> for FieldKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = FieldKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<FieldKey, E> {
+                Ok(FieldKey(FIELDS.iter().position(|f| *f == key)))
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Removes `key` from `obj`; JSON `null` counts as absent.
+fn take(obj: &mut impl Fields, key: &str) -> Option<Value> {
+    obj.take_field(key)
+}
+
+fn opt_bool(obj: &mut impl Fields, key: &'static str) -> Result<Option<bool>, ApiError> {
     match take(obj, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(b)),
@@ -156,7 +285,7 @@ fn opt_bool(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<bo
     }
 }
 
-fn opt_f64(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<f64>, ApiError> {
+fn opt_f64(obj: &mut impl Fields, key: &'static str) -> Result<Option<f64>, ApiError> {
     match take(obj, key) {
         None => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
@@ -171,7 +300,7 @@ pub const MAX_EXACT_SEED: u64 = (1 << 53) - 1;
 /// `seed` as a double. An integer beyond ±[`MAX_EXACT_SEED`] is refused here,
 /// where its exact value is still known; a float (`1.5`, `42.0`) goes on to
 /// agent-svc's integer rule, which applies the same bound.
-fn seed(obj: &mut Map<String, Value>) -> Result<Option<f64>, ApiError> {
+fn seed(obj: &mut impl Fields) -> Result<Option<f64>, ApiError> {
     let too_big = || {
         ApiError::invalid(
             "seed",
@@ -199,7 +328,7 @@ fn seed(obj: &mut Map<String, Value>) -> Result<Option<f64>, ApiError> {
 
 /// An integer; a whole float (`100.0`) is accepted, a fraction is not.
 /// Values beyond `i64` saturate (agent-svc and the provider cap them anyway).
-fn opt_i64(obj: &mut Map<String, Value>, key: &'static str) -> Result<Option<i64>, ApiError> {
+fn opt_i64(obj: &mut impl Fields, key: &'static str) -> Result<Option<i64>, ApiError> {
     let bad = || ApiError::invalid(key, format!("`{key}` must be an integer."));
     match take(obj, key) {
         None => Ok(None),
@@ -456,10 +585,26 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = parse_chat_request(b"", &Overrides::default(), &POLICY).unwrap_err();
         assert!(matches!(e, ApiError::InvalidRequest { .. }));
-        for not_object in ["[]", "1", "\"x\"", "null"] {
+        for not_object in ["[]", "[1, [2, {\"a\": 3}]]", "1", "-1", "1.5", "true", "\"x\"", "null"] {
             let e = parse_chat_request(not_object.as_bytes(), &Overrides::default(), &POLICY).unwrap_err();
-            assert_eq!(e.to_string(), "The request body must be a JSON object.");
+            assert_eq!(e.to_string(), "The request body must be a JSON object.", "{not_object}");
         }
+        // Broken JSON inside a field that is skipped is still broken JSON.
+        let e = parse_chat_request(br#"{"extra": [1, }"#, &Overrides::default(), &POLICY).unwrap_err();
+        assert!(e.to_string().starts_with("Invalid JSON: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_a_repeated_field_keeps_its_last_value() {
+        let body = br#"{"model": "openclaw/a", "extra": {"deep": [1, {"x": null}], "s": "\u00e9"},
+            "messages": [{"role": "user", "content": "hi"}], "stream": false, "model": "openclaw/b",
+            "stream": true, "user": null, "n": 1}"#;
+        let r = parse_chat_request(body, &Overrides::default(), &POLICY).unwrap();
+        assert_eq!(r.model, "openclaw/b");
+        assert_eq!(r.run.agent_id, "b");
+        assert!(r.stream);
+        assert_eq!(r.run.session, None);
+        assert_eq!(r.run.params.as_ref().and_then(|p| p.n), Some(1));
     }
 
     #[test]
