@@ -66,8 +66,14 @@ pub fn parse_chat_request(
     overrides: &Overrides<'_>,
     images: &ImagePolicy,
 ) -> Result<ChatRequest, ApiError> {
-    let body: Body =
-        serde_json::from_slice(body).map_err(|e| ApiError::invalid_no_param(format!("Invalid JSON: {e}")))?;
+    let invalid = |e: serde_json::Error| ApiError::invalid_no_param(format!("Invalid JSON: {e}"));
+    // JSON is UTF-8 throughout, including the fields that are skipped unread (whose
+    // strings serde_json does not decode); serde's own message says where it breaks.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(serde_json::from_slice::<Value>(body)
+            .map_or_else(invalid, |_| ApiError::invalid_no_param("Invalid JSON: the body is not UTF-8.")));
+    };
+    let body: Body = serde_json::from_str(text).map_err(invalid)?;
     let Body(Some(mut obj)) = body else {
         return Err(ApiError::invalid_no_param("The request body must be a JSON object."));
     };
@@ -591,6 +597,15 @@ mod tests {
         }
         // Broken JSON inside a field that is skipped is still broken JSON.
         let e = parse_chat_request(br#"{"extra": [1, }"#, &Overrides::default(), &POLICY).unwrap_err();
+        assert!(e.to_string().starts_with("Invalid JSON: "), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_invalid_json() {
+        let mut body = br#"{"messages": [{"role": "user", "content": "hi"}], "extra": "x"}"#.to_vec();
+        let at = body.iter().rposition(|b| *b == b'x').unwrap();
+        body[at] = 0xff;
+        let e = parse_chat_request(&body, &Overrides::default(), &POLICY).unwrap_err();
         assert!(e.to_string().starts_with("Invalid JSON: "), "{e}");
     }
 
