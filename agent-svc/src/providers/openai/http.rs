@@ -46,14 +46,15 @@ pub(super) struct UpstreamClient {
 
 impl UpstreamClient {
     /// A client for `POST`s to `uri` with `headers`; `connect_timeout` bounds the
-    /// TCP connect and the TLS handshake together (none when `None`).
+    /// TCP connect and the TLS handshake together (none when `None`). Fails only if
+    /// the TLS library refuses its own default protocol versions.
     pub(super) fn new(
         uri: Uri,
         mut headers: HeaderMap,
         connect_timeout: Option<Duration>,
         tcp_keepalive: Duration,
         pool_idle_timeout: Duration,
-    ) -> Self {
+    ) -> Result<Self, rustls::Error> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -61,17 +62,9 @@ impl UpstreamClient {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let tls =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        // The ring provider supports the default versions; were it ever not to, the
-        // library's own defaults (same roots) still give a working client.
-        let tls = tls.unwrap_or_else(|_| {
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                })
-                .with_no_client_auth()
-        });
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -88,7 +81,7 @@ impl UpstreamClient {
             USER_AGENT,
             HeaderValue::from_static(concat!("openclaw-agent-svc/", env!("CARGO_PKG_VERSION"))),
         );
-        Self { client, uri, headers }
+        Ok(Self { client, uri, headers })
     }
 
     /// Sends `body` (JSON); resolves once the response's status and headers are in.

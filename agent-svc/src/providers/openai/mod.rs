@@ -126,7 +126,8 @@ impl OpenAiProvider {
         let connect_timeout =
             (cfg.connect_timeout_ms > 0).then(|| Duration::from_millis(cfg.connect_timeout_ms));
         let client =
-            http::UpstreamClient::new(uri, headers, connect_timeout, TCP_KEEPALIVE, POOL_IDLE_TIMEOUT);
+            http::UpstreamClient::new(uri, headers, connect_timeout, TCP_KEEPALIVE, POOL_IDLE_TIMEOUT)
+                .map_err(|e| AgentError::Startup(format!("models.providers.{name}: TLS client: {e}")))?;
 
         Ok(Self {
             name: Arc::from(name),
