@@ -147,8 +147,10 @@ async fn a_streaming_client_that_stops_reading_has_its_run_ended_and_slows_no_on
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockUpstream::start().await;
     let s = stack(config(&mock).set("gateway.http.maxBufferedBytes", json!(65536))).await;
-    // A long answer, fast: 10 MB in 10 KB deltas (more than any socket buffers hold).
-    let big: Vec<String> = (0..1000).map(|_| "x".repeat(10_000)).collect();
+    // A long answer, fast: 60 MB in 10 KB deltas, more than the socket buffers between the mock
+    // and agent-svc can hold (loopback receive buffers grow to 32 MiB here: with 10 MB the mock
+    // could write its whole answer into them before the run was ended, and never see it end).
+    let big: Vec<String> = (0..6000).map(|_| "x".repeat(10_000)).collect();
     mock.set_for_model("huge", Behavior::chunks(big));
 
     // The stalled client: sends its request, reads the head, then never reads again.
