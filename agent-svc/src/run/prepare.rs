@@ -51,7 +51,7 @@ pub(super) fn for_session(registry: &AgentRegistry, key: &str) -> Result<Prepare
         std::iter::once(agent.primary.clone()).chain(agent.fallbacks.iter().cloned()).collect();
     let budget = registry.budget(&agent, &chain, None);
     Ok(Prepared {
-        run_id: format!("compact-{}", uuid::Uuid::new_v4()),
+        run_id: services::ids::with_uuid(&["compact-"]),
         agent,
         session_key: key.to_string(),
         stable: true,

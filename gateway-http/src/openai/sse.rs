@@ -169,9 +169,10 @@ impl SseRun {
     }
 
     /// Writes the events that have already arrived, up to [`COALESCE_BYTES`] of
-    /// frames (half the client's buffer bound if that is less), without waiting for more: agent-svc usually sends several in one
-    /// HTTP/2 frame, and one write for them all costs the client's connection one
-    /// chunk instead of one per event (the bytes of the stream are the same).
+    /// frames (half the client's buffer bound if that is less), without waiting
+    /// for more: agent-svc usually sends several in one HTTP/2 frame, and one
+    /// write for them all costs the client's connection one chunk instead of one
+    /// per event (the bytes of the stream are the same).
     async fn on_ready_items(&mut self) {
         std::future::poll_fn(|cx| {
             let limit = COALESCE_BYTES.min(self.state.chat().max_buffered_bytes / 2);

@@ -42,7 +42,7 @@ type Stream = SplitStream<WebSocket>;
 pub(crate) async fn serve(socket: WebSocket, state: AppState, caller: Caller, proxied: Option<bool>) {
     let ip = caller.ip;
     let settings = *state.ws();
-    let conn_id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+    let conn_id: Arc<str> = services::ids::with_uuid(&[]).into();
     let (sink, mut stream) = socket.split();
     let (outbox, rx) = Outbox::new(settings.max_buffered_bytes);
     let writer = tokio::spawn(write_loop(sink, rx, outbox.clone(), CLOSE_TIMEOUT));
@@ -162,7 +162,7 @@ async fn handshake(
     proxied: Option<bool>,
     conn_id: &str,
 ) -> bool {
-    let challenge = json!({"nonce": uuid::Uuid::new_v4().to_string(), "ts": protocol::now_ms()});
+    let challenge = json!({"nonce": services::ids::with_uuid(&[]), "ts": protocol::now_ms()});
     outbox.send_text(protocol::event("connect.challenge", &challenge, None));
 
     let deadline = Instant::now() + settings.handshake_timeout;

@@ -50,7 +50,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     fn ctx(&self) -> CallContext {
-        CallContext { request_id: format!("ws-{}-{}", self.conn_id, uuid::Uuid::new_v4()), traceparent: None }
+        CallContext { request_id: services::ids::with_uuid(&["ws-", &self.conn_id, "-"]), traceparent: None }
     }
 }
 
@@ -523,7 +523,7 @@ fn try_chat_send(conn: &Conn, req: &Request) -> Result<(), ErrorShape> {
     let dedupe_key = format!("{agent}\n{}\n{}", p.session_key, p.idempotency_key);
     let begin = conn.state.ws_runs().begin(&dedupe_key, || {
         let agent = p.agent_id.clone().unwrap_or_default();
-        ChatRun::new(uuid::Uuid::new_v4().to_string(), p.session_key.clone(), agent)
+        ChatRun::new(services::ids::with_uuid(&[]), p.session_key.clone(), agent)
     });
     let outbox = &conn.outbox;
     match begin {
