@@ -3,7 +3,8 @@
 //! The body's fields are read as [`Value`]s first and then converted field by
 //! field, so that a wrong *type* is a 400 naming the field (`param`) instead of a
 //! serde message. The top level is not built into a map: each field this module
-//! reads is kept as it is parsed and every other key is skipped unbuilt. Range and semantic rules (temperature 0–2, `n` only 1, role names,
+//! reads is kept as it is parsed and every other key is skipped unbuilt. Range
+//! and semantic rules (temperature 0–2, `n` only 1, role names,
 //! tool names, …) belong to agent-svc, so gRPC callers get the same rules; here
 //! values are only carried faithfully. Unknown fields are ignored.
 
