@@ -3,24 +3,33 @@
 //! the upstream offers it in the TLS handshake. It never retries a request that
 //! reached the upstream and never follows a redirect.
 //!
+//! An egress proxy from the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, `NO_PROXY`, read as curl does) is honoured: an `https` upstream
+//! is reached through the proxy's `CONNECT` tunnel (TLS runs end to end inside
+//! it), a plain `http` one by sending the request to the proxy in absolute form.
+//! Only `http://` proxies are supported; the route is settled once per provider.
+//!
 //! hyper's client directly rather than reqwest: reqwest parses the request's URL
 //! again on every request (its redirect policy runs even with redirects off) and
 //! adds a retry and a redirect layer around hyper's; that was about a sixth of
 //! agent-svc's instructions per run (`scripts/bench-instructions.sh`).
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::Intercept;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// A response as the client hands it over: status and headers read, body streaming.
 pub(super) type Response = http::Response<hyper::body::Incoming>;
@@ -36,6 +45,17 @@ pub(super) enum SendError {
     Request(hyper_util::client::legacy::Error),
 }
 
+/// Why an [`UpstreamClient`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BuildError {
+    /// The TLS library refused its own default protocol versions.
+    #[error("TLS client: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The proxy the environment names for this upstream is not one we can use.
+    #[error("proxy {0}")]
+    Proxy(String),
+}
+
 /// One upstream's pooled client with the request head every request carries.
 pub(super) struct UpstreamClient {
     client: HyperClient<TimedConnector, Full<Bytes>>,
@@ -45,20 +65,47 @@ pub(super) struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// A client for `POST`s to `uri` with `headers`; `connect_timeout` bounds the
-    /// TCP connect and the TLS handshake together (none when `None`). Fails only if
-    /// the TLS library refuses its own default protocol versions.
+    /// A client for `POST`s to `uri` with `headers`, through `proxy` when the
+    /// environment names one for `uri`; `connect_timeout` bounds the TCP connect,
+    /// the proxy's tunnel and the TLS handshake together (none when `None`).
     pub(super) fn new(
         uri: Uri,
         mut headers: HeaderMap,
+        proxy: Option<&Intercept>,
         connect_timeout: Option<Duration>,
         tcp_keepalive: Duration,
         pool_idle_timeout: Duration,
-    ) -> Result<Self, rustls::Error> {
+    ) -> Result<Self, BuildError> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_keepalive(Some(tcp_keepalive));
+        let route = match proxy {
+            None => Route::Direct,
+            Some(p) => {
+                let proxy_uri = p.uri();
+                if proxy_uri.scheme_str() != Some("http") {
+                    return Err(BuildError::Proxy(format!(
+                        "{}: only http:// proxies are supported",
+                        proxy_display(proxy_uri)
+                    )));
+                }
+                match (uri.scheme_str(), p.basic_auth()) {
+                    (Some("https"), None) => Route::Tunnel(Tunnel::new(proxy_uri.clone(), tcp.clone())),
+                    (Some("https"), Some(auth)) => {
+                        Route::Tunnel(Tunnel::new(proxy_uri.clone(), tcp.clone()).with_auth(auth.clone()))
+                    }
+                    (_, auth) => {
+                        if let Some(auth) = auth {
+                            let mut auth = auth.clone();
+                            auth.set_sensitive(true);
+                            headers.insert(PROXY_AUTHORIZATION, auth);
+                        }
+                        Route::Forward(proxy_uri.clone())
+                    }
+                }
+            }
+        };
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let tls =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -70,7 +117,7 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(tcp);
+            .wrap_connector(RouteConnector { tcp, route });
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(pool_idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -106,6 +153,16 @@ impl UpstreamClient {
                 }
             })
         }
+    }
+}
+
+/// A proxy's address for messages and logs: scheme, host and port, never its credentials.
+pub(super) fn proxy_display(proxy: &Uri) -> String {
+    let scheme = proxy.scheme_str().unwrap_or("http");
+    match (proxy.host(), proxy.port_u16()) {
+        (Some(h), Some(p)) => format!("{scheme}://{h}:{p}"),
+        (Some(h), None) => format!("{scheme}://{h}"),
+        _ => format!("{scheme}://"),
     }
 }
 
@@ -176,16 +233,118 @@ impl std::error::Error for ConnectTimedOut {}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How a client reaches its upstream, settled once from the proxy settings.
+#[derive(Clone)]
+enum Route {
+    Direct,
+    /// An `https` upstream through an HTTP proxy's `CONNECT` tunnel.
+    Tunnel(Tunnel<HttpConnector>),
+    /// A plain-`http` upstream through an HTTP proxy (this is its address):
+    /// requests carry the absolute URI, and the proxy's credentials as a header.
+    Forward(Uri),
+}
+
+/// TCP to the upstream, to the proxy, or through the proxy's tunnel; TLS, when
+/// the upstream is `https`, is layered on top by the `HttpsConnector`.
+#[derive(Clone)]
+struct RouteConnector {
+    tcp: HttpConnector,
+    route: Route,
+}
+
+impl tower::Service<Uri> for RouteConnector {
+    type Response = UpstreamIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &mut self.route {
+            Route::Tunnel(t) => t.poll_ready(cx).map_err(Into::into),
+            Route::Direct | Route::Forward(_) => self.tcp.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match &mut self.route {
+            Route::Direct => {
+                let connecting = self.tcp.call(dst);
+                Box::pin(async move { Ok(UpstreamIo { io: connecting.await?, forwarded: false }) })
+            }
+            Route::Tunnel(t) => {
+                let connecting = t.call(dst);
+                Box::pin(async move { Ok(UpstreamIo { io: connecting.await?, forwarded: false }) })
+            }
+            Route::Forward(proxy) => {
+                let connecting = self.tcp.call(proxy.clone());
+                Box::pin(async move { Ok(UpstreamIo { io: connecting.await?, forwarded: true }) })
+            }
+        }
+    }
+}
+
+/// A connection to the upstream or to a forwarding proxy, which hyper must be
+/// told about (it then writes request targets in absolute form).
+struct UpstreamIo {
+    io: TokioIo<TcpStream>,
+    forwarded: bool,
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.forwarded)
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The HTTPS connector with one deadline for TCP connect and TLS handshake
 /// together (hyper's own connect timeout covers only the TCP part).
 #[derive(Clone)]
 struct TimedConnector {
-    inner: HttpsConnector<HttpConnector>,
+    inner: HttpsConnector<RouteConnector>,
     timeout: Option<Duration>,
 }
 
 impl tower::Service<Uri> for TimedConnector {
-    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+    type Response = <HttpsConnector<RouteConnector> as tower::Service<Uri>>::Response;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 

@@ -42,6 +42,7 @@ use crate::error::AgentError;
 use ::http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use ::http::Uri;
 use futures::StreamExt;
+use hyper_util::client::proxy::matcher::Matcher;
 use services::config::ProviderConfig;
 use std::fmt;
 use std::sync::Arc;
@@ -82,7 +83,14 @@ impl OpenAiProvider {
     ///
     /// Fails with [`AgentError::Startup`] when the base URL is not an absolute
     /// `http(s)` URL or a header (including the API key) is not a valid HTTP header.
+    /// Its connections go through the egress proxy the environment names for
+    /// its base URL, if any (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
     pub fn new(name: &str, cfg: &ProviderConfig) -> Result<Self, AgentError> {
+        Self::with_proxies(name, cfg, &Matcher::from_env())
+    }
+
+    /// [`OpenAiProvider::new`] with the proxy settings given rather than read from the environment.
+    fn with_proxies(name: &str, cfg: &ProviderConfig, proxies: &Matcher) -> Result<Self, AgentError> {
         let key = |k: &str| format!("models.providers.{name}.{k}");
         let base = cfg.base_url.trim().trim_end_matches('/');
         if base.is_empty() {
@@ -125,9 +133,19 @@ impl OpenAiProvider {
         // leak headers; an API base URL that redirects is a misconfiguration, reported as such.
         let connect_timeout =
             (cfg.connect_timeout_ms > 0).then(|| Duration::from_millis(cfg.connect_timeout_ms));
-        let client =
-            http::UpstreamClient::new(uri, headers, connect_timeout, TCP_KEEPALIVE, POOL_IDLE_TIMEOUT)
-                .map_err(|e| AgentError::Startup(format!("models.providers.{name}: TLS client: {e}")))?;
+        let proxy = proxies.intercept(&uri);
+        if let Some(p) = &proxy {
+            tracing::info!(provider = name, proxy = %http::proxy_display(p.uri()), "upstream calls go through the proxy");
+        }
+        let client = http::UpstreamClient::new(
+            uri,
+            headers,
+            proxy.as_ref(),
+            connect_timeout,
+            TCP_KEEPALIVE,
+            POOL_IDLE_TIMEOUT,
+        )
+        .map_err(|e| AgentError::Startup(format!("models.providers.{name}: {e}")))?;
 
         Ok(Self {
             name: Arc::from(name),
@@ -522,6 +540,133 @@ mod tests {
                 .unwrap();
             // Far inside the 100 ms the spec allows, plus one 20 ms server tick.
             assert!(dropped_at.elapsed() < Duration::from_millis(500), "{:?}", dropped_at.elapsed());
+        }
+
+        // ----- through an egress proxy -----
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        /// A request head read off `sock` (to the blank line), and any bytes read past it.
+        async fn read_head(sock: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let rest = buf.split_off(end + 4);
+                    return (String::from_utf8(buf).unwrap(), rest);
+                }
+                let n = sock.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the connection closed inside a request head");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        /// A `Proxy-Authorization` header's value in `head`, if any.
+        fn proxy_auth(head: &str) -> Option<String> {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("proxy-authorization").then(|| v.trim().to_string())
+            })
+        }
+
+        fn proxied(upstream: &str, proxy: &str) -> (ProviderConfig, Matcher) {
+            let cfg = ProviderConfig {
+                base_url: upstream.to_string(),
+                api_key: Some("sk-test".into()),
+                connect_timeout_ms: 2000,
+                first_byte_timeout_ms: 2000,
+                ..Default::default()
+            };
+            (cfg, Matcher::builder().all(proxy.to_string()).no("localhost").build())
+        }
+
+        #[tokio::test]
+        async fn a_plain_http_upstream_is_reached_through_the_forwarding_proxy() {
+            let (upstream, shared) = server().await;
+            // A forwarding proxy for one connection: it sends every request on to the
+            // mock upstream (whatever host it names) and relays the answers back.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy = listener.local_addr().unwrap();
+            let (heads_tx, heads_rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let (head, rest) = read_head(&mut client).await;
+                let _ = heads_tx.send(head.clone());
+                let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                up.write_all(head.as_bytes()).await.unwrap();
+                up.write_all(&rest).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+            });
+            // A host no resolver knows: only the proxy can have reached it.
+            let (cfg, proxies) =
+                proxied("http://upstream.invalid:8080/sse/", &format!("http://user:pw@{proxy}"));
+            let p = OpenAiProvider::with_proxies("proxied", &cfg, &proxies).unwrap();
+            let events = attempt(&p).await.unwrap();
+            assert_eq!(events[0], ProviderEvent::Text("Hi".into()));
+            assert_eq!(events.len(), 4, "{events:?}");
+
+            let head = heads_rx.await.unwrap();
+            let line = head.lines().next().unwrap();
+            assert_eq!(line, "POST http://upstream.invalid:8080/sse/chat/completions HTTP/1.1");
+            assert_eq!(proxy_auth(&head).as_deref(), Some("Basic dXNlcjpwdw=="), "{head}");
+            let (_, auth, _) = shared.seen.lock().unwrap().take().unwrap();
+            assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
+        }
+
+        #[tokio::test]
+        async fn an_https_upstream_is_reached_through_the_proxy_s_tunnel() {
+            // A CONNECT proxy that grants the tunnel, then reports the first byte
+            // sent through it (the start of the TLS handshake) and hangs up.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy = listener.local_addr().unwrap();
+            let (seen_tx, seen_rx) = oneshot::channel();
+            tokio::spawn(async move {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let (head, mut rest) = read_head(&mut client).await;
+                client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.unwrap();
+                if rest.is_empty() {
+                    let mut b = [0u8; 1];
+                    client.read_exact(&mut b).await.unwrap();
+                    rest.push(b[0]);
+                }
+                let _ = seen_tx.send((head, rest[0]));
+            });
+            let (cfg, proxies) = proxied("https://upstream.invalid/v1", &format!("http://user:pw@{proxy}"));
+            let p = OpenAiProvider::with_proxies("tunnelled", &cfg, &proxies).unwrap();
+            // The TLS handshake cannot finish: the proxy hung up.
+            assert!(matches!(attempt(&p).await, Err(ProviderError::Upstream(_))));
+
+            let (head, first) = seen_rx.await.unwrap();
+            assert_eq!(head.lines().next().unwrap(), "CONNECT upstream.invalid:443 HTTP/1.1");
+            assert_eq!(proxy_auth(&head).as_deref(), Some("Basic dXNlcjpwdw=="), "{head}");
+            assert_eq!(first, 0x16, "the tunnel did not carry a TLS handshake");
+        }
+
+        #[tokio::test]
+        async fn no_proxy_hosts_go_direct_and_other_proxy_kinds_are_refused() {
+            let (upstream, _) = server().await;
+            // The proxy's port is closed: a request that tried it would fail.
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let dead = l.local_addr().unwrap();
+            drop(l);
+            let (cfg, _) = proxied(&format!("http://localhost:{}/sse/", upstream.port()), "");
+            let proxies = Matcher::builder().all(format!("http://{dead}")).no("localhost").build();
+            let p = OpenAiProvider::with_proxies("direct", &cfg, &proxies).unwrap();
+            assert_eq!(attempt(&p).await.unwrap().len(), 4);
+
+            for kind in ["socks5://user:secret@127.0.0.1:1080", "https://user:secret@proxy.example:3128"] {
+                let (cfg, proxies) = proxied("https://api.example.com/v1", kind);
+                match OpenAiProvider::with_proxies("p", &cfg, &proxies) {
+                    Err(AgentError::Startup(m)) => {
+                        assert!(
+                            m.contains("only http:// proxies") && m.contains("models.providers.p"),
+                            "{m}"
+                        );
+                        assert!(!m.contains("secret"), "{m}");
+                    }
+                    other => panic!("{kind}: unexpected {other:?}"),
+                }
+            }
         }
     }
 }
