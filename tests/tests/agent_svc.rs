@@ -223,6 +223,27 @@ async fn streamed_text_arrives_in_order_between_started_and_finished() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_text_keeps_the_answer_whole_and_in_order_and_never_waits() {
+    let mock = start_mock().await;
+    // All at once: deltas queued together may be joined.
+    mock.push(Behavior::chunks(["Hel", "lo, ", "wor", "ld!"]).with_usage(17, 4));
+    // 100 ms apart: each is sent as it comes, joined with nothing.
+    mock.push(Behavior::chunks(["Hel", "lo, ", "wor", "ld!"]).with_delay(Duration::from_millis(100)));
+    let (_svc, mut client) = start(ConfigBuilder::with_mock(&mock)).await;
+
+    let mut req = stateless(vec![user("hi")]);
+    req.coalesce_text = true;
+    let together = run_ok(&mut client, req.clone()).await;
+    assert!(together.started_first && together.finished_last);
+    assert_eq!(together.text, "Hello, world!");
+    assert!((1..=4).contains(&together.text_deltas.len()), "{:?}", together.text_deltas);
+    assert_eq!(together.event_count, together.text_deltas.len() + 2);
+
+    let spaced = run_ok(&mut client, req).await;
+    assert_eq!(spaced.text_deltas, vec!["Hel", "lo, ", "wor", "ld!"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_is_always_asked_to_stream_with_usage() {
     let mock = start_mock().await;
     mock.push(Behavior::text("fine thanks").with_usage(30, 2));

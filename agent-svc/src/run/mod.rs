@@ -36,7 +36,7 @@ use futures::Stream;
 use services::proto::{agent_run_event::Event, AgentRunEvent, AgentRunRequest, RunStarted};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -61,13 +61,37 @@ pub struct Runner {
 pub struct RunStream {
     rx: mpsc::Receiver<Result<AgentRunEvent, AgentError>>,
     cancel: CancellationToken,
+    /// Text deltas already queued together go out as one (`coalesce_text`).
+    coalesce: bool,
+    /// The event read just past such a group, sent next.
+    held: Option<Result<AgentRunEvent, AgentError>>,
 }
 
 impl Stream for RunStream {
     type Item = Result<AgentRunEvent, AgentError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let this = &mut *self;
+        if let Some(held) = this.held.take() {
+            return Poll::Ready(Some(held));
+        }
+        let item = ready!(this.rx.poll_recv(cx));
+        let Some(Ok(AgentRunEvent { event: Some(Event::Text(mut delta)) })) = item else {
+            return Poll::Ready(item);
+        };
+        if this.coalesce {
+            // Only what is queued already: a delta is never held back waiting for the next.
+            while let Ok(next) = this.rx.try_recv() {
+                match next {
+                    Ok(AgentRunEvent { event: Some(Event::Text(more)) }) => delta.text.push_str(&more.text),
+                    other => {
+                        this.held = Some(other);
+                        break;
+                    }
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(event(Event::Text(delta)))))
     }
 }
 
@@ -121,6 +145,7 @@ impl Runner {
     /// (headers, keep-alives). A store failure or a timeout while waiting
     /// arrives as the stream's error.
     pub fn start(self: &Arc<Self>, req: AgentRunRequest) -> Result<RunStream, AgentError> {
+        let coalesce = req.coalesce_text;
         let p = prepare::prepare(&self.registry, req)?;
         // Take the place in the session's line now, before `started` goes out,
         // so that turns keep the order in which their calls arrived even though
@@ -138,8 +163,82 @@ impl Runner {
         }));
         // Cannot fail: the channel is fresh and has room.
         let _ = tx.try_send(Ok(started));
-        let stream = RunStream { rx, cancel: cancel.token().clone() };
+        let stream = RunStream { rx, cancel: cancel.token().clone(), coalesce, held: None };
         tokio::spawn(Arc::clone(self).run(p, place, tx, cancel));
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use services::proto::{RunFinished, TextDelta, ToolCallDelta};
+
+    fn text(t: &str) -> Result<AgentRunEvent, AgentError> {
+        Ok(event(Event::Text(TextDelta { text: t.into() })))
+    }
+
+    /// What a stream over these queued events yields, as short labels.
+    async fn read(coalesce: bool, queued: Vec<Result<AgentRunEvent, AgentError>>) -> Vec<String> {
+        let (tx, rx) = mpsc::channel(16);
+        for e in queued {
+            tx.try_send(e).unwrap();
+        }
+        drop(tx);
+        let stream = RunStream { rx, cancel: CancellationToken::new(), coalesce, held: None };
+        stream
+            .map(|item| match item {
+                Ok(AgentRunEvent { event: Some(Event::Text(t)) }) => format!("text:{}", t.text),
+                Ok(AgentRunEvent { event: Some(Event::ToolCall(c)) }) => format!("call:{}", c.arguments),
+                Ok(AgentRunEvent { event: Some(Event::Finished(_)) }) => "finished".into(),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("error:{e}"),
+            })
+            .collect()
+            .await
+    }
+
+    fn queued() -> Vec<Result<AgentRunEvent, AgentError>> {
+        vec![
+            text("Hel"),
+            text("lo"),
+            Ok(event(Event::ToolCall(ToolCallDelta { arguments: "{}".into(), ..Default::default() }))),
+            text(", "),
+            text("world"),
+            Ok(event(Event::Finished(RunFinished::default()))),
+        ]
+    }
+
+    #[tokio::test]
+    async fn queued_text_deltas_are_joined_only_when_asked() {
+        assert_eq!(read(true, queued()).await, ["text:Hello", "call:{}", "text:, world", "finished"]);
+        assert_eq!(
+            read(false, queued()).await,
+            ["text:Hel", "text:lo", "call:{}", "text:, ", "text:world", "finished"]
+        );
+        // A failure after deltas is still the last item, after their joined text.
+        let failed = vec![text("a"), text("b"), Err(AgentError::Upstream("boom".into()))];
+        let got = read(true, failed).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], "text:ab");
+        assert!(got[1].starts_with("error:") && got[1].contains("boom"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_joined_delta_never_waits_for_the_next() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut stream = RunStream { rx, cancel: CancellationToken::new(), coalesce: true, held: None };
+        tx.send(text("first")).await.unwrap();
+        // Nothing else is queued: the delta goes out as it is, with the sender still open.
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(AgentRunEvent { event: Some(Event::Text(t)) })) if t.text == "first"
+        ));
+        tx.send(text("second")).await.unwrap();
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(AgentRunEvent { event: Some(Event::Text(t)) })) if t.text == "second"
+        ));
     }
 }

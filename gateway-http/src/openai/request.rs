@@ -143,6 +143,8 @@ pub fn parse_chat_request(
         include_usage,
         run_id: String::new(),
         allow_image_urls: images.allow_url,
+        // A JSON answer is only read whole.
+        coalesce_text: !stream,
     };
     Ok(ChatRequest { run, model, stream })
 }
