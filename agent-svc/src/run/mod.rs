@@ -72,14 +72,14 @@ impl Stream for RunStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if !this.coalesce {
+            return this.rx.poll_recv(cx);
+        }
         if let Some(held) = this.held.take() {
             return Poll::Ready(Some(held));
         }
-        let item = ready!(this.rx.poll_recv(cx));
-        let Some(Ok(AgentRunEvent { event: Some(Event::Text(mut delta)) })) = item else {
-            return Poll::Ready(item);
-        };
-        if this.coalesce {
+        let mut item = ready!(this.rx.poll_recv(cx));
+        if let Some(Ok(AgentRunEvent { event: Some(Event::Text(delta)) })) = &mut item {
             // Only what is queued already: a delta is never held back waiting for the next.
             while let Ok(next) = this.rx.try_recv() {
                 match next {
@@ -91,7 +91,7 @@ impl Stream for RunStream {
                 }
             }
         }
-        Poll::Ready(Some(Ok(event(Event::Text(delta)))))
+        Poll::Ready(item)
     }
 }
 

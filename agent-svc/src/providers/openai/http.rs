@@ -91,17 +91,19 @@ impl UpstreamClient {
                     )));
                 }
                 match (uri.scheme_str(), p.basic_auth()) {
-                    (Some("https"), None) => Route::Tunnel(Tunnel::new(proxy_uri.clone(), tcp.clone())),
-                    (Some("https"), Some(auth)) => {
-                        Route::Tunnel(Tunnel::new(proxy_uri.clone(), tcp.clone()).with_auth(auth.clone()))
+                    (Some("https"), None) => {
+                        Route::Tunnel(Box::new(Tunnel::new(proxy_uri.clone(), tcp.clone())))
                     }
+                    (Some("https"), Some(auth)) => Route::Tunnel(Box::new(
+                        Tunnel::new(proxy_uri.clone(), tcp.clone()).with_auth(auth.clone()),
+                    )),
                     (_, auth) => {
                         if let Some(auth) = auth {
                             let mut auth = auth.clone();
                             auth.set_sensitive(true);
                             headers.insert(PROXY_AUTHORIZATION, auth);
                         }
-                        Route::Forward(proxy_uri.clone())
+                        Route::Forward(Box::new(proxy_uri.clone()))
                     }
                 }
             }
@@ -234,14 +236,15 @@ impl std::error::Error for ConnectTimedOut {}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a client reaches its upstream, settled once from the proxy settings.
+/// Boxed variants: hyper clones the connector for every request.
 #[derive(Clone)]
 enum Route {
     Direct,
     /// An `https` upstream through an HTTP proxy's `CONNECT` tunnel.
-    Tunnel(Tunnel<HttpConnector>),
+    Tunnel(Box<Tunnel<HttpConnector>>),
     /// A plain-`http` upstream through an HTTP proxy (this is its address):
     /// requests carry the absolute URI, and the proxy's credentials as a header.
-    Forward(Uri),
+    Forward(Box<Uri>),
 }
 
 /// TCP to the upstream, to the proxy, or through the proxy's tunnel; TLS, when
@@ -275,7 +278,7 @@ impl tower::Service<Uri> for RouteConnector {
                 Box::pin(async move { Ok(UpstreamIo { io: connecting.await?, forwarded: false }) })
             }
             Route::Forward(proxy) => {
-                let connecting = self.tcp.call(proxy.clone());
+                let connecting = self.tcp.call(Uri::clone(proxy));
                 Box::pin(async move { Ok(UpstreamIo { io: connecting.await?, forwarded: true }) })
             }
         }
