@@ -72,13 +72,14 @@ impl Stream for RunStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if !this.coalesce {
-            return this.rx.poll_recv(cx);
-        }
         if let Some(held) = this.held.take() {
             return Poll::Ready(Some(held));
         }
+        // One receive for both modes, so that it stays inlined (it is the hot path).
         let mut item = ready!(this.rx.poll_recv(cx));
+        if !this.coalesce {
+            return Poll::Ready(item);
+        }
         if let Some(Ok(AgentRunEvent { event: Some(Event::Text(delta)) })) = &mut item {
             // Only what is queued already: a delta is never held back waiting for the next.
             while let Ok(next) = this.rx.try_recv() {
