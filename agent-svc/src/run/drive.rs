@@ -43,7 +43,7 @@ struct Gone;
 /// Sends a run's last event (or error); a caller that has stopped reading does
 /// not keep the run alive past [`LAST_EVENT_TIMEOUT`].
 async fn send_last(tx: &EventTx, item: Result<AgentRunEvent, AgentError>) {
-    let _ = tokio::time::timeout(LAST_EVENT_TIMEOUT, tx.send(item)).await;
+    let _ = tokio::time::timeout(LAST_EVENT_TIMEOUT, tx.send(Box::new(item))).await;
 }
 
 /// The error a cancelled run ends with; a caller that went away gets nothing.
@@ -371,5 +371,5 @@ async fn send(tx: &EventTx, produced: &mut Produced, delta: Event, started_at: I
         metrics::histogram!("openclaw_agent_time_to_first_token_seconds")
             .record(started_at.elapsed().as_secs_f64());
     }
-    tx.send(Ok(event(delta))).await.map_err(|_| Gone)
+    tx.send(Box::new(Ok(event(delta)))).await.map_err(|_| Gone)
 }
