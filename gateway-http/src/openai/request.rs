@@ -704,6 +704,7 @@ mod tests {
         assert_eq!(p.max_completion_tokens, Some(100));
         assert_eq!(p.n, Some(2));
         assert!(r.stream);
+        assert!(!r.run.coalesce_text, "a streaming client sees every delta");
         assert!(r.run.include_usage);
         assert_eq!(r.run.channel, "openai");
         assert_eq!(r.run.response_format_json.as_deref(), Some(r#"{"type":"json_object"}"#));
@@ -711,6 +712,7 @@ mod tests {
         assert_eq!(r.run.params.as_ref().unwrap().stop, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(r.run.params.unwrap().temperature, None);
         assert!(!r.stream);
+        assert!(r.run.coalesce_text, "a JSON answer is read whole");
         let r = parse(json!({"messages": [user("hi")], "max_tokens": u64::MAX})).unwrap();
         assert_eq!(r.run.params.unwrap().max_tokens, Some(i64::MAX));
     }

@@ -72,6 +72,8 @@ fn status_error(status: u16, msg: String, overflow_code: bool) -> ProviderError 
     match status {
         429 => ProviderError::RateLimited(msg),
         401 | 403 => ProviderError::Upstream(format!("provider authentication failed ({status}): {msg}")),
+        // Only a forwarding proxy answers this (the proxy's page is not the provider's message).
+        407 => ProviderError::Upstream("egress proxy authentication failed (407)".into()),
         // An unknown model or a wrong base URL is the gateway's config, not the request.
         404 => ProviderError::Upstream(format!("provider returned HTTP 404: {msg}")),
         400..=499 if context_overflow(overflow_code, &msg) => ProviderError::ContextTooLong(msg),
@@ -190,6 +192,11 @@ mod tests {
         let vllm = "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens";
         assert!(matches!(status_error(400, vllm.into(), false), ProviderError::ContextTooLong(_)));
         assert!(matches!(status_error(404, "x".into(), false), ProviderError::Upstream(_)));
+        // A forwarding proxy's 407 is not the request's fault, and its page is not quoted.
+        match status_error(407, "<html>proxy page</html>".into(), false) {
+            ProviderError::Upstream(m) => assert!(m.contains("proxy") && !m.contains("html"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
         assert!(matches!(status_error(500, "x".into(), false), ProviderError::Upstream(_)));
         assert!(matches!(status_error(302, "x".into(), false), ProviderError::Upstream(_)));
         assert_eq!(

@@ -4,10 +4,11 @@
 //! reached the upstream and never follows a redirect.
 //!
 //! An egress proxy from the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
-//! `ALL_PROXY`, `NO_PROXY`, read as curl does) is honoured: an `https` upstream
-//! is reached through the proxy's `CONNECT` tunnel (TLS runs end to end inside
-//! it), a plain `http` one by sending the request to the proxy in absolute form.
-//! Only `http://` proxies are supported; the route is settled once per provider.
+//! `ALL_PROXY`, `NO_PROXY`, the variables curl reads) is honoured: an `https`
+//! upstream is reached through the proxy's `CONNECT` tunnel (TLS runs end to end
+//! inside it), a plain `http` one by sending the request to the proxy in
+//! absolute form. Only `http://` proxies are supported (port 80 when the URL
+//! names none); the route is settled once per provider.
 //!
 //! hyper's client directly rather than reqwest: reqwest parses the request's URL
 //! again on every request (its redirect policy runs even with redirects off) and
@@ -22,7 +23,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::proxy::matcher::Intercept;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
@@ -43,6 +44,67 @@ pub(super) enum SendError {
     Connect(hyper_util::client::legacy::Error),
     /// The request failed once connected (reset, closed, protocol error).
     Request(hyper_util::client::legacy::Error),
+}
+
+/// The egress proxy settings of the environment.
+pub(super) struct ProxySettings {
+    /// Picks the proxy for an upstream.
+    matcher: Matcher,
+    /// The same without `NO_PROXY`: tells an exempt host from a proxy value
+    /// that could not be read (which the matcher also answers with "direct").
+    unexempted: Matcher,
+    /// Whether a proxy variable applies to `http` / `https` upstreams.
+    http_set: bool,
+    https_set: bool,
+}
+
+impl ProxySettings {
+    /// From `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their
+    /// lower-case names). `HTTP_PROXY` is ignored under CGI (`REQUEST_METHOD`
+    /// set), where a request's `Proxy` header would arrive as that variable.
+    pub(super) fn from_env() -> Self {
+        let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok()).unwrap_or_default();
+        let http = if std::env::var_os("REQUEST_METHOD").is_some() {
+            String::new()
+        } else {
+            var(["HTTP_PROXY", "http_proxy"])
+        };
+        Self::new(
+            http,
+            var(["HTTPS_PROXY", "https_proxy"]),
+            var(["ALL_PROXY", "all_proxy"]),
+            var(["NO_PROXY", "no_proxy"]),
+        )
+    }
+
+    /// From the variables' values (empty: unset).
+    pub(super) fn new(http: String, https: String, all: String, no: String) -> Self {
+        let (http_set, https_set) = (!http.trim().is_empty(), !https.trim().is_empty());
+        let all_set = !all.trim().is_empty();
+        let unexempted = Matcher::builder().http(http.clone()).https(https.clone()).all(all.clone()).build();
+        let matcher = Matcher::builder().http(http).https(https).all(all).no(no).build();
+        Self { matcher, unexempted, http_set: http_set || all_set, https_set: https_set || all_set }
+    }
+
+    /// The proxy for `uri`, `None` to go direct; `Err` when a variable applies to
+    /// it but names nothing usable as a proxy (rather than going direct silently).
+    pub(super) fn route(&self, uri: &Uri) -> Result<Option<Intercept>, BuildError> {
+        if let Some(p) = self.matcher.intercept(uri) {
+            return Ok(Some(p));
+        }
+        let set = if uri.scheme_str() == Some("https") { self.https_set } else { self.http_set };
+        if set && self.unexempted.intercept(uri).is_none() {
+            let vars = if uri.scheme_str() == Some("https") {
+                "HTTPS_PROXY / ALL_PROXY"
+            } else {
+                "HTTP_PROXY / ALL_PROXY"
+            };
+            return Err(BuildError::Proxy(format!(
+                "in {vars}: not a proxy URL agent-svc can use (expected http://host:port)"
+            )));
+        }
+        Ok(None)
+    }
 }
 
 /// Why an [`UpstreamClient`] could not be built.

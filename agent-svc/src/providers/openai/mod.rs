@@ -42,7 +42,6 @@ use crate::error::AgentError;
 use ::http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use ::http::Uri;
 use futures::StreamExt;
-use hyper_util::client::proxy::matcher::Matcher;
 use services::config::ProviderConfig;
 use std::fmt;
 use std::sync::Arc;
@@ -86,11 +85,15 @@ impl OpenAiProvider {
     /// Its connections go through the egress proxy the environment names for
     /// its base URL, if any (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
     pub fn new(name: &str, cfg: &ProviderConfig) -> Result<Self, AgentError> {
-        Self::with_proxies(name, cfg, &Matcher::from_env())
+        Self::with_proxies(name, cfg, &http::ProxySettings::from_env())
     }
 
     /// [`OpenAiProvider::new`] with the proxy settings given rather than read from the environment.
-    fn with_proxies(name: &str, cfg: &ProviderConfig, proxies: &Matcher) -> Result<Self, AgentError> {
+    fn with_proxies(
+        name: &str,
+        cfg: &ProviderConfig,
+        proxies: &http::ProxySettings,
+    ) -> Result<Self, AgentError> {
         let key = |k: &str| format!("models.providers.{name}.{k}");
         let base = cfg.base_url.trim().trim_end_matches('/');
         if base.is_empty() {
@@ -106,6 +109,13 @@ impl OpenAiProvider {
                 return Err(AgentError::Startup(format!("{}: invalid URL: no host", key("baseUrl"))))
             }
             _ => return Err(AgentError::Startup(format!("{}: must be an http(s) URL", key("baseUrl")))),
+        }
+        // They would never be sent as credentials, and a forwarding proxy would log them.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(AgentError::Startup(format!(
+                "{}: credentials in the URL are not supported (use apiKey or headers)",
+                key("baseUrl")
+            )));
         }
 
         let mut headers = HeaderMap::new();
@@ -133,7 +143,8 @@ impl OpenAiProvider {
         // leak headers; an API base URL that redirects is a misconfiguration, reported as such.
         let connect_timeout =
             (cfg.connect_timeout_ms > 0).then(|| Duration::from_millis(cfg.connect_timeout_ms));
-        let proxy = proxies.intercept(&uri);
+        let proxy =
+            proxies.route(&uri).map_err(|e| AgentError::Startup(format!("models.providers.{name}: {e}")))?;
         if let Some(p) = &proxy {
             tracing::info!(provider = name, proxy = %http::proxy_display(p.uri()), "upstream calls go through the proxy");
         }
@@ -569,7 +580,8 @@ mod tests {
             })
         }
 
-        fn proxied(upstream: &str, proxy: &str) -> (ProviderConfig, Matcher) {
+        /// Settings with `proxy` as `ALL_PROXY` and `localhost` as `NO_PROXY`.
+        fn proxied(upstream: &str, proxy: &str) -> (ProviderConfig, http::ProxySettings) {
             let cfg = ProviderConfig {
                 base_url: upstream.to_string(),
                 api_key: Some("sk-test".into()),
@@ -577,7 +589,10 @@ mod tests {
                 first_byte_timeout_ms: 2000,
                 ..Default::default()
             };
-            (cfg, Matcher::builder().all(proxy.to_string()).no("localhost").build())
+            (
+                cfg,
+                http::ProxySettings::new(String::new(), String::new(), proxy.to_string(), "localhost".into()),
+            )
         }
 
         #[tokio::test]
@@ -649,23 +664,51 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let dead = l.local_addr().unwrap();
             drop(l);
-            let (cfg, _) = proxied(&format!("http://localhost:{}/sse/", upstream.port()), "");
-            let proxies = Matcher::builder().all(format!("http://{dead}")).no("localhost").build();
+            let (cfg, proxies) =
+                proxied(&format!("http://localhost:{}/sse/", upstream.port()), &format!("http://{dead}"));
             let p = OpenAiProvider::with_proxies("direct", &cfg, &proxies).unwrap();
             assert_eq!(attempt(&p).await.unwrap().len(), 4);
+            // No proxy variable at all: direct too.
+            let none = http::ProxySettings::new(String::new(), String::new(), String::new(), String::new());
+            let p = OpenAiProvider::with_proxies("none", &cfg, &none).unwrap();
+            assert_eq!(attempt(&p).await.unwrap().len(), 4);
 
-            for kind in ["socks5://user:secret@127.0.0.1:1080", "https://user:secret@proxy.example:3128"] {
-                let (cfg, proxies) = proxied("https://api.example.com/v1", kind);
+            let refused = |proxy: &str, expect: &str| {
+                let (cfg, proxies) = proxied("https://api.example.com/v1", proxy);
                 match OpenAiProvider::with_proxies("p", &cfg, &proxies) {
                     Err(AgentError::Startup(m)) => {
-                        assert!(
-                            m.contains("only http:// proxies") && m.contains("models.providers.p"),
-                            "{m}"
-                        );
+                        assert!(m.contains(expect) && m.contains("models.providers.p"), "{m}");
                         assert!(!m.contains("secret"), "{m}");
                     }
-                    other => panic!("{kind}: unexpected {other:?}"),
+                    other => panic!("{proxy}: unexpected {other:?}"),
                 }
+            };
+            refused("socks5://user:secret@127.0.0.1:1080", "only http:// proxies");
+            refused("https://user:secret@proxy.example:3128", "only http:// proxies");
+            // A value that is not a proxy URL at all is not ignored (which would go direct).
+            refused("ftp://user:secret@proxy.example:21", "HTTPS_PROXY / ALL_PROXY");
+            refused("http://user:secret@", "HTTPS_PROXY / ALL_PROXY");
+        }
+
+        #[test]
+        fn a_proxy_is_shown_without_its_credentials() {
+            let show = |u: &str| http::proxy_display(&u.parse().unwrap());
+            assert_eq!(show("http://user:secret@proxy.example:3128"), "http://proxy.example:3128");
+            assert_eq!(show("http://user:secret@[::1]:8080/"), "http://[::1]:8080");
+            assert_eq!(show("http://proxy.example"), "http://proxy.example");
+        }
+
+        #[test]
+        fn credentials_in_the_base_url_are_refused() {
+            let cfg = ProviderConfig {
+                base_url: "https://user:secret@api.example.com/v1".into(),
+                ..Default::default()
+            };
+            match OpenAiProvider::new("p", &cfg) {
+                Err(AgentError::Startup(m)) => {
+                    assert!(m.contains("credentials") && !m.contains("secret"), "{m}")
+                }
+                other => panic!("unexpected {other:?}"),
             }
         }
     }
