@@ -53,6 +53,8 @@ pub(super) struct ProxySettings {
     /// The same without `NO_PROXY`: tells an exempt host from a proxy value
     /// that could not be read (which the matcher also answers with "direct").
     unexempted: Matcher,
+    /// `NO_PROXY` alone, over a stand-in proxy: `None` for an exempt host.
+    exemptions: Matcher,
     /// Whether a proxy variable applies to `http` / `https` upstreams.
     http_set: bool,
     https_set: bool,
@@ -63,8 +65,16 @@ impl ProxySettings {
     /// lower-case names). `HTTP_PROXY` is ignored under CGI (`REQUEST_METHOD`
     /// set), where a request's `Proxy` header would arrive as that variable.
     pub(super) fn from_env() -> Self {
-        let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok()).unwrap_or_default();
-        let http = if std::env::var_os("REQUEST_METHOD").is_some() {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`ProxySettings::from_env`] over any lookup. An empty variable counts as
+    /// unset (as curl has it), so it does not hide its lower-case twin.
+    pub(super) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |names: [&str; 2]| {
+            names.iter().find_map(|n| lookup(n).filter(|v| !v.trim().is_empty())).unwrap_or_default()
+        };
+        let http = if lookup("REQUEST_METHOD").is_some() {
             String::new()
         } else {
             var(["HTTP_PROXY", "http_proxy"])
@@ -82,8 +92,15 @@ impl ProxySettings {
         let (http_set, https_set) = (!http.trim().is_empty(), !https.trim().is_empty());
         let all_set = !all.trim().is_empty();
         let unexempted = Matcher::builder().http(http.clone()).https(https.clone()).all(all.clone()).build();
+        let exemptions = Matcher::builder().all("http://exempt.invalid").no(no.clone()).build();
         let matcher = Matcher::builder().http(http).https(https).all(all).no(no).build();
-        Self { matcher, unexempted, http_set: http_set || all_set, https_set: https_set || all_set }
+        Self {
+            matcher,
+            unexempted,
+            exemptions,
+            http_set: http_set || all_set,
+            https_set: https_set || all_set,
+        }
     }
 
     /// The proxy for `uri`, `None` to go direct; `Err` when a variable applies to
@@ -91,6 +108,10 @@ impl ProxySettings {
     pub(super) fn route(&self, uri: &Uri) -> Result<Option<Intercept>, BuildError> {
         if let Some(p) = self.matcher.intercept(uri) {
             return Ok(Some(p));
+        }
+        if self.exemptions.intercept(uri).is_none() {
+            // `NO_PROXY` exempts it: no proxy variable applies, usable or not.
+            return Ok(None);
         }
         let set = if uri.scheme_str() == Some("https") { self.https_set } else { self.http_set };
         if set && self.unexempted.intercept(uri).is_none() {

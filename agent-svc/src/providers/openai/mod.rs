@@ -688,6 +688,35 @@ mod tests {
             // A value that is not a proxy URL at all is not ignored (which would go direct).
             refused("ftp://user:secret@proxy.example:21", "HTTPS_PROXY / ALL_PROXY");
             refused("http://user:secret@", "HTTPS_PROXY / ALL_PROXY");
+            // ... unless NO_PROXY exempts the host: then no variable applies to it.
+            let (cfg, proxies) = proxied(&format!("http://localhost:{}/sse/", upstream.port()), "ftp://x");
+            let p = OpenAiProvider::with_proxies("exempt", &cfg, &proxies).unwrap();
+            assert_eq!(attempt(&p).await.unwrap().len(), 4);
+        }
+
+        #[test]
+        fn an_empty_variable_counts_as_unset() {
+            let env = |vars: &'static [(&'static str, &'static str)]| {
+                http::ProxySettings::from_lookup(move |name| {
+                    vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+                })
+            };
+            let uri: Uri = "https://api.example.com/v1".parse().unwrap();
+            let shown =
+                |s: &http::ProxySettings| s.route(&uri).unwrap().map(|p| http::proxy_display(p.uri()));
+            // The empty upper-case name does not hide the lower-case one.
+            let s = env(&[("HTTPS_PROXY", ""), ("https_proxy", "http://proxy.example:3128")]);
+            assert_eq!(shown(&s).as_deref(), Some("http://proxy.example:3128"));
+            let s = env(&[
+                ("HTTPS_PROXY", "http://proxy.example:3128"),
+                ("NO_PROXY", " "),
+                ("no_proxy", "example.com"),
+            ]);
+            assert_eq!(shown(&s), None);
+            // Under CGI, HTTP_PROXY may come from a request header: ignored.
+            let s = env(&[("REQUEST_METHOD", "GET"), ("HTTP_PROXY", "http://evil.example:1")]);
+            let plain: Uri = "http://api.example.com/v1".parse().unwrap();
+            assert!(s.route(&plain).unwrap().is_none());
         }
 
         #[test]
