@@ -12,14 +12,14 @@
 use super::prepare::Prepared;
 use super::produced::Produced;
 use super::registry::{Cancel, RunCancel};
-use super::{assemble, budget, compact, event, EventTx, Runner};
+use super::{assemble, budget, compact, event, EventTx, RunItem, Runner};
 use crate::error::AgentError;
 use crate::message::SharedMessage;
 use crate::providers::ProviderError;
 use crate::sessions::queue::{QueuePlace, SessionTurn};
 use crate::sessions::{now_ms, SessionStore, StoredMessage, TurnLock};
 use futures::StreamExt;
-use services::proto::{agent_run_event::Event, AgentRunEvent, RunFinished};
+use services::proto::{agent_run_event::Event, RunFinished};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ struct Gone;
 
 /// Sends a run's last event (or error); a caller that has stopped reading does
 /// not keep the run alive past [`LAST_EVENT_TIMEOUT`].
-async fn send_last(tx: &EventTx, item: Result<AgentRunEvent, AgentError>) {
+async fn send_last(tx: &EventTx, item: RunItem) {
     let _ = tokio::time::timeout(LAST_EVENT_TIMEOUT, tx.send(Box::new(item))).await;
 }
 

@@ -181,12 +181,12 @@ mod tests {
     use futures::StreamExt;
     use services::proto::{RunFinished, TextDelta, ToolCallDelta};
 
-    fn text(t: &str) -> Result<AgentRunEvent, AgentError> {
+    fn text(t: &str) -> RunItem {
         Ok(event(Event::Text(TextDelta { text: t.into() })))
     }
 
     /// What a stream over these queued events yields, as short labels.
-    async fn read(coalesce: bool, queued: Vec<Result<AgentRunEvent, AgentError>>) -> Vec<String> {
+    async fn read(coalesce: bool, queued: Vec<RunItem>) -> Vec<String> {
         let (tx, rx) = mpsc::channel(16);
         for e in queued {
             tx.try_send(Box::new(e)).unwrap();
@@ -205,7 +205,7 @@ mod tests {
             .await
     }
 
-    fn queued() -> Vec<Result<AgentRunEvent, AgentError>> {
+    fn queued() -> Vec<RunItem> {
         vec![
             text("Hel"),
             text("lo"),

@@ -48,11 +48,9 @@ pub(super) enum SendError {
 
 /// The egress proxy settings of the environment.
 pub(super) struct ProxySettings {
-    /// Picks the proxy for an upstream.
-    matcher: Matcher,
-    /// The same without `NO_PROXY`: tells an exempt host from a proxy value
-    /// that could not be read (which the matcher also answers with "direct").
-    unexempted: Matcher,
+    /// The proxy for each scheme, `NO_PROXY` aside: `None` for an upstream no
+    /// variable names, or names nothing usable for.
+    proxies: Matcher,
     /// `NO_PROXY` alone, over a stand-in proxy: `None` for an exempt host.
     exemptions: Matcher,
     /// Whether a proxy variable applies to `http` / `https` upstreams.
@@ -89,42 +87,39 @@ impl ProxySettings {
 
     /// From the variables' values (empty: unset).
     pub(super) fn new(http: String, https: String, all: String, no: String) -> Self {
-        let (http_set, https_set) = (!http.trim().is_empty(), !https.trim().is_empty());
         let all_set = !all.trim().is_empty();
-        let unexempted = Matcher::builder().http(http.clone()).https(https.clone()).all(all.clone()).build();
-        let exemptions = Matcher::builder().all("http://exempt.invalid").no(no.clone()).build();
-        let matcher = Matcher::builder().http(http).https(https).all(all).no(no).build();
         Self {
-            matcher,
-            unexempted,
-            exemptions,
-            http_set: http_set || all_set,
-            https_set: https_set || all_set,
+            http_set: all_set || !http.trim().is_empty(),
+            https_set: all_set || !https.trim().is_empty(),
+            proxies: Matcher::builder().http(http).https(https).all(all).build(),
+            exemptions: Matcher::builder().all("http://exempt.invalid").no(no).build(),
         }
     }
 
-    /// The proxy for `uri`, `None` to go direct; `Err` when a variable applies to
-    /// it but names nothing usable as a proxy (rather than going direct silently).
+    /// The proxy for `uri` (an `http://` one), `None` to go direct; `Err` when a
+    /// variable applies to it but names nothing usable as a proxy (rather than
+    /// going direct silently).
     pub(super) fn route(&self, uri: &Uri) -> Result<Option<Intercept>, BuildError> {
-        if let Some(p) = self.matcher.intercept(uri) {
-            return Ok(Some(p));
-        }
         if self.exemptions.intercept(uri).is_none() {
             // `NO_PROXY` exempts it: no proxy variable applies, usable or not.
             return Ok(None);
         }
-        let set = if uri.scheme_str() == Some("https") { self.https_set } else { self.http_set };
-        if set && self.unexempted.intercept(uri).is_none() {
-            let vars = if uri.scheme_str() == Some("https") {
-                "HTTPS_PROXY / ALL_PROXY"
-            } else {
-                "HTTP_PROXY / ALL_PROXY"
-            };
-            return Err(BuildError::Proxy(format!(
-                "in {vars}: not a proxy URL agent-svc can use (expected http://host:port)"
-            )));
+        let https = uri.scheme_str() == Some("https");
+        let set = if https { self.https_set } else { self.http_set };
+        match self.proxies.intercept(uri) {
+            Some(p) if p.uri().scheme_str() == Some("http") => Ok(Some(p)),
+            Some(p) => Err(BuildError::Proxy(format!(
+                "{}: only http:// proxies are supported",
+                proxy_display(p.uri())
+            ))),
+            None if set => {
+                let vars = if https { "HTTPS_PROXY / ALL_PROXY" } else { "HTTP_PROXY / ALL_PROXY" };
+                Err(BuildError::Proxy(format!(
+                    "in {vars}: not a proxy URL agent-svc can use (expected http://host:port)"
+                )))
+            }
+            None => Ok(None),
         }
-        Ok(None)
     }
 }
 
@@ -148,8 +143,8 @@ pub(super) struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// A client for `POST`s to `uri` with `headers`, through `proxy` when the
-    /// environment names one for `uri`; `connect_timeout` bounds the TCP connect,
+    /// A client for `POST`s to `uri` with `headers`, through `proxy` (an
+    /// `http://` one, from [`ProxySettings::route`]) if given; `connect_timeout` bounds the TCP connect,
     /// the proxy's tunnel and the TLS handshake together (none when `None`).
     pub(super) fn new(
         uri: Uri,
@@ -163,32 +158,22 @@ impl UpstreamClient {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_keepalive(Some(tcp_keepalive));
-        let route = match proxy {
-            None => Route::Direct,
-            Some(p) => {
-                let proxy_uri = p.uri();
-                if proxy_uri.scheme_str() != Some("http") {
-                    return Err(BuildError::Proxy(format!(
-                        "{}: only http:// proxies are supported",
-                        proxy_display(proxy_uri)
-                    )));
+        let route = match (proxy, uri.scheme_str()) {
+            (None, _) => Route::Direct,
+            (Some(p), Some("https")) => {
+                let tunnel = Tunnel::new(p.uri().clone(), tcp.clone());
+                Route::Tunnel(Box::new(match p.basic_auth() {
+                    Some(auth) => tunnel.with_auth(auth.clone()),
+                    None => tunnel,
+                }))
+            }
+            (Some(p), _) => {
+                if let Some(auth) = p.basic_auth() {
+                    let mut auth = auth.clone();
+                    auth.set_sensitive(true);
+                    headers.insert(PROXY_AUTHORIZATION, auth);
                 }
-                match (uri.scheme_str(), p.basic_auth()) {
-                    (Some("https"), None) => {
-                        Route::Tunnel(Box::new(Tunnel::new(proxy_uri.clone(), tcp.clone())))
-                    }
-                    (Some("https"), Some(auth)) => Route::Tunnel(Box::new(
-                        Tunnel::new(proxy_uri.clone(), tcp.clone()).with_auth(auth.clone()),
-                    )),
-                    (_, auth) => {
-                        if let Some(auth) = auth {
-                            let mut auth = auth.clone();
-                            auth.set_sensitive(true);
-                            headers.insert(PROXY_AUTHORIZATION, auth);
-                        }
-                        Route::Forward(Box::new(proxy_uri.clone()))
-                    }
-                }
+                Route::Forward(Box::new(p.uri().clone()))
             }
         };
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };

@@ -143,8 +143,8 @@ impl OpenAiProvider {
         // leak headers; an API base URL that redirects is a misconfiguration, reported as such.
         let connect_timeout =
             (cfg.connect_timeout_ms > 0).then(|| Duration::from_millis(cfg.connect_timeout_ms));
-        let proxy =
-            proxies.route(&uri).map_err(|e| AgentError::Startup(format!("models.providers.{name}: {e}")))?;
+        let startup = |e: http::BuildError| AgentError::Startup(format!("models.providers.{name}: {e}"));
+        let proxy = proxies.route(&uri).map_err(startup)?;
         if let Some(p) = &proxy {
             tracing::info!(provider = name, proxy = %http::proxy_display(p.uri()), "upstream calls go through the proxy");
         }
@@ -156,7 +156,7 @@ impl OpenAiProvider {
             TCP_KEEPALIVE,
             POOL_IDLE_TIMEOUT,
         )
-        .map_err(|e| AgentError::Startup(format!("models.providers.{name}: {e}")))?;
+        .map_err(startup)?;
 
         Ok(Self {
             name: Arc::from(name),
